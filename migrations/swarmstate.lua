@@ -1,0 +1,342 @@
+#!lua name=swarmstate
+--[[
+swarmstate functions library: every state-changing key/value operation, one atomic call each.
+
+Loaded at start-up by the service (FUNCTION LOAD REPLACE, on every primary in cluster mode)
+whenever `swarmstate_version` answers something other than LIBRARY_VERSION below; the Rust side
+keeps the same number in `store::migrate::LIBRARY_VERSION`.
+
+Namespace keys (all share the `{ns}` hash tag, all passed in KEYS; see src/store/keys.rs):
+  meta  hash    rev = namespace revision, bytes = bytes used by live entries
+  idx   zset    every live key, score 0, ordered by byte value (ZRANGEBYLEX listing)
+  log   stream  change log, one entry per revision with id 0-<revision>, capped (MAXLEN ~)
+  ttl   zset    key -> expiry (unix ms) for keys with a TTL, so expiries can be reconciled
+  sz    hash    key -> accounted size (#key + #value + #metadata)
+  e:<k> hash    the entry: v value JSON, m metadata JSON, ver, crev, mrev, ct, ut (unix ms),
+                exp (unix ms, absent without TTL), a agent id, r change reason
+  h:<k> hash    past versions of the entry: field <version> -> record
+                record = cjson header {ver,crev,mrev,ct,ut,exp,a,r} .. "\n" .. metadata .. "\n" .. value
+
+Every mutating function takes KEYS[1..5] = meta, idx, log, ttl, sz and
+ARGV[1..4] = log_maxlen, history_versions, agent id ('' = none), change reason ('' = none).
+Checks come first; nothing is written until every check has passed.
+]]
+
+local LIBRARY_VERSION = '1'
+local MAX_SAFE = 9007199254740991
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function ctx_new(keys, args)
+  return {
+    meta = keys[1], idx = keys[2], log = keys[3], ttl = keys[4], sz = keys[5],
+    maxlen = args[1], hist_n = tonumber(args[2]), agent = args[3], reason = args[4],
+    now = now_ms(),
+  }
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function bump(ctx)
+  return redis.call('HINCRBY', ctx.meta, 'rev', 1)
+end
+
+-- Append one change to the namespace log under id 0-<rev>.
+local function log_event(ctx, rev, kind, key, ver, value)
+  local a = {'XADD', ctx.log, 'MAXLEN', '~', ctx.maxlen, '0-' .. fmt(rev),
+             'k', kind, 'key', key, 'ver', fmt(ver), 'ts', fmt(ctx.now)}
+  if value then a[#a + 1] = 'v'; a[#a + 1] = value end
+  if ctx.agent ~= '' then a[#a + 1] = 'a'; a[#a + 1] = ctx.agent end
+  if ctx.reason ~= '' then a[#a + 1] = 'r'; a[#a + 1] = ctx.reason end
+  redis.call(unpack(a))
+end
+
+-- Drop a key that no longer has an entry from the index and the accounting.
+local function unindex(ctx, key, hkey)
+  local sz = tonumber(redis.call('HGET', ctx.sz, key) or '0')
+  redis.call('ZREM', ctx.idx, key)
+  redis.call('ZREM', ctx.ttl, key)
+  redis.call('HDEL', ctx.sz, key)
+  redis.call('DEL', hkey)
+  if sz ~= 0 then redis.call('HINCRBY', ctx.meta, 'bytes', -sz) end
+end
+
+-- An indexed key whose entry Redis has removed (TTL expiry or eviction) is recorded as
+-- an `expire` (its TTL has passed) or `evict` event with a revision of its own.
+-- Idempotent: a second call finds the key unindexed and does nothing.
+local function reconcile(ctx, key, ekey, hkey)
+  if redis.call('EXISTS', ekey) == 1 then return false end
+  if not redis.call('ZSCORE', ctx.idx, key) then return false end
+  local exp = redis.call('ZSCORE', ctx.ttl, key)
+  local kind = 'evict'
+  if exp and tonumber(exp) <= ctx.now then kind = 'expire' end
+  unindex(ctx, key, hkey)
+  local rev = bump(ctx)
+  log_event(ctx, rev, kind, key, 0, nil)
+  return true
+end
+
+-- Copy the current entry into the history hash and trim history to hist_n versions in all.
+local function archive(ctx, ekey, hkey)
+  local c = redis.call('HMGET', ekey, 'v', 'm', 'ver', 'crev', 'mrev', 'ct', 'ut', 'exp', 'a', 'r')
+  local ver = tonumber(c[3])
+  local header = cjson.encode({
+    ver = ver, crev = tonumber(c[4]), mrev = tonumber(c[5]), ct = tonumber(c[6]),
+    ut = tonumber(c[7]), exp = c[8] and tonumber(c[8]) or nil,
+    a = c[9] or nil, r = c[10] or nil,
+  })
+  redis.call('HSET', hkey, fmt(ver), header .. '\n' .. (c[2] or '') .. '\n' .. c[1])
+  local drop = ver - ctx.hist_n + 1
+  if drop >= 1 then redis.call('HDEL', hkey, fmt(drop)) end
+end
+
+-- expect: nil = unconditional, 0 = must be absent, -1 = must exist, n > 0 = version must be n.
+-- ttl: nil = no TTL, -1 = keep the current expiry, n > 0 = expire n ms from now.
+-- Returns {'ok', ver, crev, mrev, ct, ut, exp|'' , created} or {'version_mismatch', current}.
+local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
+  reconcile(ctx, key, ekey, hkey)
+  local cur = redis.call('HMGET', ekey, 'ver', 'crev', 'ct', 'exp')
+  local ver = tonumber(cur[1])
+  if expect ~= nil then
+    if (expect == 0 and ver) or (expect == -1 and not ver) or (expect > 0 and ver ~= expect) then
+      return {'version_mismatch', ver or 0}
+    end
+  end
+  local rev = bump(ctx)
+  local newver, crev, ct
+  if ver then
+    if ctx.hist_n > 1 then archive(ctx, ekey, hkey) end
+    newver = ver + 1
+    crev = tonumber(cur[2])
+    ct = tonumber(cur[3])
+  else
+    newver = 1
+    crev = rev
+    ct = ctx.now
+    redis.call('ZADD', ctx.idx, 0, key)
+    redis.call('DEL', hkey)
+  end
+  local exp = nil
+  if ttl == -1 then
+    if ver and cur[4] then exp = tonumber(cur[4]) end
+  elseif ttl then
+    exp = ctx.now + ttl
+  end
+  local size = #key + #value + #meta
+  local oldsz = tonumber(redis.call('HGET', ctx.sz, key) or '0')
+  redis.call('HSET', ctx.sz, key, size)
+  if size ~= oldsz then redis.call('HINCRBY', ctx.meta, 'bytes', size - oldsz) end
+  if ver then redis.call('DEL', ekey) end
+  local f = {'HSET', ekey, 'v', value, 'ver', fmt(newver), 'crev', fmt(crev), 'mrev', fmt(rev),
+             'ct', fmt(ct), 'ut', fmt(ctx.now)}
+  if meta ~= '' then f[#f + 1] = 'm'; f[#f + 1] = meta end
+  if ctx.agent ~= '' then f[#f + 1] = 'a'; f[#f + 1] = ctx.agent end
+  if ctx.reason ~= '' then f[#f + 1] = 'r'; f[#f + 1] = ctx.reason end
+  if exp then f[#f + 1] = 'exp'; f[#f + 1] = fmt(exp) end
+  redis.call(unpack(f))
+  if exp then
+    redis.call('PEXPIREAT', ekey, exp)
+    redis.call('PEXPIREAT', hkey, exp)
+    redis.call('ZADD', ctx.ttl, exp, key)
+  elseif ver and cur[4] then
+    redis.call('ZREM', ctx.ttl, key)
+    redis.call('PERSIST', hkey)
+  end
+  log_event(ctx, rev, 'put', key, newver, value)
+  local created = 0
+  if not ver then created = 1 end
+  return {'ok', newver, crev, rev, ct, ctx.now, exp and fmt(exp) or '', created}
+end
+
+-- Returns {'ok', revision, deleted_version} | {'not_found'} | {'version_mismatch', current}.
+local function delete_core(ctx, key, ekey, hkey, expect)
+  reconcile(ctx, key, ekey, hkey)
+  local ver = tonumber(redis.call('HGET', ekey, 'ver'))
+  if not ver then return {'not_found'} end
+  if expect ~= nil and expect > 0 and expect ~= ver then return {'version_mismatch', ver} end
+  local rev = bump(ctx)
+  redis.call('DEL', ekey)
+  unindex(ctx, key, hkey)
+  log_event(ctx, rev, 'delete', key, ver, nil)
+  return {'ok', rev, ver}
+end
+
+local function parse_expect(s)
+  if s == nil or s == '' then return nil end
+  return tonumber(s)
+end
+
+local function parse_ttl(s)
+  if s == nil or s == '' then return nil end
+  return tonumber(s)
+end
+
+-- KEYS: meta idx log ttl sz entry hist
+-- ARGV: ctx(4), key, value, metadata ('' = none), ttl_ms ('' | '-1' keep | n), expect ('' | '0' | '-1' | n)
+local function kv_put(keys, args)
+  local ctx = ctx_new(keys, args)
+  return put_core(ctx, args[5], keys[6], keys[7], args[6], args[7], parse_ttl(args[8]), parse_expect(args[9]))
+end
+
+-- KEYS: meta idx log ttl sz entry hist
+-- ARGV: ctx(4), key, expect ('' | n)
+local function kv_delete(keys, args)
+  local ctx = ctx_new(keys, args)
+  return delete_core(ctx, args[5], keys[6], keys[7], parse_expect(args[6]))
+end
+
+-- Writes a retained past version's value and metadata as a new version (TTL kept).
+-- KEYS: meta idx log ttl sz entry hist
+-- ARGV: ctx(4), key, version
+-- Returns like kv_put, or {'not_found'} (no entry) / {'version_not_found'}.
+local function kv_rollback(keys, args)
+  local ctx = ctx_new(keys, args)
+  local key, ekey, hkey = args[5], keys[6], keys[7]
+  local want = tonumber(args[6])
+  reconcile(ctx, key, ekey, hkey)
+  local cur = redis.call('HMGET', ekey, 'ver', 'v', 'm')
+  local ver = tonumber(cur[1])
+  if not ver then return {'not_found'} end
+  local value, meta
+  if want == ver then
+    value = cur[2]
+    meta = cur[3] or ''
+  else
+    local rec = redis.call('HGET', hkey, fmt(want))
+    if not rec then return {'version_not_found'} end
+    local a = string.find(rec, '\n', 1, true)
+    local b = string.find(rec, '\n', a + 1, true)
+    meta = string.sub(rec, a + 1, b - 1)
+    value = string.sub(rec, b + 1)
+  end
+  return put_core(ctx, key, ekey, hkey, value, meta, -1, ver)
+end
+
+-- KEYS: meta idx log ttl sz entry hist
+-- ARGV: ctx(4), key, by, ttl_ms ('' = none; applied only when the increment creates the counter)
+-- Returns {'ok', value, ver, crev, mrev, ct, ut, exp, created} | {'not_a_counter'} | {'overflow'}.
+local function kv_incr(keys, args)
+  local ctx = ctx_new(keys, args)
+  local key, ekey, hkey = args[5], keys[6], keys[7]
+  local by = tonumber(args[6])
+  reconcile(ctx, key, ekey, hkey)
+  local cur = redis.call('HMGET', ekey, 'ver', 'v', 'm')
+  local ver = tonumber(cur[1])
+  local n, meta, ttl
+  if ver then
+    if not string.match(cur[2], '^%-?%d+$') then return {'not_a_counter'} end
+    n = tonumber(cur[2]) + by
+    meta = cur[3] or ''
+    ttl = -1
+  else
+    n = by
+    meta = ''
+    ttl = parse_ttl(args[7])
+  end
+  if n > MAX_SAFE or n < -MAX_SAFE then return {'overflow'} end
+  local text = fmt(n)
+  local r = put_core(ctx, key, ekey, hkey, text, meta, ttl, ver or 0)
+  table.insert(r, 2, text)
+  return r
+end
+
+-- Reconcile one key whose entry may have been removed by Redis (expiry, eviction).
+-- KEYS: meta idx log ttl sz entry hist; ARGV: ctx(4), key
+-- Returns 1 when an event was recorded, 0 otherwise.
+local function kv_forget(keys, args)
+  local ctx = ctx_new(keys, args)
+  if reconcile(ctx, args[5], keys[6], keys[7]) then return 1 end
+  return 0
+end
+
+local function entry_fields(ekey)
+  return redis.call('HMGET', ekey, 'v', 'm', 'ver', 'crev', 'mrev', 'ct', 'ut', 'exp', 'a', 'r')
+end
+
+-- Compare-then-apply transaction, all-or-nothing.
+-- KEYS: meta idx log ttl sz, then entry_i, hist_i for each distinct key i (1-based)
+-- ARGV: ctx(4), nkeys, key_1..key_n,
+--       ncmp, (ki, kind 'version'|'exists'|'value', arg) * ncmp,
+--       nsucc, (op 'put'|'delete'|'get', ki, value, metadata, ttl) * nsucc,
+--       nfail, (same) * nfail
+-- Returns {succeeded 0|1, revision, results...}; a result is
+--   {'put', ver, mrev, created} | {'delete', found 0|1} | {'get', <entry_fields>}.
+local function kv_txn(keys, args)
+  local ctx = ctx_new(keys, args)
+  local p = 5
+  local nkeys = tonumber(args[p]); p = p + 1
+  local names = {}
+  for i = 1, nkeys do names[i] = args[p]; p = p + 1 end
+  local function ek(i) return keys[5 + 2 * i - 1] end
+  local function hk(i) return keys[5 + 2 * i] end
+  for i = 1, nkeys do reconcile(ctx, names[i], ek(i), hk(i)) end
+
+  local ok = true
+  local ncmp = tonumber(args[p]); p = p + 1
+  for _ = 1, ncmp do
+    local ki, kind, arg = tonumber(args[p]), args[p + 1], args[p + 2]
+    p = p + 3
+    if ok then
+      local cur = redis.call('HMGET', ek(ki), 'ver', 'v')
+      local ver = tonumber(cur[1]) or 0
+      if kind == 'version' then
+        ok = (ver == tonumber(arg))
+      elseif kind == 'exists' then
+        ok = ((ver > 0) == (arg == '1'))
+      elseif kind == 'value' then
+        ok = (cur[2] ~= false and cur[2] == arg)
+      else
+        return redis.error_reply('ERR unknown compare kind ' .. tostring(kind))
+      end
+    end
+  end
+
+  local function read_ops()
+    local n = tonumber(args[p]); p = p + 1
+    local ops = {}
+    for i = 1, n do
+      ops[i] = {args[p], tonumber(args[p + 1]), args[p + 2], args[p + 3], parse_ttl(args[p + 4])}
+      p = p + 5
+    end
+    return ops
+  end
+  local succ = read_ops()
+  local fail = read_ops()
+  local ops = fail
+  if ok then ops = succ end
+
+  local results = {}
+  for i, op in ipairs(ops) do
+    local kind, ki = op[1], op[2]
+    if kind == 'put' then
+      local r = put_core(ctx, names[ki], ek(ki), hk(ki), op[3], op[4], op[5], nil)
+      results[i] = {'put', r[2], r[4], r[8]}
+    elseif kind == 'delete' then
+      local r = delete_core(ctx, names[ki], ek(ki), hk(ki), nil)
+      if r[1] == 'ok' then results[i] = {'delete', 1} else results[i] = {'delete', 0} end
+    else
+      results[i] = {'get', entry_fields(ek(ki))}
+    end
+  end
+  local rev = tonumber(redis.call('HGET', ctx.meta, 'rev') or '0')
+  local out = {ok and 1 or 0, rev}
+  for i = 1, #results do out[#out + 1] = results[i] end
+  return out
+end
+
+local function swarmstate_version()
+  return LIBRARY_VERSION
+end
+
+redis.register_function('kv_put', kv_put)
+redis.register_function('kv_delete', kv_delete)
+redis.register_function('kv_rollback', kv_rollback)
+redis.register_function('kv_incr', kv_incr)
+redis.register_function('kv_forget', kv_forget)
+redis.register_function('kv_txn', kv_txn)
+redis.register_function{function_name = 'swarmstate_version', callback = swarmstate_version, flags = {'no-writes'}}
