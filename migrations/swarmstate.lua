@@ -214,7 +214,10 @@ local function kv_rollback(keys, args)
     meta = string.sub(rec, a + 1, b - 1)
     value = string.sub(rec, b + 1)
   end
-  return put_core(ctx, key, ekey, hkey, value, meta, -1, ver)
+  local r = put_core(ctx, key, ekey, hkey, value, meta, -1, ver)
+  r[#r + 1] = value
+  r[#r + 1] = meta
+  return r
 end
 
 -- KEYS: meta idx log ttl sz entry hist

@@ -1,1 +1,80 @@
-fn main(){}
+//! The `swarmstate` binary: `serve` runs the service, `openapi` prints its OpenAPI document.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use swarmstate::config::{CliOverrides, Config};
+
+#[derive(Parser)]
+#[command(name = "swarmstate", version, about = "Coordination state for multi-agent systems, served from Redis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (with its own redis-server when no Redis URL is configured).
+    Serve {
+        /// TOML configuration file (lower priority than env and flags).
+        #[arg(long, env = "SWARMSTATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: CliOverrides,
+    },
+    /// Print the OpenAPI 3.1 document.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Openapi => match swarmstate::http::openapi().to_pretty_json() {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config, overrides } => {
+            let cfg = match Config::load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(swarmstate::app::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,191 @@
+//! Application state, start-up, serving and shutdown.
+//!
+//! Start-up order: (embedded redis-server when no URL is configured) → connect → migrations →
+//! serve. Shutdown (SIGTERM / Ctrl-C): stop accepting, finish in-flight requests, stop
+//! background tasks, close Redis, then stop the embedded redis-server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{redact, Config};
+use crate::embedded::EmbeddedRedis;
+use crate::store::{migrate, Store};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub cfg: Arc<Config>,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    /// Whether Redis is the embedded child.
+    pub embedded: bool,
+}
+
+/// A running service: HTTP server plus background tasks.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Connect to `cfg.redis_url`, run migrations and serve on `listener`.
+    pub async fn start(cfg: Config, listener: TcpListener, embedded: bool) -> Result<Server, String> {
+        let url = cfg
+            .redis_url
+            .clone()
+            .ok_or_else(|| "no redis_url to connect to".to_string())?;
+        let store = Store::connect(&cfg, &url).await?;
+        let report = migrate::run(&store).await?;
+        tracing::info!(
+            url = %redact(&url),
+            library_loaded = report.library_loaded,
+            schema_from = report.schema_from,
+            schema_to = report.schema_to,
+            "connected to Redis"
+        );
+        let state = AppState {
+            store,
+            cfg: Arc::new(cfg),
+            metrics: crate::metrics::handle(),
+            started: Instant::now(),
+            embedded,
+        };
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = watch::channel(false);
+        let app = crate::http::router(state.clone());
+        let mut http_stop = stopped.clone();
+        let http = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let background = vec![
+            tokio::spawn(expiry_reconciler(state.store.clone(), stopped.clone())),
+            tokio::spawn(metrics_upkeep(state.metrics.clone(), stopped)),
+        ];
+        tracing::info!(%addr, "swarmstate listening");
+        Ok(Server {
+            addr,
+            state,
+            stop,
+            http,
+            background,
+        })
+    }
+
+    /// Graceful stop: finish in-flight requests, stop background work, close Redis.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.http.await;
+        for t in self.background {
+            let _ = t.await;
+        }
+        self.state.store.close().await;
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Records expiries of keys with a TTL (removes them from the index and accounting and
+/// appends an `expire` event with its own revision) about once a second. Idempotent across
+/// replicas: the function records a key only while it is still indexed.
+async fn expiry_reconciler(store: Store, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let Ok(names) = store.namespace_names().await else { continue };
+        for ns in names {
+            let Ok(due) = store.due_expiries(&ns, now_ms(), 256).await else { continue };
+            for key in due {
+                if let Err(e) = store.kv_forget(&ns, &key).await {
+                    tracing::debug!(ns, key, error = %e, "expiry reconcile failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+async fn metrics_upkeep(handle: PrometheusHandle, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Wait for SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// `swarmstate serve`: everything from start-up to graceful exit. An `Err` is printed and
+/// the process exits 1.
+pub async fn run(mut cfg: Config) -> Result<(), String> {
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let embedded = match cfg.redis_url {
+        Some(_) => None,
+        None => {
+            let e = EmbeddedRedis::start(&cfg).await.map_err(|e| e.to_string())?;
+            cfg.redis_url = Some(e.url.clone());
+            Some(e)
+        }
+    };
+    let server = match Server::start(cfg, listener, embedded.is_some()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(r) = embedded {
+                r.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    if let Some(r) = embedded {
+        r.stop().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Configuration: defaults → optional TOML file (`--config`) → `SWARMSTATE_*` environment →
+//! command-line flags, merged with figment and validated once at start-up, so a bad setting
+//! stops the process with a message naming the setting instead of failing on first use.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable the service reads (`SWARMSTATE_REDIS_URL` → `redis_url`).
+pub const ENV_PREFIX: &str = "SWARMSTATE_";
+
+/// Every setting, in the order the README's table lists them. Environment variables are the
+/// upper-cased names with [`ENV_PREFIX`]; anything else under the prefix is ignored.
+pub const SETTINGS: &[&str] = &[
+    "listen",
+    "redis_url",
+    "data_dir",
+    "log",
+    "log_format",
+    "key_prefix",
+    "body_limit_bytes",
+    "command_timeout_ms",
+    "redis_pool_size",
+    "history_versions",
+    "changelog_retention",
+    "startup_timeout_ms",
+    "redis_server_bin",
+    "embedded_appendfsync",
+    "tokens_file",
+    "backup_dir",
+    "backup_key",
+    "pool_capacity_bytes",
+];
+
+/// The validated service configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds. Loopback by default: without tokens nothing should be
+    /// reachable from the network.
+    pub listen: String,
+    /// Redis to use. `None` starts the embedded, supervised `redis-server` under `data_dir`.
+    pub redis_url: Option<String>,
+    /// Where the embedded Redis keeps its append-only file (and later, backups by default).
+    pub data_dir: PathBuf,
+    /// tracing filter, e.g. `info` or `swarmstate=debug,tower_http=debug`.
+    pub log: String,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+    /// First component of every Redis key, so several deployments (or test runs) can share one
+    /// Redis without seeing each other's data.
+    pub key_prefix: String,
+    /// Largest accepted request body; larger bodies get 413 `payload_too_large`.
+    pub body_limit_bytes: usize,
+    /// Deadline of every Redis command; past it the request answers 503 `redis_unavailable`.
+    pub command_timeout_ms: u64,
+    /// Redis connections in the client pool (commands are pipelined on each).
+    pub redis_pool_size: usize,
+    /// Versions kept per key, current one included (history and `?version=` reads).
+    pub history_versions: u32,
+    /// Approximate number of entries kept in each namespace's change log (watch resume window).
+    pub changelog_retention: u64,
+    /// How long start-up waits for Redis to answer before giving up with exit code 1.
+    pub startup_timeout_ms: u64,
+    /// The `redis-server` executable used by the embedded default.
+    pub redis_server_bin: String,
+    /// `appendfsync` of the embedded Redis: `always` or `everysec`.
+    pub embedded_appendfsync: String,
+    /// Bearer tokens file (used by the auth issue; accepted and checked for existence now).
+    pub tokens_file: Option<PathBuf>,
+    /// Backup directory (backups issue). Defaults to `<data_dir>/backups`.
+    pub backup_dir: Option<PathBuf>,
+    /// Backup encryption key (backups issue).
+    pub backup_key: Option<String>,
+    /// Total bytes memory partitions may allocate (partitions issue).
+    pub pool_capacity_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            redis_url: None,
+            data_dir: PathBuf::from("./data"),
+            log: "info".into(),
+            log_format: "text".into(),
+            key_prefix: "ss".into(),
+            body_limit_bytes: 1024 * 1024,
+            command_timeout_ms: 2000,
+            redis_pool_size: 4,
+            history_versions: 10,
+            changelog_retention: 10_000,
+            startup_timeout_ms: 30_000,
+            redis_server_bin: "redis-server".into(),
+            embedded_appendfsync: "everysec".into(),
+            tokens_file: None,
+            backup_dir: None,
+            backup_key: None,
+            pool_capacity_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Settings given on the command line; only the ones present override lower layers.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct CliOverrides {
+    /// Address to listen on [env: SWARMSTATE_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Redis URL: redis://, rediss://, redis+sentinel://, redis-cluster:// [env: SWARMSTATE_REDIS_URL]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Data directory of the embedded Redis [env: SWARMSTATE_DATA_DIR] [default: ./data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// tracing filter [env: SWARMSTATE_LOG] [default: info]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Key prefix in Redis [env: SWARMSTATE_KEY_PREFIX] [default: ss]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Bearer tokens file [env: SWARMSTATE_TOKENS_FILE]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// A configuration problem, reported at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Merge all layers and validate.
+    pub fn load(file: Option<&Path>, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let env = Env::prefixed(ENV_PREFIX).filter(|k| SETTINGS.iter().any(|s| k.as_str().eq_ignore_ascii_case(s)));
+        fig = fig.merge(env).merge(Serialized::defaults(cli));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every setting; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad(format!("listen: `{}` is not an address like 127.0.0.1:8080", self.listen));
+        }
+        if let Some(url) = &self.redis_url {
+            RedisTarget::parse(url)?;
+        }
+        let prefix_ok = !self.key_prefix.is_empty()
+            && self.key_prefix.len() <= 64
+            && self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if !prefix_ok {
+            return bad(format!(
+                "key_prefix: `{}` must be 1-64 characters of [A-Za-z0-9_.:-]",
+                self.key_prefix
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.body_limit_bytes) {
+            return bad("body_limit_bytes: must be between 1024 and 67108864".into());
+        }
+        if !(50..=60_000).contains(&self.command_timeout_ms) {
+            return bad("command_timeout_ms: must be between 50 and 60000".into());
+        }
+        if !(1..=64).contains(&self.redis_pool_size) {
+            return bad("redis_pool_size: must be between 1 and 64".into());
+        }
+        if !(1..=1000).contains(&self.history_versions) {
+            return bad("history_versions: must be between 1 and 1000".into());
+        }
+        if !(100..=100_000_000).contains(&self.changelog_retention) {
+            return bad("changelog_retention: must be between 100 and 100000000".into());
+        }
+        if !(["always", "everysec"].contains(&self.embedded_appendfsync.as_str())) {
+            return bad("embedded_appendfsync: must be `always` or `everysec`".into());
+        }
+        if !(["text", "json"].contains(&self.log_format.as_str())) {
+            return bad("log_format: must be `text` or `json`".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return bad(format!("log: `{}` is not a tracing filter: {e}", self.log));
+        }
+        if let Some(t) = &self.tokens_file {
+            if !t.exists() {
+                return bad(format!("tokens_file: {} does not exist", t.display()));
+            }
+        }
+        if self.pool_capacity_bytes == 0 {
+            return bad("pool_capacity_bytes: must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The deployment shapes a Redis URL can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+/// A parsed Redis URL, converted to the form fred understands.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    pub mode: RedisMode,
+    pub tls: bool,
+    /// The URL in fred's syntax (`redis-cluster://h:p?node=h2:p2`, `redis-sentinel://…`).
+    pub fred_url: String,
+}
+
+impl RedisTarget {
+    /// Accepts `redis://[user:pass@]host[:port][/db]`, `rediss://…` (TLS),
+    /// `redis+sentinel://[user:pass@]s1:p1,s2:p2/<service>[/db]` (`rediss+sentinel` for TLS) and
+    /// `redis-cluster://[user:pass@]h1:p1,h2:p2,…` (`rediss-cluster` for TLS).
+    pub fn parse(url: &str) -> Result<RedisTarget, ConfigError> {
+        let err = |m: &str| ConfigError(format!("redis_url: {m} (got `{}`)", redact(url)));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| err("expected a URL such as redis://127.0.0.1:6379"))?;
+        let (creds, rest) = match rest.rsplit_once('@') {
+            Some((c, r)) => (format!("{c}@"), r),
+            None => (String::new(), rest),
+        };
+        let (hosts, path) = match rest.split_once('/') {
+            Some((h, p)) => (h, p),
+            None => (rest, ""),
+        };
+        let host_list: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        if host_list.is_empty() {
+            return Err(err("no host given"));
+        }
+        for h in &host_list {
+            if let Some((_, port)) = h.rsplit_once(':') {
+                if port.parse::<u16>().is_err() {
+                    return Err(err("a port is not a number between 0 and 65535"));
+                }
+            }
+        }
+        let with_port = |h: &str, default: u16| {
+            if h.contains(':') {
+                h.to_string()
+            } else {
+                format!("{h}:{default}")
+            }
+        };
+        let target = match scheme {
+            "redis" | "rediss" => {
+                if host_list.len() != 1 {
+                    return Err(err("redis:// takes one host; use redis-cluster:// for several"));
+                }
+                if !path.is_empty() && path.parse::<u8>().is_err() {
+                    return Err(err("the path must be a database number"));
+                }
+                RedisTarget {
+                    mode: RedisMode::Standalone,
+                    tls: scheme == "rediss",
+                    fred_url: url.to_string(),
+                }
+            }
+            "redis-cluster" | "rediss-cluster" => {
+                let first = with_port(host_list[0], 6379);
+                let nodes: Vec<String> = host_list[1..]
+                    .iter()
+                    .map(|h| format!("node={}", with_port(h, 6379)))
+                    .collect();
+                let q = if nodes.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", nodes.join("&"))
+                };
+                RedisTarget {
+                    mode: RedisMode::Cluster,
+                    tls: scheme == "rediss-cluster",
+                    fred_url: format!("{scheme}://{creds}{first}{q}"),
+                }
+            }
+            "redis+sentinel" | "rediss+sentinel" | "redis-sentinel" | "rediss-sentinel" => {
+                let tls = scheme.starts_with("rediss");
+                let fred_scheme = if tls { "rediss-sentinel" } else { "redis-sentinel" };
+                if scheme.contains('-') {
+                    // fred's own syntax, passed through.
+                    RedisTarget {
+                        mode: RedisMode::Sentinel,
+                        tls,
+                        fred_url: format!("{fred_scheme}://{}", url.split_once("://").map(|x| x.1).unwrap_or("")),
+                    }
+                } else {
+                    let mut parts = path.split('/').filter(|p| !p.is_empty());
+                    let service = parts
+                        .next()
+                        .ok_or_else(|| err("redis+sentinel:// needs the master name as its path: redis+sentinel://s1:26379,s2:26379/mymaster"))?;
+                    let db = match parts.next() {
+                        Some(d) => {
+                            d.parse::<u8>().map_err(|_| err("the database must be a number"))?;
+                            format!("/{d}")
+                        }
+                        None => String::new(),
+                    };
+                    let first = with_port(host_list[0], 26379);
+                    let mut q = format!("?sentinelServiceName={service}");
+                    for h in &host_list[1..] {
+                        q.push_str(&format!("&node={}", with_port(h, 26379)));
+                    }
+                    RedisTarget {
+                        mode: RedisMode::Sentinel,
+                        tls,
+                        fred_url: format!("{fred_scheme}://{creds}{first}{db}{q}"),
+                    }
+                }
+            }
+            other => {
+                return Err(err(&format!(
+                    "unknown scheme `{other}`; use redis, rediss, redis+sentinel or redis-cluster"
+                )))
+            }
+        };
+        fred::prelude::Config::from_url(&target.fred_url)
+            .map_err(|e| err(&format!("not understood: {e}")))?;
+        Ok(target)
+    }
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => {
+            let (creds, host) = rest.rsplit_once('@').unwrap_or(("", rest));
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms_parse() {
+        let t = RedisTarget::parse("redis://127.0.0.1:6379/2").unwrap();
+        assert_eq!(t.mode, RedisMode::Standalone);
+        let t = RedisTarget::parse("rediss://u:p@example.com:6380").unwrap();
+        assert!(t.tls);
+        let t = RedisTarget::parse("redis-cluster://a:7000,b:7001,c").unwrap();
+        assert_eq!(t.mode, RedisMode::Cluster);
+        assert_eq!(t.fred_url, "redis-cluster://a:7000?node=b:7001&node=c:6379");
+        let t = RedisTarget::parse("redis+sentinel://:pw@s1:26379,s2/mymaster/1").unwrap();
+        assert_eq!(t.mode, RedisMode::Sentinel);
+        assert_eq!(
+            t.fred_url,
+            "redis-sentinel://:pw@s1:26379/1?sentinelServiceName=mymaster&node=s2:26379"
+        );
+        for bad in [
+            "localhost:6379",
+            "http://x",
+            "redis://a,b",
+            "redis+sentinel://s1:26379",
+            "redis://h:99999",
+            "redis://h/notadb",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let c = Config {
+            key_prefix: "a{b}".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("key_prefix"));
+        let c = Config {
+            listen: "nope".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("listen"));
+        assert!(Config::default().validate().is_ok());
+    }
+}

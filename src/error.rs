@@ -1,0 +1,218 @@
+//! One error type for the whole API and one table mapping each stable `code` to its HTTP
+//! status and title. Errors leave as RFC 9457 `application/problem+json` documents; 5xx
+//! bodies are generic, the details go to the log.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Stable machine-readable error codes. Clients switch on these, never on `title` or `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid JSON (syntax error, truncated, number out of range).
+    MalformedJson,
+    /// The body is JSON but not the expected shape (wrong type, missing or unknown field).
+    InvalidBody,
+    /// A query parameter, header or field value is out of range or malformed.
+    InvalidArgument,
+    /// A namespace, key or other name breaks the naming rules.
+    InvalidName,
+    /// An `If-Match` / `If-None-Match` / `if_version` precondition failed.
+    VersionMismatch,
+    /// The entry, version or route does not exist.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The body is larger than `body_limit_bytes`.
+    PayloadTooLarge,
+    /// The Content-Type is not accepted for this operation.
+    UnsupportedMediaType,
+    /// The counter key holds something other than an integer.
+    NotACounter,
+    /// The operation would overflow the safe integer range (±2^53-1).
+    CounterOverflow,
+    /// Too much contention to complete an optimistic merge; retry.
+    Conflict,
+    /// Redis is down, failing over, or slower than `command_timeout_ms`.
+    RedisUnavailable,
+    /// An unexpected server error; see the log for the request id.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            MalformedJson | InvalidArgument | InvalidName => StatusCode::BAD_REQUEST,
+            InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
+            VersionMismatch => StatusCode::PRECONDITION_FAILED,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            NotACounter | Conflict => StatusCode::CONFLICT,
+            CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+            RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedJson => "Malformed JSON",
+            InvalidBody => "Invalid request body",
+            InvalidArgument => "Invalid argument",
+            InvalidName => "Invalid name",
+            VersionMismatch => "Version mismatch",
+            NotFound => "Not found",
+            MethodNotAllowed => "Method not allowed",
+            PayloadTooLarge => "Payload too large",
+            UnsupportedMediaType => "Unsupported media type",
+            NotACounter => "Not a counter",
+            CounterOverflow => "Counter overflow",
+            Conflict => "Conflict",
+            RedisUnavailable => "Redis unavailable",
+            Internal => "Internal server error",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedJson => "malformed_json",
+            InvalidBody => "invalid_body",
+            InvalidArgument => "invalid_argument",
+            InvalidName => "invalid_name",
+            VersionMismatch => "version_mismatch",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            NotACounter => "not_a_counter",
+            CounterOverflow => "counter_overflow",
+            Conflict => "conflict",
+            RedisUnavailable => "redis_unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+/// An RFC 9457 problem document as sent to clients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `https://swarmstate.dev/problems/<code>`
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The request path.
+    pub instance: String,
+    pub code: ErrorCode,
+    /// The `x-request-id` of the failed request, to find it in the logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// For `version_mismatch`: the entry's current version (0 when it does not exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+}
+
+/// The error every handler returns.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+    /// Extra members merged into the problem document (e.g. `current_version`).
+    pub extra: Map<String, Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u32>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            detail: detail.into(),
+            extra: Map::new(),
+            retry_after: None,
+        }
+    }
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, detail)
+    }
+    pub fn invalid_name(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidName, detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, detail)
+    }
+    pub fn version_mismatch(current: u64) -> Self {
+        let mut e = Self::new(
+            ErrorCode::VersionMismatch,
+            format!("precondition failed: the current version is {current}"),
+        );
+        e.extra.insert("current_version".into(), current.into());
+        e
+    }
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let mut e = Self::new(ErrorCode::RedisUnavailable, detail);
+        e.retry_after = Some(1);
+        e
+    }
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(ErrorCode::Internal, "internal error; the log has the details")
+    }
+
+    /// Render the problem document for the request at `instance`.
+    pub fn to_body(&self, instance: &str, request_id: Option<&str>) -> Vec<u8> {
+        let mut doc = Map::new();
+        doc.insert(
+            "type".into(),
+            format!("https://swarmstate.dev/problems/{}", self.code.as_str()).into(),
+        );
+        doc.insert("title".into(), self.code.title().into());
+        doc.insert("status".into(), self.code.status().as_u16().into());
+        doc.insert("detail".into(), self.detail.clone().into());
+        doc.insert("instance".into(), instance.into());
+        doc.insert("code".into(), self.code.as_str().into());
+        if let Some(id) = request_id {
+            doc.insert("request_id".into(), id.into());
+        }
+        for (k, v) in &self.extra {
+            doc.insert(k.clone(), v.clone());
+        }
+        serde_json::to_vec(&Value::Object(doc)).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl IntoResponse for ApiError {
+    /// The body is rendered without `instance`; the problem middleware (http::problem_layer)
+    /// re-renders it with the request path and id, finding the error in the extensions.
+    fn into_response(self) -> Response {
+        let mut res = (self.code.status(), self.to_body("", None)).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(s) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}

@@ -1,0 +1,390 @@
+//! HTTP surface: the router, its middleware, and the extractors every handler shares.
+//!
+//! Handlers only extract, call the store, and map the result. Every failure, including axum's
+//! own rejections (bad JSON, bad query, 404, 405, 413), leaves as a problem document.
+
+pub mod kv;
+pub mod ops;
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorCode, PROBLEM_JSON};
+use crate::store::kv::Provenance;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest key in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Longest TTL: ten years.
+pub const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+/// Largest safe integer for counters (2^53 - 1).
+pub const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "swarmstate",
+        description = "Coordination state for multi-agent systems: versioned JSON key/value with compare-and-swap, history and transactions, stored in Redis. Errors are RFC 9457 problem documents with a stable `code`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        kv::get_entry,
+        kv::put_entry,
+        kv::patch_entry,
+        kv::delete_entry,
+        kv::get_history,
+        kv::rollback_entry
+    ),
+    components(schemas(crate::error::Problem, crate::error::ErrorCode)),
+    tags(
+        (name = "kv", description = "Versioned key/value"),
+        (name = "ops", description = "Health, status and metrics")
+    )
+)]
+pub struct ApiDoc;
+
+/// The documented API routes and the OpenAPI document describing them.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(kv::list_entries))
+        .routes(routes!(kv::batch_get))
+        .routes(routes!(kv::batch_put))
+        .routes(routes!(kv::batch_delete))
+        .routes(routes!(kv::txn))
+        .routes(routes!(kv::incr_counter))
+        .routes(routes!(kv::list_namespaces))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::status))
+        .routes(routes!(ops::metrics))
+        .split_for_parts();
+    // Keys may contain `/`; one wildcard route serves the entry, its history and rollback
+    // (documented above as `/v1/ns/{ns}/kv/{key}...` with the key percent-encoded).
+    let router = router.route(
+        "/v1/ns/{ns}/kv/{*key}",
+        get(kv::get_dispatch)
+            .put(kv::put_entry)
+            .patch(kv::patch_entry)
+            .delete(kv::delete_entry)
+            .post(kv::post_dispatch),
+    );
+    (router, openapi)
+}
+
+/// The OpenAPI document (served at /openapi.json, printed by `swarmstate openapi`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api().1;
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The whole application: API routes, docs, and middleware.
+pub fn router(state: AppState) -> Router {
+    let (api_router, _) = api();
+    let body_limit = state.cfg.body_limit_bytes;
+    api_router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .fallback(fallback)
+        .route_layer(middleware::from_fn(capture_route))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+                .layer(TraceLayer::new_for_http())
+                .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn(problem_layer))
+                .layer(CompressionLayer::new())
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+}
+
+async fn fallback(method: Method) -> ApiError {
+    ApiError::not_found(format!("no route for {method} here"))
+}
+
+/// The matched route template, carried on the response for the metrics layer.
+#[derive(Clone)]
+struct RouteLabel(String);
+
+async fn capture_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let mut res = next.run(req).await;
+    if let Some(r) = route {
+        res.extensions_mut().insert(RouteLabel(r));
+    }
+    res
+}
+
+/// `http_requests_total` and `http_request_duration_seconds`, labelled by route template.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let res = next.run(req).await;
+    let route = res
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = res.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Finish problem documents (request path and id) and turn any other error response, such as
+/// axum's 405, into one.
+async fn problem_layer(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let rid = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut res = next.run(req).await;
+    let err = match res.extensions_mut().remove::<ApiError>() {
+        Some(e) => e,
+        None => {
+            let status = res.status();
+            if !(status.is_client_error() || status.is_server_error()) || is_problem(res.headers()) {
+                return res;
+            }
+            let code = match status {
+                StatusCode::NOT_FOUND => ErrorCode::NotFound,
+                StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+                StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+                StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidBody,
+                s if s.is_client_error() => ErrorCode::InvalidArgument,
+                _ => ErrorCode::Internal,
+            };
+            let mut e = ApiError::new(code, status.canonical_reason().unwrap_or("error").to_string());
+            if code == ErrorCode::Internal {
+                e.detail = "internal error; the log has the details".into();
+            }
+            let (mut parts, _) = res.into_parts();
+            parts.status = code.status();
+            let body = e.to_body(&path, rid.as_deref());
+            parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Response::from_parts(parts, Body::from(body));
+        }
+    };
+    let body = err.to_body(&path, rid.as_deref());
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn is_problem(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// A JSON request body. Parsed whatever the Content-Type says (curl's `-d` sends a form type),
+/// with syntax errors answered 400 `malformed_json` and shape errors 422 `invalid_body`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is larger than the configured limit")
+            } else {
+                ApiError::bad_request(format!("reading the body failed: {rej}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parse JSON with the error classification of [`JsonBody`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::new(ErrorCode::MalformedJson, "the request body is empty; JSON expected"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}")),
+            _ => ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}")),
+        }
+    })
+}
+
+/// Query string with rejections as 400 `invalid_argument`.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded_from_str(q).map(Q)
+    }
+}
+
+fn serde_urlencoded_from_str<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ApiError::bad_request("bad query string"))?)
+        .map(|axum::extract::Query(t)| t)
+        .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
+}
+
+/// `x-agent-id` / `x-change-reason`, validated.
+impl<S: Send + Sync> FromRequestParts<S> for Provenance {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Provenance {
+            agent: header_text(&parts.headers, "x-agent-id", 128)?,
+            reason: header_text(&parts.headers, "x-change-reason", 1024)?,
+        })
+    }
+}
+
+fn header_text(h: &HeaderMap, name: &str, max: usize) -> Result<Option<String>, ApiError> {
+    let Some(v) = h.get(name) else { return Ok(None) };
+    let s = std::str::from_utf8(v.as_bytes())
+        .map_err(|_| ApiError::bad_request(format!("{name} must be UTF-8")))?
+        .trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > max || s.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{name} must be at most {max} bytes without control characters"
+        )));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Namespace (and queue, lock, channel, partition) names: `[a-z0-9][a-z0-9._-]{0,62}`.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_name(format!(
+            "{kind} name `{}` must match [a-z0-9][a-z0-9._-]{{0,62}}",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// Keys: 1..=512 bytes of UTF-8 without control characters.
+pub fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::invalid_name(format!(
+            "keys must be 1 to {MAX_KEY_BYTES} bytes (got {})",
+            key.len()
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::invalid_name("keys may not contain control characters"));
+    }
+    Ok(())
+}
+
+/// What a `/v1/ns/{ns}/kv/{*key}` path addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvSub {
+    Entry,
+    History,
+    Rollback,
+}
+
+/// Namespace and key of a key route, percent-decoded and validated. A raw (unencoded) path
+/// ending in `/history` (GET) or `/rollback` (POST) addresses that sub-resource; a key whose
+/// last segment really is `history` is reached by encoding its slash as `%2F`.
+pub struct KvPath {
+    pub ns: String,
+    pub key: String,
+    pub sub: KvSub,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for KvPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let mut ns_raw = "";
+        let mut key_raw = "";
+        for (name, value) in raw.iter() {
+            match name {
+                "ns" => ns_raw = value,
+                "key" => key_raw = value,
+                _ => {}
+            }
+        }
+        let (key_raw, sub) = match parts.method {
+            Method::GET | Method::HEAD => match key_raw.strip_suffix("/history") {
+                Some(k) if !k.is_empty() => (k, KvSub::History),
+                _ => (key_raw, KvSub::Entry),
+            },
+            Method::POST => match key_raw.strip_suffix("/rollback") {
+                Some(k) if !k.is_empty() => (k, KvSub::Rollback),
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::MethodNotAllowed,
+                        "POST is only for .../kv/{key}/rollback; write entries with PUT",
+                    ))
+                }
+            },
+            _ => (key_raw, KvSub::Entry),
+        };
+        let ns = decode(ns_raw, "namespace")?;
+        validate_name("namespace", &ns)?;
+        let key = decode(key_raw, "key")?;
+        validate_key(&key)?;
+        Ok(KvPath { ns, key, sub })
+    }
+}
+
+fn decode(raw: &str, what: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ApiError::invalid_name(format!("the {what} is not valid UTF-8 once percent-decoded")))
+}
+
+/// Re-export for handlers returning JSON with a status.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(b) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b).into_response(),
+        Err(e) => ApiError::internal(format!("serializing a response: {e}")).into_response(),
+    }
+}

@@ -1,0 +1,115 @@
+//! The only place Redis key names are built.
+//!
+//! Every key of a namespace carries the `{<ns>}` hash tag so that one namespace lives in one
+//! cluster slot and every multi-key function call stays on one node. Namespace names are
+//! validated (`[a-z0-9][a-z0-9._-]{0,62}`) and the prefix may not contain braces, so the
+//! first `{…}` of a key is always the namespace, whatever bytes the user's key holds.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<p>:{<ns>}:meta` | hash | `rev` namespace revision, `bytes` bytes used |
+//! | `<p>:{<ns>}:idx` | zset | live keys, score 0, lexicographic |
+//! | `<p>:{<ns>}:log` | stream | change log, id `0-<revision>`, capped |
+//! | `<p>:{<ns>}:ttl` | zset | key → expiry (unix ms) |
+//! | `<p>:{<ns>}:sz` | hash | key → accounted bytes |
+//! | `<p>:{<ns>}:e:<key>` | hash | the entry |
+//! | `<p>:{<ns>}:h:<key>` | hash | past versions |
+//! | `<p>:namespaces` | set | every namespace ever written (listing) |
+//! | `<p>:schema` | string | key-schema version applied by migrations |
+//! | `<p>:migrate-lock` | string | held while migrations run |
+
+/// Key builder for one deployment (one key prefix).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The keys of one namespace.
+    pub fn ns(&self, ns: &str) -> NsKeys {
+        let base = format!("{}:{{{}}}:", self.prefix, ns);
+        NsKeys {
+            meta: format!("{base}meta"),
+            idx: format!("{base}idx"),
+            log: format!("{base}log"),
+            ttl: format!("{base}ttl"),
+            sz: format!("{base}sz"),
+            base,
+        }
+    }
+
+    pub fn namespaces(&self) -> String {
+        format!("{}:namespaces", self.prefix)
+    }
+
+    pub fn schema(&self) -> String {
+        format!("{}:schema", self.prefix)
+    }
+
+    pub fn migrate_lock(&self) -> String {
+        format!("{}:migrate-lock", self.prefix)
+    }
+}
+
+/// Keys of one namespace; per-entry keys are derived with [`NsKeys::entry`] / [`NsKeys::hist`].
+#[derive(Debug, Clone)]
+pub struct NsKeys {
+    base: String,
+    pub meta: String,
+    pub idx: String,
+    pub log: String,
+    pub ttl: String,
+    pub sz: String,
+}
+
+impl NsKeys {
+    pub fn entry(&self, key: &str) -> String {
+        format!("{}e:{}", self.base, key)
+    }
+
+    pub fn hist(&self, key: &str) -> String {
+        format!("{}h:{}", self.base, key)
+    }
+
+    /// KEYS[1..5] of every namespace function: meta, idx, log, ttl, sz.
+    pub fn common(&self) -> Vec<String> {
+        vec![
+            self.meta.clone(),
+            self.idx.clone(),
+            self.log.clone(),
+            self.ttl.clone(),
+            self.sz.clone(),
+        ]
+    }
+
+    /// KEYS of a single-entry function: the common five, then entry and history.
+    pub fn for_entry(&self, key: &str) -> Vec<String> {
+        let mut k = self.common();
+        k.push(self.entry(key));
+        k.push(self.hist(key));
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_namespace_key_carries_the_hash_tag() {
+        let k = Keys::new("ss").ns("app");
+        for key in k.for_entry("we{ird}*key") {
+            assert!(key.starts_with("ss:{app}:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Typed access to Redis: one connection pool, one wrapper per Redis function, and the
+//! mapping of Redis failures to API errors (`redis_unavailable` for anything that is the
+//! network's or the server's momentary fault, `internal` for everything else).
+//!
+//! Every call is timed into `redis_command_duration_seconds{command}`; failures count into
+//! `redis_errors_total{kind}`.
+
+pub mod keys;
+pub mod kv;
+pub mod migrate;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fred::error::{Error as RedisError, ErrorKind};
+use fred::prelude::*;
+use fred::types::Value;
+
+use crate::config::{Config, RedisMode, RedisTarget};
+use crate::error::{ApiError, ApiResult};
+use keys::Keys;
+
+/// Handle to Redis shared by every request. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    keys: Keys,
+    mode: RedisMode,
+    log_maxlen: String,
+    history_versions: String,
+    /// Namespaces this process has already added to the registry set.
+    registered: RwLock<HashSet<String>>,
+}
+
+impl Store {
+    /// Connect to Redis, retrying until `startup_timeout_ms` has passed.
+    pub async fn connect(cfg: &Config, url: &str) -> Result<Store, String> {
+        let target = RedisTarget::parse(url).map_err(|e| e.to_string())?;
+        let fred_cfg = fred::prelude::Config::from_url(&target.fred_url)
+            .map_err(|e| format!("redis_url: {e}"))?;
+        let timeout = Duration::from_millis(cfg.command_timeout_ms);
+        let pool = Builder::from_config(fred_cfg)
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 2;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+            .build_pool(cfg.redis_pool_size)
+            .map_err(|e| format!("redis client: {e}"))?;
+        let deadline = Instant::now() + Duration::from_millis(cfg.startup_timeout_ms);
+        let mut last_err = String::new();
+        let mut connected = false;
+        while Instant::now() < deadline {
+            match pool.init().await {
+                Ok(_) => {
+                    connected = true;
+                    break;
+                }
+                Err(e) => {
+                    last_err = e.to_string();
+                    tracing::warn!(error = %e, url = %crate::config::redact(url), "Redis not reachable yet; retrying");
+                    let _ = pool.quit().await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        if !connected {
+            return Err(format!(
+                "could not reach Redis at {} within {} ms: {last_err}",
+                crate::config::redact(url),
+                cfg.startup_timeout_ms
+            ));
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                keys: Keys::new(&cfg.key_prefix),
+                mode: target.mode,
+                log_maxlen: cfg.changelog_retention.to_string(),
+                history_versions: cfg.history_versions.to_string(),
+                registered: RwLock::new(HashSet::new()),
+            }),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn mode(&self) -> &RedisMode {
+        &self.inner.mode
+    }
+
+    pub async fn close(&self) {
+        let _ = self.inner.pool.quit().await;
+    }
+
+    /// Time a Redis call and map its error.
+    pub async fn timed<T, F>(&self, command: &'static str, fut: F) -> ApiResult<T>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let start = Instant::now();
+        let res = fut.await;
+        metrics::histogram!("redis_command_duration_seconds", "command" => command)
+            .record(start.elapsed().as_secs_f64());
+        res.map_err(|e| map_redis_error(command, e))
+    }
+
+    /// Call a function of the swarmstate library. When Redis answers that the function does not
+    /// exist (a Redis restarted without persistence, or FUNCTION FLUSH), the library is loaded
+    /// again and the call retried once.
+    pub async fn fcall(
+        &self,
+        name: &'static str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> ApiResult<Value> {
+        let start = Instant::now();
+        let mut res: Result<Value, RedisError> =
+            self.inner.pool.fcall(name, keys.clone(), args.clone()).await;
+        if let Err(e) = &res {
+            if e.details().contains("Function not found") {
+                tracing::warn!("functions library missing on Redis; loading it again");
+                if let Err(e) = migrate::load_library(self).await {
+                    return Err(map_redis_error(name, e));
+                }
+                res = self.inner.pool.fcall(name, keys, args).await;
+            }
+        }
+        metrics::histogram!("redis_command_duration_seconds", "command" => name)
+            .record(start.elapsed().as_secs_f64());
+        res.map_err(|e| map_redis_error(name, e))
+    }
+
+    /// Record a namespace in the registry set (once per process per namespace). Done before
+    /// the first write so a namespace with data is always listed; in cluster mode the
+    /// registry lives in another slot, so it cannot join the write's atomic call.
+    pub async fn register_namespace(&self, ns: &str) -> ApiResult<()> {
+        if self.inner.registered.read().map(|s| s.contains(ns)).unwrap_or(false) {
+            return Ok(());
+        }
+        let key = self.inner.keys.namespaces();
+        self.timed("sadd", self.inner.pool.sadd::<i64, _, _>(key, ns))
+            .await?;
+        if let Ok(mut s) = self.inner.registered.write() {
+            s.insert(ns.to_string());
+        }
+        Ok(())
+    }
+
+    /// Common ARGV[1..4] of namespace functions.
+    fn ctx_args(&self, prov: &kv::Provenance) -> Vec<Value> {
+        vec![
+            self.inner.log_maxlen.as_str().into(),
+            self.inner.history_versions.as_str().into(),
+            prov.agent.as_deref().unwrap_or("").into(),
+            prov.reason.as_deref().unwrap_or("").into(),
+        ]
+    }
+}
+
+/// Errors that mean "Redis is not answering right now" become 503 `redis_unavailable`.
+pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
+    let transient_reply = ["LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"]
+        .iter()
+        .any(|p| e.details().starts_with(p));
+    let kind = match e.kind() {
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::IO => "io",
+        ErrorKind::Canceled => "canceled",
+        ErrorKind::Cluster | ErrorKind::Routing | ErrorKind::Sentinel => "topology",
+        _ if transient_reply => "busy",
+        _ => "other",
+    };
+    metrics::counter!("redis_errors_total", "kind" => kind).increment(1);
+    if kind == "other" {
+        ApiError::internal(format!("redis {command}: {e}"))
+    } else {
+        tracing::warn!(command, error = %e, "Redis unavailable");
+        ApiError::unavailable(format!("Redis did not answer {command} in time ({kind}); retry shortly"))
+    }
+}
+
+/// Read helpers for function replies.
+pub(crate) fn v_str(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        other => other.as_string(),
+    }
+}
+
+pub(crate) fn v_u64(v: &Value) -> u64 {
+    v.as_i64().unwrap_or(0).max(0) as u64
+}
+
+pub(crate) fn v_i64(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
