@@ -115,9 +115,13 @@ async fn expiry_reconciler(store: Store, mut stopped: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stopped.wait_for(|s| *s) => return,
         }
-        let Ok(names) = store.namespace_names().await else { continue };
+        let Ok(names) = store.namespace_names().await else {
+            continue;
+        };
         for ns in names {
-            let Ok(due) = store.due_expiries(&ns, now_ms(), 256).await else { continue };
+            let Ok(due) = store.due_expiries(&ns, now_ms(), 256).await else {
+                continue;
+            };
             for key in due {
                 if let Err(e) = store.kv_forget(&ns, &key).await {
                     tracing::debug!(ns, key, error = %e, "expiry reconcile failed; will retry");

@@ -144,11 +144,15 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
-        let env = Env::prefixed(ENV_PREFIX).filter(|k| SETTINGS.iter().any(|s| k.as_str().eq_ignore_ascii_case(s)));
+        let env =
+            Env::prefixed(ENV_PREFIX).filter(|k| SETTINGS.iter().any(|s| k.as_str().eq_ignore_ascii_case(s)));
         fig = fig.merge(env).merge(Serialized::defaults(cli));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
@@ -159,7 +163,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError(m));
         if self.listen.parse::<SocketAddr>().is_err() {
-            return bad(format!("listen: `{}` is not an address like 127.0.0.1:8080", self.listen));
+            return bad(format!(
+                "listen: `{}` is not an address like 127.0.0.1:8080",
+                self.listen
+            ));
         }
         if let Some(url) = &self.redis_url {
             RedisTarget::parse(url)?;
@@ -303,7 +310,10 @@ impl RedisTarget {
                     RedisTarget {
                         mode: RedisMode::Sentinel,
                         tls,
-                        fred_url: format!("{fred_scheme}://{}", url.split_once("://").map(|x| x.1).unwrap_or("")),
+                        fred_url: format!(
+                            "{fred_scheme}://{}",
+                            url.split_once("://").map(|x| x.1).unwrap_or("")
+                        ),
                     }
                 } else {
                     let mut parts = path.split('/').filter(|p| !p.is_empty());
@@ -312,7 +322,8 @@ impl RedisTarget {
                         .ok_or_else(|| err("redis+sentinel:// needs the master name as its path: redis+sentinel://s1:26379,s2:26379/mymaster"))?;
                     let db = match parts.next() {
                         Some(d) => {
-                            d.parse::<u8>().map_err(|_| err("the database must be a number"))?;
+                            d.parse::<u8>()
+                                .map_err(|_| err("the database must be a number"))?;
                             format!("/{d}")
                         }
                         None => String::new(),

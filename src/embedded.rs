@@ -56,7 +56,14 @@ fn spawn(bin: &Path, dir: &Path, port: u16, appendfsync: &str) -> std::io::Resul
     let mut cmd = Command::new(bin);
     cmd.arg("--port")
         .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--protected-mode", "yes", "--daemonize", "no"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+        ])
         .args(["--appendonly", "yes", "--appendfsync", appendfsync])
         .args(["--save", ""])
         .arg("--dir")

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use swarmstate::config::{CliOverrides, Config};
 
 #[derive(Parser)]
-#[command(name = "swarmstate", version, about = "Coordination state for multi-agent systems, served from Redis")]
+#[command(
+    name = "swarmstate",
+    version,
+    about = "Coordination state for multi-agent systems, served from Redis"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,9 @@ fn main() -> ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         builder.json().init();
     } else {

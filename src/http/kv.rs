@@ -12,12 +12,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{json_response, validate_key, validate_name, JsonBody, KvPath, KvSub, Q, MAX_SAFE_INT, MAX_TTL_MS};
+use super::{
+    json_response, validate_key, validate_name, JsonBody, KvPath, KvSub, MAX_SAFE_INT, MAX_TTL_MS, Q,
+};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::kv::{
-    counter_error, DeleteOutcome, Entry, Expect, IncrOutcome, NamespaceInfo, Provenance, PutOutcome, Ttl,
-    TxnCompare, TxnOp, TxnPlan, TxnResult,
+    DeleteOutcome, Entry, Expect, NamespaceInfo, Provenance, PutOutcome, Ttl, TxnCompare, TxnOp, TxnPlan,
+    TxnResult,
 };
 
 /// Most items in one batch request.
@@ -151,23 +153,29 @@ pub struct RollbackBody {
 
 /// Parse `If-Match` / `If-None-Match` into a write precondition.
 fn precondition(h: &HeaderMap, allow_none_match: bool) -> ApiResult<Option<Expect>> {
-    let im = h.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("\u{0}").trim().to_string());
-    let inm = h.get(header::IF_NONE_MATCH).map(|v| v.to_str().unwrap_or("\u{0}").trim().to_string());
+    let im = h
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_string());
+    let inm = h
+        .get(header::IF_NONE_MATCH)
+        .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_string());
     match (im, inm) {
         (Some(_), Some(_)) => Err(ApiError::bad_request("send If-Match or If-None-Match, not both")),
         (Some(m), None) => {
             if m == "*" {
                 return Ok(Some(Expect::Exists));
             }
-            parse_etag(&m)
-                .map(|v| Some(Expect::Version(v)))
-                .ok_or_else(|| ApiError::bad_request(format!("If-Match must be `*` or an ETag like \"3\" (got `{m}`)")))
+            parse_etag(&m).map(|v| Some(Expect::Version(v))).ok_or_else(|| {
+                ApiError::bad_request(format!("If-Match must be `*` or an ETag like \"3\" (got `{m}`)"))
+            })
         }
         (None, Some(n)) => {
             if n == "*" && allow_none_match {
                 Ok(Some(Expect::Absent))
             } else {
-                Err(ApiError::bad_request("If-None-Match only accepts `*` here (create-only)"))
+                Err(ApiError::bad_request(
+                    "If-None-Match only accepts `*` here (create-only)",
+                ))
             }
         }
         (None, None) => Ok(None),
@@ -188,7 +196,9 @@ fn check_ttl(ttl: Option<u64>) -> ApiResult<Ttl> {
     match ttl {
         None => Ok(Ttl::None),
         Some(t) if (1..=MAX_TTL_MS).contains(&t) => Ok(Ttl::Ms(t)),
-        Some(t) => Err(ApiError::bad_request(format!("ttl_ms must be between 1 and {MAX_TTL_MS} (got {t})"))),
+        Some(t) => Err(ApiError::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_TTL_MS} (got {t})"
+        ))),
     }
 }
 
@@ -258,7 +268,12 @@ pub async fn post_dispatch(
         (status = 404, description = "No such key or version", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_entry(st: AppState, kp: KvPath, version: Option<u64>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn get_entry(
+    st: AppState,
+    kp: KvPath,
+    version: Option<u64>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let entry = match version {
         None => st.store.kv_get(&kp.ns, &kp.key).await?,
         Some(0) => return Err(ApiError::bad_request("versions start at 1")),
@@ -266,7 +281,10 @@ pub async fn get_entry(st: AppState, kp: KvPath, version: Option<u64>, headers: 
     };
     let Some(e) = entry else {
         return Err(match version {
-            Some(v) => ApiError::not_found(format!("version {v} of `{}` does not exist or is not retained", kp.key)),
+            Some(v) => ApiError::not_found(format!(
+                "version {v} of `{}` does not exist or is not retained",
+                kp.key
+            )),
             None => not_found(&kp.key),
         });
     };
@@ -318,33 +336,61 @@ pub async fn put_entry(
         .value
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidBody, "missing field `value`"))?;
     let meta = metadata_text(&body.metadata);
-    let mode = q
-        .on_conflict
-        .unwrap_or(if pre.is_some() { OnConflict::Reject } else { OnConflict::Overwrite });
+    let mode = q.on_conflict.unwrap_or(if pre.is_some() {
+        OnConflict::Reject
+    } else {
+        OnConflict::Overwrite
+    });
     let expect = match (pre, mode) {
         (None, OnConflict::Overwrite) | (Some(_), OnConflict::Overwrite) => Expect::Any,
         (None, OnConflict::Reject) => Expect::Absent,
         (None, OnConflict::Merge) => {
             let merge_ttl = if body.ttl_ms.is_some() { ttl } else { Ttl::Keep };
             let (e, created) = merge_into(&st, &kp, &value, meta, merge_ttl, &prov, None, false).await?;
-            return Ok(entry_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &e));
+            return Ok(entry_response(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &e,
+            ));
         }
         (Some(p), _) => p,
     };
     let out = st
         .store
-        .kv_put(&kp.ns, &kp.key, canonical(&value), meta.clone(), ttl, expect, &prov)
+        .kv_put(
+            &kp.ns,
+            &kp.key,
+            canonical(&value),
+            meta.clone(),
+            ttl,
+            expect,
+            &prov,
+        )
         .await?;
     match out {
         PutOutcome::Written { entry, created } => Ok(entry_response(
-            if created { StatusCode::CREATED } else { StatusCode::OK },
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
             &entry,
         )),
         PutOutcome::Mismatch(current) => {
             if mode == OnConflict::Merge {
                 let merge_ttl = if body.ttl_ms.is_some() { ttl } else { Ttl::Keep };
                 let (e, created) = merge_into(&st, &kp, &value, meta, merge_ttl, &prov, None, false).await?;
-                Ok(entry_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &e))
+                Ok(entry_response(
+                    if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    &e,
+                ))
             } else {
                 Err(ApiError::version_mismatch(current))
             }
@@ -436,7 +482,14 @@ pub async fn patch_entry(
     JsonBody(patch): JsonBody<Value>,
 ) -> ApiResult<Response> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let ct = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if ct != "application/merge-patch+json" && ct != "application/json" {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
@@ -527,7 +580,10 @@ pub async fn rollback_entry(
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> ApiResult<Response> {
     if kp.sub != KvSub::Rollback {
-        return Err(ApiError::new(ErrorCode::MethodNotAllowed, "POST is only for .../rollback"));
+        return Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            "POST is only for .../rollback",
+        ));
     }
     if body.version == 0 {
         return Err(ApiError::bad_request("versions start at 1"));
@@ -557,7 +613,9 @@ pub async fn list_entries(
     }
     let prefix = q.prefix.unwrap_or_default();
     if prefix.len() > super::MAX_KEY_BYTES || prefix.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("prefix must be at most 512 bytes without control characters"));
+        return Err(ApiError::bad_request(
+            "prefix must be at most 512 bytes without control characters",
+        ));
     }
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
@@ -592,7 +650,10 @@ pub struct KeysBody {
 
 fn check_keys(keys: &[String]) -> ApiResult<()> {
     if keys.is_empty() || keys.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(format!("send 1 to {MAX_BATCH} keys (got {})", keys.len())));
+        return Err(ApiError::bad_request(format!(
+            "send 1 to {MAX_BATCH} keys (got {})",
+            keys.len()
+        )));
     }
     keys.iter().try_for_each(|k| validate_key(k))
 }
@@ -682,25 +743,41 @@ pub async fn batch_put(
 ) -> ApiResult<Response> {
     validate_name("namespace", &ns)?;
     if body.items.is_empty() || body.items.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(format!("send 1 to {MAX_BATCH} items (got {})", body.items.len())));
+        return Err(ApiError::bad_request(format!(
+            "send 1 to {MAX_BATCH} items (got {})",
+            body.items.len()
+        )));
     }
     // Validate everything before writing anything.
     let mut writes = Vec::with_capacity(body.items.len());
     for (i, it) in body.items.into_iter().enumerate() {
         validate_key(&it.key).map_err(|e| ApiError::new(e.code, format!("items[{i}]: {}", e.detail)))?;
-        let ttl = check_ttl(it.ttl_ms).map_err(|e| ApiError::new(e.code, format!("items[{i}]: {}", e.detail)))?;
-        let value = it
-            .value
-            .ok_or_else(|| ApiError::new(ErrorCode::InvalidBody, format!("items[{i}]: missing field `value`")))?;
+        let ttl =
+            check_ttl(it.ttl_ms).map_err(|e| ApiError::new(e.code, format!("items[{i}]: {}", e.detail)))?;
+        let value = it.value.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("items[{i}]: missing field `value`"),
+            )
+        })?;
         let expect = it.if_version.map(Expect::Version).unwrap_or(Expect::Any);
-        writes.push((it.key, canonical(&value), metadata_text(&it.metadata), ttl, expect));
+        writes.push((
+            it.key,
+            canonical(&value),
+            metadata_text(&it.metadata),
+            ttl,
+            expect,
+        ));
     }
+    // One connection for the whole batch: items apply in request order.
+    let store = st.store.pinned();
+    store.register_namespace(&ns).await?;
     let mut results = Vec::with_capacity(writes.len());
     for chunk in writes.chunks(BATCH_CHUNK) {
         let calls = chunk.iter().map(|(k, v, m, ttl, ex)| {
-            let (st, ns, prov) = (&st, &ns, &prov);
+            let (store, ns, prov) = (&store, &ns, &prov);
             async move {
-                let out = st.store.kv_put(ns, k, v.clone(), m.clone(), *ttl, *ex, prov).await?;
+                let out = store.kv_put(ns, k, v.clone(), m.clone(), *ttl, *ex, prov).await?;
                 Ok::<_, ApiError>(match out {
                     PutOutcome::Written { entry, created } => serde_json::json!({
                         "key": k, "status": if created { 201 } else { 200 }, "entry": entry, "current_version": null
@@ -742,12 +819,13 @@ pub async fn batch_delete(
 ) -> ApiResult<Response> {
     validate_name("namespace", &ns)?;
     check_keys(&body.keys)?;
+    let store = st.store.pinned();
     let mut results = Vec::with_capacity(body.keys.len());
     for chunk in body.keys.chunks(BATCH_CHUNK) {
         let calls = chunk.iter().map(|k| {
-            let (st, ns, prov) = (&st, &ns, &prov);
+            let (store, ns, prov) = (&store, &ns, &prov);
             async move {
-                let out = st.store.kv_delete(ns, k, Expect::Any, prov).await?;
+                let out = store.kv_delete(ns, k, Expect::Any, prov).await?;
                 Ok::<_, ApiError>(serde_json::json!({
                     "key": k, "deleted": matches!(out, DeleteOutcome::Deleted { .. })
                 }))
@@ -889,11 +967,15 @@ pub async fn txn(
     let mut ops_of = |list: &[TxnOpBody], branch: &str, plan: &mut TxnPlan| -> ApiResult<Vec<TxnOp>> {
         let mut out = Vec::with_capacity(list.len());
         for (i, o) in list.iter().enumerate() {
-            let k = slot(&o.key, plan).map_err(|e| ApiError::new(e.code, format!("{branch}[{i}]: {}", e.detail)))?;
+            let k = slot(&o.key, plan)
+                .map_err(|e| ApiError::new(e.code, format!("{branch}[{i}]: {}", e.detail)))?;
             out.push(match o.op {
                 TxnOpKind::Put => {
                     let v = o.value.as_ref().ok_or_else(|| {
-                        ApiError::new(ErrorCode::InvalidBody, format!("{branch}[{i}]: put needs `value`"))
+                        ApiError::new(
+                            ErrorCode::InvalidBody,
+                            format!("{branch}[{i}]: put needs `value`"),
+                        )
                     })?;
                     let ttl = match check_ttl(o.ttl_ms)? {
                         Ttl::Ms(t) => Some(t),
@@ -906,7 +988,9 @@ pub async fn txn(
                         ttl_ms: ttl,
                     }
                 }
-                TxnOpKind::Delete | TxnOpKind::Get if o.value.is_some() || o.ttl_ms.is_some() || o.metadata.is_some() => {
+                TxnOpKind::Delete | TxnOpKind::Get
+                    if o.value.is_some() || o.ttl_ms.is_some() || o.metadata.is_some() =>
+                {
                     return Err(ApiError::new(
                         ErrorCode::InvalidBody,
                         format!("{branch}[{i}]: only put takes value, metadata or ttl_ms"),
@@ -925,10 +1009,17 @@ pub async fn txn(
         .results
         .iter()
         .map(|r| match r {
-            TxnResult::Put { key, version, mod_revision, created } => serde_json::json!({
+            TxnResult::Put {
+                key,
+                version,
+                mod_revision,
+                created,
+            } => serde_json::json!({
                 "op": "put", "key": key, "version": version, "mod_revision": mod_revision, "created": created
             }),
-            TxnResult::Delete { key, deleted } => serde_json::json!({ "op": "delete", "key": key, "deleted": deleted }),
+            TxnResult::Delete { key, deleted } => {
+                serde_json::json!({ "op": "delete", "key": key, "deleted": deleted })
+            }
             TxnResult::Get { key, entry } => serde_json::json!({ "op": "get", "key": key, "entry": entry }),
         })
         .collect();
@@ -976,7 +1067,10 @@ pub async fn incr_counter(
     validate_name("namespace", &ns)?;
     validate_key(&name)?;
     let body: IncrBody = if body.iter().all(u8::is_ascii_whitespace) {
-        IncrBody { by: None, ttl_ms: None }
+        IncrBody {
+            by: None,
+            ttl_ms: None,
+        }
     } else {
         super::parse_json(&body)?
     };
@@ -985,13 +1079,7 @@ pub async fn incr_counter(
         return Err(ApiError::bad_request("by must be within ±9007199254740991"));
     }
     let ttl = check_ttl(body.ttl_ms)?;
-    let out = st.store.kv_incr(&ns, &name, by, ttl, &prov).await?;
-    if let Some(e) = counter_error(&out, &name) {
-        return Err(e);
-    }
-    let IncrOutcome::Done { value, entry } = out else {
-        return Err(ApiError::internal("unreachable counter outcome"));
-    };
+    let (value, entry) = st.store.kv_incr(&ns, &name, by, ttl, &prov).await?;
     let mut res = json_response(
         StatusCode::OK,
         &serde_json::json!({ "value": value, "version": entry.version, "mod_revision": entry.mod_revision }),

@@ -9,7 +9,7 @@ pub mod ops;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -188,7 +188,9 @@ async fn problem_layer(req: Request, next: Next) -> Response {
             let (mut parts, _) = res.into_parts();
             parts.status = code.status();
             let body = e.to_body(&path, rid.as_deref());
-            parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+            parts
+                .headers
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
             parts.headers.remove(header::CONTENT_LENGTH);
             return Response::from_parts(parts, Body::from(body));
         }
@@ -215,7 +217,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is larger than the configured limit")
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "the request body is larger than the configured limit",
+                )
             } else {
                 ApiError::bad_request(format!("reading the body failed: {rej}"))
             }
@@ -227,7 +232,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// Parse JSON with the error classification of [`JsonBody`].
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::new(ErrorCode::MalformedJson, "the request body is empty; JSON expected"));
+        return Err(ApiError::new(
+            ErrorCode::MalformedJson,
+            "the request body is empty; JSON expected",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
@@ -251,9 +259,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
 }
 
 fn serde_urlencoded_from_str<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ApiError::bad_request("bad query string"))?)
-        .map(|axum::extract::Query(t)| t)
-        .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{q}")
+            .parse()
+            .map_err(|_| ApiError::bad_request("bad query string"))?,
+    )
+    .map(|axum::extract::Query(t)| t)
+    .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
 }
 
 /// `x-agent-id` / `x-change-reason`, validated.
@@ -290,8 +302,7 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
     let ok = !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c));
     if ok {
         Ok(())
@@ -337,19 +348,14 @@ pub struct KvPath {
 impl<S: Send + Sync> FromRequestParts<S> for KvPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let raw = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let mut ns_raw = "";
-        let mut key_raw = "";
-        for (name, value) in raw.iter() {
-            match name {
-                "ns" => ns_raw = value,
-                "key" => key_raw = value,
-                _ => {}
-            }
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // The raw (still percent-encoded) path: an encoded `%2F` must stay part of the key.
+        let path = parts.uri.path();
+        let (ns_raw, key_raw) = path
+            .strip_prefix("/v1/ns/")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(ns, r)| Some((ns, r.strip_prefix("kv/")?)))
+            .ok_or_else(|| ApiError::not_found("no route here"))?;
         let (key_raw, sub) = match parts.method {
             Method::GET | Method::HEAD => match key_raw.strip_suffix("/history") {
                 Some(k) if !k.is_empty() => (k, KvSub::History),
@@ -384,7 +390,12 @@ fn decode(raw: &str, what: &str) -> Result<String, ApiError> {
 /// Re-export for handlers returning JSON with a status.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
-        Ok(b) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], b).into_response(),
+        Ok(b) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            b,
+        )
+            .into_response(),
         Err(e) => ApiError::internal(format!("serializing a response: {e}")).into_response(),
     }
 }

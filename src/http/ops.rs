@@ -41,9 +41,10 @@ pub async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
         .timed("fcall_ro", migrate::loaded_library_version(&st.store))
         .await?;
     match v.as_deref() {
-        Some(v) if v == migrate::LIBRARY_VERSION => {
-            Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "ready" })))
-        }
+        Some(v) if v == migrate::LIBRARY_VERSION => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ready" }),
+        )),
         other => Err(ApiError::unavailable(format!(
             "functions library version {other:?} loaded, {} expected",
             migrate::LIBRARY_VERSION

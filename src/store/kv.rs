@@ -187,7 +187,10 @@ impl Ttl {
 /// Result of a conditional write.
 #[derive(Debug, Clone)]
 pub enum PutOutcome {
-    Written { entry: Entry, created: bool },
+    Written {
+        entry: Entry,
+        created: bool,
+    },
     /// The precondition failed; the entry's current version (0 = absent).
     Mismatch(u64),
 }
@@ -197,13 +200,6 @@ pub enum DeleteOutcome {
     Deleted { revision: u64, version: u64 },
     NotFound,
     Mismatch(u64),
-}
-
-#[derive(Debug, Clone)]
-pub enum IncrOutcome {
-    Done { value: i64, entry: Entry },
-    NotACounter,
-    Overflow,
 }
 
 /// A transaction resolved to key indexes (0-based into `keys`).
@@ -289,7 +285,7 @@ impl Store {
     pub async fn kv_get(&self, ns: &str, key: &str) -> ApiResult<Option<Entry>> {
         let ekey = self.keys().ns(ns).entry(key);
         let f: Vec<Option<String>> = self
-            .timed("hmget", self.pool().hmget(ekey, ENTRY_FIELDS.to_vec()))
+            .timed("hmget", self.client().hmget(ekey, ENTRY_FIELDS.to_vec()))
             .await?;
         Ok(Entry::from_fields(ns, key, f, true))
     }
@@ -302,7 +298,7 @@ impl Store {
             Some(e) if version < e.version => {
                 let hkey = self.keys().ns(ns).hist(key);
                 let rec: Option<String> = self
-                    .timed("hget", self.pool().hget(hkey, version.to_string()))
+                    .timed("hget", self.client().hget(hkey, version.to_string()))
                     .await?;
                 Ok(rec.and_then(|r| Entry::from_record(ns, key, &r)))
             }
@@ -324,11 +320,18 @@ impl Store {
         if !past.is_empty() {
             let hkey = self.keys().ns(ns).hist(key);
             let recs: Vec<Option<String>> = if past.len() == 1 {
-                vec![self.timed("hget", self.pool().hget(hkey, past[0].clone())).await?]
+                vec![
+                    self.timed("hget", self.client().hget(hkey, past[0].clone()))
+                        .await?,
+                ]
             } else {
-                self.timed("hmget", self.pool().hmget(hkey, past)).await?
+                self.timed("hmget", self.client().hmget(hkey, past)).await?
             };
-            out.extend(recs.into_iter().flatten().filter_map(|r| Entry::from_record(ns, key, &r)));
+            out.extend(
+                recs.into_iter()
+                    .flatten()
+                    .filter_map(|r| Entry::from_record(ns, key, &r)),
+            );
         }
         Ok(Some(out))
     }
@@ -365,7 +368,13 @@ impl Store {
         }
     }
 
-    pub async fn kv_delete(&self, ns: &str, key: &str, expect: Expect, prov: &Provenance) -> ApiResult<DeleteOutcome> {
+    pub async fn kv_delete(
+        &self,
+        ns: &str,
+        key: &str,
+        expect: Expect,
+        prov: &Provenance,
+    ) -> ApiResult<DeleteOutcome> {
         let keys = self.keys().ns(ns).for_entry(key);
         let mut args = self.ctx_args(prov);
         args.push(key.into());
@@ -383,7 +392,13 @@ impl Store {
     }
 
     /// Write retained `version`'s value and metadata as a new version.
-    pub async fn kv_rollback(&self, ns: &str, key: &str, version: u64, prov: &Provenance) -> ApiResult<Entry> {
+    pub async fn kv_rollback(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+        prov: &Provenance,
+    ) -> ApiResult<Entry> {
         let keys = self.keys().ns(ns).for_entry(key);
         let mut args = self.ctx_args(prov);
         args.push(key.into());
@@ -403,7 +418,14 @@ impl Store {
         }
     }
 
-    pub async fn kv_incr(&self, ns: &str, key: &str, by: i64, ttl: Ttl, prov: &Provenance) -> ApiResult<IncrOutcome> {
+    pub async fn kv_incr(
+        &self,
+        ns: &str,
+        key: &str,
+        by: i64,
+        ttl: Ttl,
+        prov: &Provenance,
+    ) -> ApiResult<(i64, Entry)> {
         self.register_namespace(ns).await?;
         let keys = self.keys().ns(ns).for_entry(key);
         let mut args = self.ctx_args(prov);
@@ -416,10 +438,16 @@ impl Store {
                 let text = reply.get(1).and_then(v_str).unwrap_or_default();
                 let value: i64 = text.parse().map_err(|_| bad_reply("kv_incr", &reply))?;
                 let entry = written_entry(ns, key, Some(text), None, &reply[2..], prov);
-                Ok(IncrOutcome::Done { value, entry })
+                Ok((value, entry))
             }
-            "not_a_counter" => Ok(IncrOutcome::NotACounter),
-            "overflow" => Ok(IncrOutcome::Overflow),
+            "not_a_counter" => Err(ApiError::new(
+                ErrorCode::NotACounter,
+                format!("`{key}` holds a value that is not an integer"),
+            )),
+            "overflow" => Err(ApiError::new(
+                ErrorCode::CounterOverflow,
+                "the result would leave the safe integer range ±9007199254740991",
+            )),
             _ => Err(bad_reply("kv_incr", &reply)),
         }
     }
@@ -448,7 +476,8 @@ impl Store {
             m.push(0xFF);
             Value::Bytes(m.into())
         };
-        let cmd = fred::types::CustomCommand::new_static("ZRANGEBYLEX", fred::types::ClusterHash::FirstKey, false);
+        let cmd =
+            fred::types::CustomCommand::new_static("ZRANGEBYLEX", fred::types::ClusterHash::FirstKey, false);
         let args: Vec<Value> = vec![
             nk.idx.as_str().into(),
             min.into(),
@@ -457,15 +486,15 @@ impl Store {
             0i64.into(),
             (limit as i64).into(),
         ];
-        let names: Vec<String> = self.timed("zrangebylex", self.pool().custom(cmd, args)).await?;
+        let names: Vec<String> = self.timed("zrangebylex", self.client().custom(cmd, args)).await?;
         let next = (names.len() == limit).then(|| names.last().cloned()).flatten();
         let reads = names.iter().map(|k| {
             let ekey = nk.entry(k);
             async move {
                 let f: Vec<Option<String>> = if with_values {
-                    self.pool().hmget(ekey, ENTRY_FIELDS.to_vec()).await?
+                    self.client().hmget(ekey, ENTRY_FIELDS.to_vec()).await?
                 } else {
-                    self.pool().hmget(ekey, ENTRY_FIELDS_NO_VALUE.to_vec()).await?
+                    self.client().hmget(ekey, ENTRY_FIELDS_NO_VALUE.to_vec()).await?
                 };
                 Ok::<_, fred::error::Error>(f)
             }
@@ -575,15 +604,16 @@ impl Store {
     /// Every namespace in the registry with its figures, sorted by name.
     pub async fn namespaces(&self) -> ApiResult<Vec<NamespaceInfo>> {
         let mut names: Vec<String> = self
-            .timed("smembers", self.pool().smembers(self.keys().namespaces()))
+            .timed("smembers", self.client().smembers(self.keys().namespaces()))
             .await?;
         names.sort();
         let reads = names.iter().map(|ns| {
             let nk = self.keys().ns(ns);
             async move {
                 let (meta, count): (Vec<Option<u64>>, u64) = futures::try_join!(
-                    self.pool().hmget::<Vec<Option<u64>>, _, _>(nk.meta.clone(), vec!["rev", "bytes"]),
-                    self.pool().zcard::<u64, _>(nk.idx.clone()),
+                    self.client()
+                        .hmget::<Vec<Option<u64>>, _, _>(nk.meta.clone(), vec!["rev", "bytes"]),
+                    self.client().zcard::<u64, _>(nk.idx.clone()),
                 )?;
                 Ok::<_, fred::error::Error>(NamespaceInfo {
                     namespace: ns.clone(),
@@ -593,12 +623,13 @@ impl Store {
                 })
             }
         });
-        self.timed("namespace_info", futures::future::try_join_all(reads)).await
+        self.timed("namespace_info", futures::future::try_join_all(reads))
+            .await
     }
 
     /// Every namespace name in the registry.
     pub async fn namespace_names(&self) -> ApiResult<Vec<String>> {
-        self.timed("smembers", self.pool().smembers(self.keys().namespaces()))
+        self.timed("smembers", self.client().smembers(self.keys().namespaces()))
             .await
     }
 
@@ -607,7 +638,7 @@ impl Store {
         let nk = self.keys().ns(ns);
         self.timed(
             "zrangebyscore",
-            self.pool()
+            self.client()
                 .zrangebyscore(nk.ttl, "-inf", now_ms as f64, false, Some((0, limit))),
         )
         .await
@@ -646,20 +677,5 @@ fn written_entry(
         metadata,
         agent_id: prov.agent.clone(),
         change_reason: prov.reason.clone(),
-    }
-}
-
-/// Map a rollback/incr-style status that is not success to an API error.
-pub fn counter_error(o: &IncrOutcome, key: &str) -> Option<ApiError> {
-    match o {
-        IncrOutcome::NotACounter => Some(ApiError::new(
-            ErrorCode::NotACounter,
-            format!("`{key}` holds a value that is not an integer"),
-        )),
-        IncrOutcome::Overflow => Some(ApiError::new(
-            ErrorCode::CounterOverflow,
-            "the result would leave the safe integer range ±9007199254740991",
-        )),
-        IncrOutcome::Done { .. } => None,
     }
 }

@@ -95,7 +95,13 @@ pub async fn run(store: &Store) -> Result<Report, String> {
     loop {
         let got: Option<String> = store
             .pool()
-            .set(&lock_key, token.as_str(), Some(Expiration::PX(30_000)), Some(SetOptions::NX), false)
+            .set(
+                &lock_key,
+                token.as_str(),
+                Some(Expiration::PX(30_000)),
+                Some(SetOptions::NX),
+                false,
+            )
             .await
             .map_err(|e| format!("taking the migration lock: {e}"))?;
         if got.is_some() {
@@ -165,7 +171,10 @@ mod tests {
     #[test]
     fn library_version_matches_lua() {
         let needle = format!("local LIBRARY_VERSION = '{LIBRARY_VERSION}'");
-        assert!(LIBRARY.contains(&needle), "migrations/swarmstate.lua must declare {needle}");
+        assert!(
+            LIBRARY.contains(&needle),
+            "migrations/swarmstate.lua must declare {needle}"
+        );
         assert!(LIBRARY.starts_with("#!lua name=swarmstate"));
     }
 

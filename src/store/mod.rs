@@ -26,6 +26,9 @@ use keys::Keys;
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// When set, every command goes to this one connection, so a batch's pipelined calls
+    /// reach Redis in the order they were issued (see [`Store::pinned`]).
+    pin: Option<Client>,
 }
 
 struct Inner {
@@ -42,8 +45,8 @@ impl Store {
     /// Connect to Redis, retrying until `startup_timeout_ms` has passed.
     pub async fn connect(cfg: &Config, url: &str) -> Result<Store, String> {
         let target = RedisTarget::parse(url).map_err(|e| e.to_string())?;
-        let fred_cfg = fred::prelude::Config::from_url(&target.fred_url)
-            .map_err(|e| format!("redis_url: {e}"))?;
+        let fred_cfg =
+            fred::prelude::Config::from_url(&target.fred_url).map_err(|e| format!("redis_url: {e}"))?;
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
         let pool = Builder::from_config(fred_cfg)
             .with_performance_config(|p| {
@@ -90,11 +93,29 @@ impl Store {
                 history_versions: cfg.history_versions.to_string(),
                 registered: RwLock::new(HashSet::new()),
             }),
+            pin: None,
         })
     }
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The connection for the next command: the pinned one, or the pool's next.
+    pub fn client(&self) -> &Client {
+        match &self.pin {
+            Some(c) => c,
+            None => self.inner.pool.next(),
+        }
+    }
+
+    /// A view of this store whose commands all use one connection, so that calls issued in
+    /// order are applied in order while still pipelined.
+    pub fn pinned(&self) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            pin: Some(self.inner.pool.next().clone()),
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -124,22 +145,16 @@ impl Store {
     /// Call a function of the swarmstate library. When Redis answers that the function does not
     /// exist (a Redis restarted without persistence, or FUNCTION FLUSH), the library is loaded
     /// again and the call retried once.
-    pub async fn fcall(
-        &self,
-        name: &'static str,
-        keys: Vec<String>,
-        args: Vec<Value>,
-    ) -> ApiResult<Value> {
+    pub async fn fcall(&self, name: &'static str, keys: Vec<String>, args: Vec<Value>) -> ApiResult<Value> {
         let start = Instant::now();
-        let mut res: Result<Value, RedisError> =
-            self.inner.pool.fcall(name, keys.clone(), args.clone()).await;
+        let mut res: Result<Value, RedisError> = self.client().fcall(name, keys.clone(), args.clone()).await;
         if let Err(e) = &res {
             if e.details().contains("Function not found") {
                 tracing::warn!("functions library missing on Redis; loading it again");
                 if let Err(e) = migrate::load_library(self).await {
                     return Err(map_redis_error(name, e));
                 }
-                res = self.inner.pool.fcall(name, keys, args).await;
+                res = self.client().fcall(name, keys, args).await;
             }
         }
         metrics::histogram!("redis_command_duration_seconds", "command" => name)
@@ -151,7 +166,13 @@ impl Store {
     /// the first write so a namespace with data is always listed; in cluster mode the
     /// registry lives in another slot, so it cannot join the write's atomic call.
     pub async fn register_namespace(&self, ns: &str) -> ApiResult<()> {
-        if self.inner.registered.read().map(|s| s.contains(ns)).unwrap_or(false) {
+        if self
+            .inner
+            .registered
+            .read()
+            .map(|s| s.contains(ns))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         let key = self.inner.keys.namespaces();
@@ -176,9 +197,17 @@ impl Store {
 
 /// Errors that mean "Redis is not answering right now" become 503 `redis_unavailable`.
 pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
-    let transient_reply = ["LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"]
-        .iter()
-        .any(|p| e.details().starts_with(p));
+    let transient_reply = [
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "READONLY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+    ]
+    .iter()
+    .any(|p| e.details().starts_with(p));
     let kind = match e.kind() {
         ErrorKind::Timeout => "timeout",
         ErrorKind::IO => "io",
@@ -192,7 +221,9 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         ApiError::internal(format!("redis {command}: {e}"))
     } else {
         tracing::warn!(command, error = %e, "Redis unavailable");
-        ApiError::unavailable(format!("Redis did not answer {command} in time ({kind}); retry shortly"))
+        ApiError::unavailable(format!(
+            "Redis did not answer {command} in time ({kind}); retry shortly"
+        ))
     }
 }
 

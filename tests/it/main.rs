@@ -1,1 +1,8 @@
+//! The single integration-test binary (one link, one shared redis-server per run).
 
+mod cli;
+mod common;
+mod errors;
+mod kv;
+mod ops;
+mod resilience;

@@ -1,0 +1,191 @@
+//! The real `swarmstate` binary: embedded redis-server supervision, config errors, SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::free_port;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swarmstate"))
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+fn http_put(port: u16, path: &str, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_status(port: u16, path: &str, want: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some((s, _)) = http_get(port, path) {
+            if s == want {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The redis-server working in `<dir>/redis` (redis-server chdirs to its --dir).
+fn redis_pid_under(dir: &std::path::Path) -> Option<i32> {
+    let want = dir.join("redis").canonicalize().ok()?;
+    let out = Command::new("pgrep").args(["-x", "redis-server"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).ok().as_ref() == Some(&want))
+        .and_then(|pid| pid.parse().ok())
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_runs_and_supervises_its_own_redis() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = bin()
+        .arg("serve")
+        .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWARMSTATE_DATA_DIR", data.path())
+        .env_remove("SWARMSTATE_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    assert!(
+        wait_status(port, "/readyz", 200, Duration::from_secs(30)),
+        "service did not become ready"
+    );
+    let (_, status) = http_get(port, "/v1/status").unwrap();
+    assert!(status.contains("\"redis_source\":\"embedded\""), "{status}");
+    assert_eq!(http_put(port, "/v1/ns/e/kv/a", r#"{"value": "kept"}"#), Some(201));
+    assert!(
+        data.path().join("redis/appendonlydir").exists(),
+        "AOF lives under the data dir"
+    );
+
+    // Kill the child redis-server: the supervisor restarts it and the data is still there.
+    let pid = redis_pid_under(data.path()).expect("embedded redis-server is running");
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = None;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = http_get(port, "/v1/ns/e/kv/a") {
+            got = Some(body);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = got.expect("service recovered after redis-server was killed");
+    assert!(body.contains("\"kept\""), "{body}");
+    let new_pid = redis_pid_under(data.path()).expect("restarted");
+    assert_ne!(new_pid, pid);
+
+    // SIGTERM: graceful exit 0, and the embedded redis-server is gone.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        redis_pid_under(data.path()),
+        None,
+        "embedded redis-server stopped with the service"
+    );
+}
+
+#[test]
+fn missing_redis_server_exits_1_with_the_install_command() {
+    let data = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("serve")
+        .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("SWARMSTATE_DATA_DIR", data.path())
+        .env(
+            "SWARMSTATE_REDIS_SERVER_BIN",
+            "redis-server-that-is-not-installed",
+        )
+        .env_remove("SWARMSTATE_REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apt-get install -y redis-server"), "{err}");
+}
+
+#[test]
+fn bad_configuration_is_refused_at_start_up() {
+    for (var, value, needle) in [
+        ("SWARMSTATE_REDIS_URL", "http://localhost", "redis_url"),
+        ("SWARMSTATE_REDIS_URL", "redis+sentinel://s1:26379", "master name"),
+        ("SWARMSTATE_LISTEN", "not-an-address", "listen"),
+        ("SWARMSTATE_BODY_LIMIT_BYTES", "12", "body_limit_bytes"),
+        ("SWARMSTATE_COMMAND_TIMEOUT_MS", "abc", "command_timeout_ms"),
+        ("SWARMSTATE_KEY_PREFIX", "a{b}", "key_prefix"),
+    ] {
+        let out = bin().arg("serve").env(var, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(err.contains(needle), "{var}={value}: {err}");
+    }
+    // Flags beat env; a TOML file is read; unknown TOML keys are refused.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "listne = \"127.0.0.1:1\"\n").unwrap();
+    let out = bin().arg("serve").arg("--config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"));
+    let out = bin()
+        .args(["serve", "--listen", "bad-flag-value"])
+        .env("SWARMSTATE_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad-flag-value"));
+}
+
+#[test]
+fn openapi_subcommand_prints_the_spec() {
+    let out = bin().arg("openapi").output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["openapi"], "3.1.0");
+    assert!(v["paths"]["/v1/ns/{ns}/kv/{key}"].is_object());
+}

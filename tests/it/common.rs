@@ -1,0 +1,291 @@
+//! Test harness: real `redis-server` processes on free ports, the service in-process on
+//! 127.0.0.1:0 with a unique key prefix per test, and a small HTTP client.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderMap;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use swarmstate::app::Server;
+use swarmstate::config::Config;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl in the child before exec; the server dies with the thread that spawned it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .expect("redis-server must be installed (apt-get install -y redis-server)");
+    wait_ping(port);
+    child
+}
+
+fn wait_ping(port: u16) {
+    use std::io::{Read, Write};
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 16];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read(&mut buf)
+                    .map(|n| buf[..n].starts_with(b"+PONG"))
+                    .unwrap_or(false)
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("redis-server on {port} did not answer PING");
+}
+
+/// A redis-server owned by one test (killed on drop).
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = spawn_redis(dir.path(), port, extra);
+        RedisServer {
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no final AOF rewrite.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port and directory (AOF reloaded when enabled).
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = Some(spawn_redis(self.dir.path(), self.port, &extra));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One redis-server shared by the whole test run (each test uses its own key prefix). It is
+/// spawned from a thread that never ends, so PR_SET_PDEATHSIG fires only when the test
+/// process exits.
+pub fn shared_redis_url() -> String {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    let port = *PORT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dir: PathBuf = std::env::temp_dir().join(format!("swarmstate-it-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let port = free_port();
+            let mut child = spawn_redis(&dir, port, &[]);
+            tx.send(port).unwrap();
+            // Blocks for the life of the test process; the thread never ends before it.
+            let _ = child.wait();
+        });
+        rx.recv().unwrap()
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+pub fn unique_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("t{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn test_config(url: &str) -> Config {
+    Config {
+        redis_url: Some(url.to_string()),
+        key_prefix: unique_prefix(),
+        listen: "127.0.0.1:0".into(),
+        startup_timeout_ms: 10_000,
+        ..Config::default()
+    }
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+    /// Assert a problem document with this status and code.
+    pub fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text()
+        );
+        let p = self.json();
+        assert_eq!(p["code"], code, "{p}");
+        assert_eq!(p["status"], status, "{p}");
+        for f in ["type", "title", "detail", "instance"] {
+            assert!(p[f].is_string(), "problem lacks {f}: {p}");
+        }
+        p
+    }
+}
+
+/// The service under test plus an HTTP client.
+pub struct TestApp {
+    pub base: String,
+    pub server: Option<Server>,
+    pub prefix: String,
+    pub redis_url: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl TestApp {
+    /// The service on the shared Redis with a fresh key prefix.
+    pub async fn start() -> TestApp {
+        Self::with_config(test_config(&shared_redis_url())).await
+    }
+
+    pub async fn with_config(cfg: Config) -> TestApp {
+        let prefix = cfg.key_prefix.clone();
+        let redis_url = cfg.redis_url.clone().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::start(cfg, listener, false).await.expect("service starts");
+        TestApp {
+            base: format!("http://{}", server.addr),
+            server: Some(server),
+            prefix,
+            redis_url,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let body = Full::new(Bytes::copy_from_slice(body.unwrap_or(b"")));
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(b.body(body).unwrap()),
+        )
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], None).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Resp {
+        self.put_h(path, &[], body).await
+    }
+
+    pub async fn put_h(&self, path: &str, headers: &[(&str, &str)], body: Value) -> Resp {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        self.req("PUT", path, &h, Some(body.to_string().as_bytes())).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.req(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.req("DELETE", path, &[], None).await
+    }
+
+    /// A raw Redis client on the same server, to check what is stored.
+    pub async fn redis(&self) -> fred::clients::Client {
+        redis_client(&self.redis_url).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+pub async fn redis_client(url: &str) -> fred::clients::Client {
+    use fred::prelude::*;
+    let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
+}
