@@ -1,0 +1,26 @@
+# Shared helpers for scripts/run.sh and scripts/test.sh (sourced, not run).
+
+# Install Debian/Ubuntu packages for commands that are missing: ensure_cmd <command> <package>.
+ensure_cmd() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  echo ">> $cmd not found: installing the $pkg package" >&2
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
+  command -v "$cmd" >/dev/null 2>&1 || { echo "error: installing $pkg did not provide $cmd" >&2; exit 1; }
+}
+
+# Make sure cargo is on PATH, installing a stable toolchain with rustup when there is none.
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 && return 0
+  echo ">> cargo not found: installing Rust with rustup" >&2
+  ensure_cmd curl curl
+  ensure_cmd cc build-essential
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+  export PATH="$HOME/.cargo/bin:$PATH"
+}

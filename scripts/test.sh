@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, clippy, unit tests and the integration tests (which start
+# their own redis-server processes). Installs redis-server, redis-tools (and Rust) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_cmd redis-server redis-server
+ensure_cmd redis-benchmark redis-tools
+ensure_cargo
+echo ">> cargo fmt --check"
+cargo fmt --all -- --check
+echo ">> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo ">> cargo test"
+cargo test --locked
