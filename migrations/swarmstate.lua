@@ -12,10 +12,12 @@ Namespace keys (all share the `{ns}` hash tag, all passed in KEYS; see src/store
   log   stream  change log, one entry per revision with id 0-<revision>, capped (MAXLEN ~)
   ttl   zset    key -> expiry (unix ms) for keys with a TTL, so expiries can be reconciled
   sz    hash    key -> accounted size (#key + #value + #metadata)
-  e:<k> hash    the entry: v value JSON, m metadata JSON, ver, crev, mrev, ct, ut (unix ms),
-                exp (unix ms, absent without TTL), a agent id, r change reason
+  e:<k> string  the entry as one record (below); PXAT set when it has a TTL
   h:<k> hash    past versions of the entry: field <version> -> record
-                record = cjson header {ver,crev,mrev,ct,ut,exp,a,r} .. "\n" .. metadata .. "\n" .. value
+
+record = ver \t crev \t mrev \t ct \t ut \t exp \t sz \t agent \t reason \n metadata \n value
+  ct/ut/exp are unix ms (exp '' without TTL), sz the accounted size; agent ids and reasons
+  never hold control characters (the service refuses them), metadata is '' when absent.
 
 Every mutating function takes KEYS[1..5] = meta, idx, log, ttl, sz and
 ARGV[1..4] = log_maxlen, history_versions, agent id ('' = none), change reason ('' = none).
@@ -66,11 +68,10 @@ local function unindex(ctx, key, hkey)
   if sz ~= 0 then redis.call('HINCRBY', ctx.meta, 'bytes', -sz) end
 end
 
--- An indexed key whose entry Redis has removed (TTL expiry or eviction) is recorded as
--- an `expire` (its TTL has passed) or `evict` event with a revision of its own.
--- Idempotent: a second call finds the key unindexed and does nothing.
-local function reconcile(ctx, key, ekey, hkey)
-  if redis.call('EXISTS', ekey) == 1 then return false end
+-- Called when `key` has no entry. If it is still indexed, Redis removed the entry (TTL
+-- expiry or eviction): record that as an `expire` (its TTL has passed) or `evict` event with a
+-- revision of its own. Idempotent: a second call finds the key unindexed and does nothing.
+local function reconcile_missing(ctx, key, hkey)
   if not redis.call('ZSCORE', ctx.idx, key) then return false end
   local exp = redis.call('ZSCORE', ctx.ttl, key)
   local kind = 'evict'
@@ -81,27 +82,41 @@ local function reconcile(ctx, key, ekey, hkey)
   return true
 end
 
--- Copy the current entry into the history hash and trim history to hist_n versions in all.
-local function archive(ctx, ekey, hkey)
-  local c = redis.call('HMGET', ekey, 'v', 'm', 'ver', 'crev', 'mrev', 'ct', 'ut', 'exp', 'a', 'r')
-  local ver = tonumber(c[3])
-  local header = cjson.encode({
-    ver = ver, crev = tonumber(c[4]), mrev = tonumber(c[5]), ct = tonumber(c[6]),
-    ut = tonumber(c[7]), exp = c[8] and tonumber(c[8]) or nil,
-    a = c[9] or nil, r = c[10] or nil,
-  })
-  redis.call('HSET', hkey, fmt(ver), header .. '\n' .. (c[2] or '') .. '\n' .. c[1])
-  local drop = ver - ctx.hist_n + 1
-  if drop >= 1 then redis.call('HDEL', hkey, fmt(drop)) end
+local function reconcile(ctx, key, ekey, hkey)
+  if redis.call('EXISTS', ekey) == 1 then return false end
+  return reconcile_missing(ctx, key, hkey)
+end
+
+-- Parse a record's header: ver, crev, ct, exp (nil without TTL), sz; and the header's end.
+local function head_of(rec)
+  local ver, crev, ct, exp, sz = string.match(rec, '^(%d+)\t(%d+)\t%d+\t(%d+)\t%d+\t(%d*)\t(%d+)\t')
+  if not ver then return nil end
+  if exp == '' then exp = nil end
+  return {ver = tonumber(ver), crev = crev, ct = ct, exp = exp, sz = tonumber(sz)}
+end
+
+-- Metadata and value of a record.
+local function body_of(rec)
+  local a = string.find(rec, '\n', 1, true)
+  local b = string.find(rec, '\n', a + 1, true)
+  return string.sub(rec, a + 1, b - 1), string.sub(rec, b + 1)
+end
+
+-- Version of the entry at ekey without reading its value; nil when absent.
+local function version_of(ekey)
+  local h = redis.call('GETRANGE', ekey, 0, 24)
+  return tonumber(string.match(h, '^(%d+)\t'))
 end
 
 -- expect: nil = unconditional, 0 = must be absent, -1 = must exist, n > 0 = version must be n.
 -- ttl: nil = no TTL, -1 = keep the current expiry, n > 0 = expire n ms from now.
 -- Returns {'ok', ver, crev, mrev, ct, ut, exp|'' , created} or {'version_mismatch', current}.
 local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
-  reconcile(ctx, key, ekey, hkey)
-  local cur = redis.call('HMGET', ekey, 'ver', 'crev', 'ct', 'exp')
-  local ver = tonumber(cur[1])
+  local old = redis.call('GET', ekey)
+  local h = nil
+  if old then h = head_of(old) end
+  if not h then reconcile_missing(ctx, key, hkey) end
+  local ver = h and h.ver
   if expect ~= nil then
     if (expect == 0 and ver) or (expect == -1 and not ver) or (expect > 0 and ver ~= expect) then
       return {'version_mismatch', ver or 0}
@@ -109,55 +124,60 @@ local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
   end
   local rev = bump(ctx)
   local newver, crev, ct
-  if ver then
-    if ctx.hist_n > 1 then archive(ctx, ekey, hkey) end
+  local old_exp = h and h.exp
+  if h then
+    if ctx.hist_n > 1 then
+      redis.call('HSET', hkey, fmt(ver), old)
+      local drop = ver - ctx.hist_n + 1
+      if drop >= 1 then redis.call('HDEL', hkey, fmt(drop)) end
+    end
     newver = ver + 1
-    crev = tonumber(cur[2])
-    ct = tonumber(cur[3])
+    crev = h.crev
+    ct = h.ct
   else
     newver = 1
-    crev = rev
-    ct = ctx.now
+    crev = fmt(rev)
+    ct = fmt(ctx.now)
     redis.call('ZADD', ctx.idx, 0, key)
-    redis.call('DEL', hkey)
   end
   local exp = nil
   if ttl == -1 then
-    if ver and cur[4] then exp = tonumber(cur[4]) end
+    exp = old_exp
   elseif ttl then
-    exp = ctx.now + ttl
+    exp = fmt(ctx.now + ttl)
   end
   local size = #key + #value + #meta
-  local oldsz = tonumber(redis.call('HGET', ctx.sz, key) or '0')
-  redis.call('HSET', ctx.sz, key, size)
+  local oldsz = h and h.sz or 0
+  if size ~= oldsz or not h then redis.call('HSET', ctx.sz, key, size) end
   if size ~= oldsz then redis.call('HINCRBY', ctx.meta, 'bytes', size - oldsz) end
-  if ver then redis.call('DEL', ekey) end
-  local f = {'HSET', ekey, 'v', value, 'ver', fmt(newver), 'crev', fmt(crev), 'mrev', fmt(rev),
-             'ct', fmt(ct), 'ut', fmt(ctx.now)}
-  if meta ~= '' then f[#f + 1] = 'm'; f[#f + 1] = meta end
-  if ctx.agent ~= '' then f[#f + 1] = 'a'; f[#f + 1] = ctx.agent end
-  if ctx.reason ~= '' then f[#f + 1] = 'r'; f[#f + 1] = ctx.reason end
-  if exp then f[#f + 1] = 'exp'; f[#f + 1] = fmt(exp) end
-  redis.call(unpack(f))
+  local rec = table.concat({fmt(newver), crev, fmt(rev), ct, fmt(ctx.now), exp or '', fmt(size),
+                            ctx.agent, ctx.reason}, '\t') .. '\n' .. meta .. '\n' .. value
   if exp then
-    redis.call('PEXPIREAT', ekey, exp)
-    redis.call('PEXPIREAT', hkey, exp)
-    redis.call('ZADD', ctx.ttl, exp, key)
-  elseif ver and cur[4] then
-    redis.call('ZREM', ctx.ttl, key)
-    redis.call('PERSIST', hkey)
+    redis.call('SET', ekey, rec, 'PXAT', exp)
+    if exp ~= old_exp then
+      redis.call('PEXPIREAT', hkey, exp)
+      redis.call('ZADD', ctx.ttl, exp, key)
+    end
+  else
+    redis.call('SET', ekey, rec)
+    if old_exp then
+      redis.call('PERSIST', hkey)
+      redis.call('ZREM', ctx.ttl, key)
+    end
   end
   log_event(ctx, rev, 'put', key, newver, value)
   local created = 0
-  if not ver then created = 1 end
-  return {'ok', newver, crev, rev, ct, ctx.now, exp and fmt(exp) or '', created}
+  if not h then created = 1 end
+  return {'ok', newver, tonumber(crev), rev, tonumber(ct), ctx.now, exp or '', created}
 end
 
 -- Returns {'ok', revision, deleted_version} | {'not_found'} | {'version_mismatch', current}.
 local function delete_core(ctx, key, ekey, hkey, expect)
-  reconcile(ctx, key, ekey, hkey)
-  local ver = tonumber(redis.call('HGET', ekey, 'ver'))
-  if not ver then return {'not_found'} end
+  local ver = version_of(ekey)
+  if not ver then
+    reconcile_missing(ctx, key, hkey)
+    return {'not_found'}
+  end
   if expect ~= nil and expect > 0 and expect ~= ver then return {'version_mismatch', ver} end
   local rev = bump(ctx)
   redis.call('DEL', ekey)
@@ -198,23 +218,19 @@ local function kv_rollback(keys, args)
   local ctx = ctx_new(keys, args)
   local key, ekey, hkey = args[5], keys[6], keys[7]
   local want = tonumber(args[6])
-  reconcile(ctx, key, ekey, hkey)
-  local cur = redis.call('HMGET', ekey, 'ver', 'v', 'm')
-  local ver = tonumber(cur[1])
-  if not ver then return {'not_found'} end
-  local value, meta
-  if want == ver then
-    value = cur[2]
-    meta = cur[3] or ''
-  else
-    local rec = redis.call('HGET', hkey, fmt(want))
-    if not rec then return {'version_not_found'} end
-    local a = string.find(rec, '\n', 1, true)
-    local b = string.find(rec, '\n', a + 1, true)
-    meta = string.sub(rec, a + 1, b - 1)
-    value = string.sub(rec, b + 1)
+  local cur = redis.call('GET', ekey)
+  local h = cur and head_of(cur)
+  if not h then
+    reconcile_missing(ctx, key, hkey)
+    return {'not_found'}
   end
-  local r = put_core(ctx, key, ekey, hkey, value, meta, -1, ver)
+  local rec = cur
+  if want ~= h.ver then
+    rec = redis.call('HGET', hkey, fmt(want))
+    if not rec then return {'version_not_found'} end
+  end
+  local meta, value = body_of(rec)
+  local r = put_core(ctx, key, ekey, hkey, value, meta, -1, h.ver)
   r[#r + 1] = value
   r[#r + 1] = meta
   return r
@@ -227,14 +243,14 @@ local function kv_incr(keys, args)
   local ctx = ctx_new(keys, args)
   local key, ekey, hkey = args[5], keys[6], keys[7]
   local by = tonumber(args[6])
-  reconcile(ctx, key, ekey, hkey)
-  local cur = redis.call('HMGET', ekey, 'ver', 'v', 'm')
-  local ver = tonumber(cur[1])
+  local cur = redis.call('GET', ekey)
+  local h = cur and head_of(cur)
   local n, meta, ttl
-  if ver then
-    if not string.match(cur[2], '^%-?%d+$') then return {'not_a_counter'} end
-    n = tonumber(cur[2]) + by
-    meta = cur[3] or ''
+  if h then
+    local m, v = body_of(cur)
+    if not string.match(v, '^%-?%d+$') then return {'not_a_counter'} end
+    n = tonumber(v) + by
+    meta = m
     ttl = -1
   else
     n = by
@@ -243,7 +259,7 @@ local function kv_incr(keys, args)
   end
   if n > MAX_SAFE or n < -MAX_SAFE then return {'overflow'} end
   local text = fmt(n)
-  local r = put_core(ctx, key, ekey, hkey, text, meta, ttl, ver or 0)
+  local r = put_core(ctx, key, ekey, hkey, text, meta, ttl, h and h.ver or 0)
   table.insert(r, 2, text)
   return r
 end
@@ -257,10 +273,6 @@ local function kv_forget(keys, args)
   return 0
 end
 
-local function entry_fields(ekey)
-  return redis.call('HMGET', ekey, 'v', 'm', 'ver', 'crev', 'mrev', 'ct', 'ut', 'exp', 'a', 'r')
-end
-
 -- Compare-then-apply transaction, all-or-nothing.
 -- KEYS: meta idx log ttl sz, then entry_i, hist_i for each distinct key i (1-based)
 -- ARGV: ctx(4), nkeys, key_1..key_n,
@@ -268,7 +280,7 @@ end
 --       nsucc, (op 'put'|'delete'|'get', ki, value, metadata, ttl) * nsucc,
 --       nfail, (same) * nfail
 -- Returns {succeeded 0|1, revision, results...}; a result is
---   {'put', ver, mrev, created} | {'delete', found 0|1} | {'get', <entry_fields>}.
+--   {'put', ver, mrev, created} | {'delete', found 0|1} | {'get', record or false}.
 local function kv_txn(keys, args)
   local ctx = ctx_new(keys, args)
   local p = 5
@@ -285,14 +297,17 @@ local function kv_txn(keys, args)
     local ki, kind, arg = tonumber(args[p]), args[p + 1], args[p + 2]
     p = p + 3
     if ok then
-      local cur = redis.call('HMGET', ek(ki), 'ver', 'v')
-      local ver = tonumber(cur[1]) or 0
+      local cur = redis.call('GET', ek(ki))
+      local h = cur and head_of(cur)
+      local ver = h and h.ver or 0
       if kind == 'version' then
         ok = (ver == tonumber(arg))
       elseif kind == 'exists' then
         ok = ((ver > 0) == (arg == '1'))
       elseif kind == 'value' then
-        ok = (cur[2] ~= false and cur[2] == arg)
+        local _, v = nil, nil
+        if h then _, v = body_of(cur) end
+        ok = (v ~= nil and v == arg)
       else
         return redis.error_reply('ERR unknown compare kind ' .. tostring(kind))
       end
@@ -323,7 +338,7 @@ local function kv_txn(keys, args)
       local r = delete_core(ctx, names[ki], ek(ki), hk(ki), nil)
       if r[1] == 'ok' then results[i] = {'delete', 1} else results[i] = {'delete', 0} end
     else
-      results[i] = {'get', entry_fields(ek(ki))}
+      results[i] = {'get', redis.call('GET', ek(ki))}
     end
   end
   local rev = tonumber(redis.call('HGET', ctx.meta, 'rev') or '0')

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use swarmstate::config::{CliOverrides, Config};
 
+/// mimalloc: the service allocates many small, short-lived buffers per request; glibc malloc
+/// spent ~20% of CPU under load (perf), mimalloc a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "swarmstate",

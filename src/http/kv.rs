@@ -678,11 +678,7 @@ pub async fn batch_get(
 ) -> ApiResult<Response> {
     validate_name("namespace", &ns)?;
     check_keys(&body.keys)?;
-    let mut items: Vec<Option<Entry>> = Vec::with_capacity(body.keys.len());
-    for chunk in body.keys.chunks(BATCH_CHUNK) {
-        let reads = chunk.iter().map(|k| st.store.kv_get(&ns, k));
-        items.extend(futures::future::try_join_all(reads).await?);
-    }
+    let items = st.store.kv_get_many(&ns, &body.keys, true).await?;
     Ok(json_response(StatusCode::OK, &Items { items: &items }))
 }
 

@@ -111,8 +111,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(TraceLayer::new_for_http())
-                .layer(middleware::from_fn(record_metrics))
-                .layer(middleware::from_fn(problem_layer))
+                .layer(middleware::from_fn(observe))
                 .layer(CompressionLayer::new())
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
@@ -138,26 +137,13 @@ async fn capture_route(req: Request, next: Next) -> Response {
     res
 }
 
-/// `http_requests_total` and `http_request_duration_seconds`, labelled by route template.
-async fn record_metrics(req: Request, next: Next) -> Response {
+/// Records `http_requests_total` / `http_request_duration_seconds` (labelled by route
+/// template) and finishes problem documents: fills in the request path and id, and turns any
+/// other error response, such as axum's 405, into a problem document. One layer for both keeps
+/// the per-request middleware cost down.
+async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
-    let res = next.run(req).await;
-    let route = res
-        .extensions()
-        .get::<RouteLabel>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let status = res.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-    res
-}
-
-/// Finish problem documents (request path and id) and turn any other error response, such as
-/// axum's 405, into one.
-async fn problem_layer(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
     let path = req.uri().path().to_string();
     let rid = req
         .headers()
@@ -165,13 +151,33 @@ async fn problem_layer(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        res = finish_problem(res, &path, rid.as_deref());
+    }
+    let route = res
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let labels = [
+        ("method", method.as_str().to_string()),
+        ("route", route),
+        ("status", res.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+    res
+}
+
+fn finish_problem(mut res: Response, path: &str, rid: Option<&str>) -> Response {
     let err = match res.extensions_mut().remove::<ApiError>() {
         Some(e) => e,
         None => {
-            let status = res.status();
-            if !(status.is_client_error() || status.is_server_error()) || is_problem(res.headers()) {
+            if is_problem(res.headers()) {
                 return res;
             }
+            let status = res.status();
             let code = match status {
                 StatusCode::NOT_FOUND => ErrorCode::NotFound,
                 StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
@@ -185,20 +191,16 @@ async fn problem_layer(req: Request, next: Next) -> Response {
             if code == ErrorCode::Internal {
                 e.detail = "internal error; the log has the details".into();
             }
-            let (mut parts, _) = res.into_parts();
-            parts.status = code.status();
-            let body = e.to_body(&path, rid.as_deref());
-            parts
-                .headers
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-            parts.headers.remove(header::CONTENT_LENGTH);
-            return Response::from_parts(parts, Body::from(body));
+            e
         }
     };
-    let body = err.to_body(&path, rid.as_deref());
     let (mut parts, _) = res.into_parts();
+    parts.status = err.code.status();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body))
+    Response::from_parts(parts, Body::from(err.to_body(path, rid)))
 }
 
 fn is_problem(h: &HeaderMap) -> bool {

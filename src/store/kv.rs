@@ -7,16 +7,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use fred::prelude::*;
 use fred::types::Value;
 use serde::ser::{Error as _, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::{v_i64, v_str, v_u64, Store};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-
-/// Entry hash fields, in the order [`Entry::from_fields`] expects them.
-const ENTRY_FIELDS: [&str; 10] = ["v", "m", "ver", "crev", "mrev", "ct", "ut", "exp", "a", "r"];
-/// The same without the value, for listings that leave values out.
-const ENTRY_FIELDS_NO_VALUE: [&str; 9] = ["m", "ver", "crev", "mrev", "ct", "ut", "exp", "a", "r"];
 
 /// Who made a change and why (`x-agent-id`, `x-change-reason`), stored with the version.
 #[derive(Debug, Clone, Default)]
@@ -79,65 +74,31 @@ impl Serialize for Entry {
 }
 
 impl Entry {
-    /// Build from HMGET of [`ENTRY_FIELDS`] (or [`ENTRY_FIELDS_NO_VALUE`] when `with_value` is
-    /// false). `None` when the entry does not exist.
-    fn from_fields(ns: &str, key: &str, f: Vec<Option<String>>, with_value: bool) -> Option<Entry> {
-        let mut it = f.into_iter();
-        let value = if with_value { it.next().flatten() } else { None };
-        let mut next = || it.next().flatten();
-        let metadata = next();
-        let version: u64 = next()?.parse().ok()?;
-        let num = |s: Option<String>| s.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-        let crev = num(next());
-        let mrev = num(next());
-        let ct = num(next());
-        let ut = num(next());
-        let exp = next().and_then(|s| s.parse::<i64>().ok());
-        Some(Entry {
-            namespace: ns.to_string(),
-            key: key.to_string(),
-            value,
-            version,
-            create_revision: crev as u64,
-            mod_revision: mrev as u64,
-            created_at: ct,
-            updated_at: ut,
-            expires_at: exp,
-            metadata,
-            agent_id: next(),
-            change_reason: next(),
-        })
-    }
-
-    /// Parse a history record: cjson header, newline, metadata, newline, value.
-    fn from_record(ns: &str, key: &str, rec: &str) -> Option<Entry> {
-        #[derive(Deserialize)]
-        struct Header {
-            ver: u64,
-            crev: Option<u64>,
-            mrev: Option<u64>,
-            ct: Option<i64>,
-            ut: Option<i64>,
-            exp: Option<i64>,
-            a: Option<String>,
-            r: Option<String>,
-        }
+    /// Parse a stored record: `ver\tcrev\tmrev\tct\tut\texp\tsz\tagent\treason`, newline,
+    /// metadata, newline, value (see migrations/swarmstate.lua). Entries and history share it.
+    pub fn from_record(ns: &str, key: &str, rec: &str, with_value: bool) -> Option<Entry> {
         let (header, rest) = rec.split_once('\n')?;
         let (meta, value) = rest.split_once('\n')?;
-        let h: Header = serde_json::from_str(header).ok()?;
+        let mut h = header.split('\t');
+        let mut num = || h.next().and_then(|s| s.parse::<i64>().ok());
+        let version = num()? as u64;
+        let (crev, mrev, ct, ut, exp) = (num(), num(), num(), num(), num());
+        let _size = num();
+        let mut text = || h.next().filter(|s| !s.is_empty()).map(str::to_string);
+        let (agent_id, change_reason) = (text(), text());
         Some(Entry {
             namespace: ns.to_string(),
             key: key.to_string(),
-            value: Some(value.to_string()),
-            version: h.ver,
-            create_revision: h.crev.unwrap_or(0),
-            mod_revision: h.mrev.unwrap_or(0),
-            created_at: h.ct.unwrap_or(0),
-            updated_at: h.ut.unwrap_or(0),
-            expires_at: h.exp,
+            value: with_value.then(|| value.to_string()),
+            version,
+            create_revision: crev.unwrap_or(0) as u64,
+            mod_revision: mrev.unwrap_or(0) as u64,
+            created_at: ct.unwrap_or(0),
+            updated_at: ut.unwrap_or(0),
+            expires_at: exp,
             metadata: (!meta.is_empty()).then(|| meta.to_string()),
-            agent_id: h.a,
-            change_reason: h.r,
+            agent_id,
+            change_reason,
         })
     }
 }
@@ -284,10 +245,32 @@ impl Store {
     /// The current entry, or `None`.
     pub async fn kv_get(&self, ns: &str, key: &str) -> ApiResult<Option<Entry>> {
         let ekey = self.keys().ns(ns).entry(key);
-        let f: Vec<Option<String>> = self
-            .timed("hmget", self.client().hmget(ekey, ENTRY_FIELDS.to_vec()))
-            .await?;
-        Ok(Entry::from_fields(ns, key, f, true))
+        let rec: Option<String> = self.timed("get", self.client().get(ekey)).await?;
+        Ok(rec.and_then(|r| Entry::from_record(ns, key, &r, true)))
+    }
+
+    /// Many entries of one namespace in one MGET (they share a slot), in order.
+    pub async fn kv_get_many(
+        &self,
+        ns: &str,
+        keys: &[String],
+        with_values: bool,
+    ) -> ApiResult<Vec<Option<Entry>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nk = self.keys().ns(ns);
+        let ekeys: Vec<String> = keys.iter().map(|k| nk.entry(k)).collect();
+        let recs: Vec<Option<String>> = if ekeys.len() == 1 {
+            vec![self.timed("get", self.client().get(ekeys[0].clone())).await?]
+        } else {
+            self.timed("mget", self.client().mget(ekeys)).await?
+        };
+        Ok(keys
+            .iter()
+            .zip(recs)
+            .map(|(k, r)| r.and_then(|r| Entry::from_record(ns, k, &r, with_values)))
+            .collect())
     }
 
     /// A specific version: the current one, or one retained in history.
@@ -300,7 +283,7 @@ impl Store {
                 let rec: Option<String> = self
                     .timed("hget", self.client().hget(hkey, version.to_string()))
                     .await?;
-                Ok(rec.and_then(|r| Entry::from_record(ns, key, &r)))
+                Ok(rec.and_then(|r| Entry::from_record(ns, key, &r, true)))
             }
             _ => Ok(None),
         }
@@ -330,7 +313,7 @@ impl Store {
             out.extend(
                 recs.into_iter()
                     .flatten()
-                    .filter_map(|r| Entry::from_record(ns, key, &r)),
+                    .filter_map(|r| Entry::from_record(ns, key, &r, true)),
             );
         }
         Ok(Some(out))
@@ -488,22 +471,11 @@ impl Store {
         ];
         let names: Vec<String> = self.timed("zrangebylex", self.client().custom(cmd, args)).await?;
         let next = (names.len() == limit).then(|| names.last().cloned()).flatten();
-        let reads = names.iter().map(|k| {
-            let ekey = nk.entry(k);
-            async move {
-                let f: Vec<Option<String>> = if with_values {
-                    self.client().hmget(ekey, ENTRY_FIELDS.to_vec()).await?
-                } else {
-                    self.client().hmget(ekey, ENTRY_FIELDS_NO_VALUE.to_vec()).await?
-                };
-                Ok::<_, fred::error::Error>(f)
-            }
-        });
-        let rows = self.timed("hmget", futures::future::try_join_all(reads)).await?;
-        let items = names
-            .iter()
-            .zip(rows)
-            .filter_map(|(k, f)| Entry::from_fields(ns, k, f, with_values))
+        let items = self
+            .kv_get_many(ns, &names, with_values)
+            .await?
+            .into_iter()
+            .flatten()
             .collect();
         Ok((items, next))
     }
@@ -580,15 +552,11 @@ impl Store {
                     deleted: r.get(1).map(v_i64) == Some(1),
                 },
                 TxnOp::Get { key } => {
-                    let fields: Vec<Option<String>> = r
-                        .get(1)
-                        .cloned()
-                        .map(|v| v.into_array().iter().map(v_str).collect())
-                        .unwrap_or_default();
                     let name = &plan.keys[*key];
+                    let rec = r.get(1).and_then(v_str);
                     TxnResult::Get {
                         key: name.clone(),
-                        entry: Entry::from_fields(ns, name, fields, true),
+                        entry: rec.and_then(|rec| Entry::from_record(ns, name, &rec, true)),
                     }
                 }
             };
