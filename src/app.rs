@@ -45,7 +45,19 @@ impl Server {
             .clone()
             .ok_or_else(|| "no redis_url to connect to".to_string())?;
         let store = Store::connect(&cfg, &url).await?;
-        let report = migrate::run(&store).await?;
+        // Redis may accept connections before it can serve (loading its dataset, failing
+        // over): retry migrations until the start-up deadline, but stop at once on a refusal.
+        let deadline = Instant::now() + Duration::from_millis(cfg.startup_timeout_ms);
+        let report = loop {
+            match migrate::run(&store).await {
+                Ok(r) => break r,
+                Err(migrate::MigrateError::Redis(e)) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "Redis not ready for migrations yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         tracing::info!(
             url = %redact(&url),
             library_loaded = report.library_loaded,

@@ -38,6 +38,24 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Why migrations did not complete.
+#[derive(Debug, Clone)]
+pub enum MigrateError {
+    /// Redis holds a newer schema or library: this binary must not run. Final.
+    Refused(String),
+    /// Redis did not answer as needed (loading its dataset, failing over, timing out):
+    /// worth retrying until the start-up deadline.
+    Redis(String),
+}
+
+impl std::fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrateError::Refused(m) | MigrateError::Redis(m) => f.write_str(m),
+        }
+    }
+}
+
 /// What start-up migration did.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -66,23 +84,24 @@ pub async fn load_library(store: &Store) -> Result<(), RedisError> {
 }
 
 /// Run both steps; an `Err` is a message for the operator and stops start-up.
-pub async fn run(store: &Store) -> Result<Report, String> {
+pub async fn run(store: &Store) -> Result<Report, MigrateError> {
+    use MigrateError::{Redis, Refused};
     let loaded = loaded_library_version(store)
         .await
-        .map_err(|e| format!("reading the functions library version: {e}"))?;
+        .map_err(|e| Redis(format!("reading the functions library version: {e}")))?;
     let ours: u64 = LIBRARY_VERSION.parse().unwrap_or(0);
     let library_loaded = match loaded.as_deref() {
         Some(v) if v == LIBRARY_VERSION => false,
         Some(v) if v.parse::<u64>().map(|n| n > ours).unwrap_or(false) => {
-            return Err(format!(
+            return Err(Refused(format!(
                 "Redis holds swarmstate functions library version {v}, newer than this binary's {LIBRARY_VERSION}; \
                  run the newer swarmstate (refusing to downgrade)"
-            ))
+            )))
         }
         _ => {
             load_library(store)
                 .await
-                .map_err(|e| format!("loading the functions library: {e}"))?;
+                .map_err(|e| Redis(format!("loading the functions library: {e}")))?;
             tracing::info!(version = LIBRARY_VERSION, previous = ?loaded, "functions library loaded");
             true
         }
@@ -103,12 +122,14 @@ pub async fn run(store: &Store) -> Result<Report, String> {
                 false,
             )
             .await
-            .map_err(|e| format!("taking the migration lock: {e}"))?;
+            .map_err(|e| Redis(format!("taking the migration lock: {e}")))?;
         if got.is_some() {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("another process has held {lock_key} for over 60 s"));
+            return Err(Redis(format!(
+                "another process has held {lock_key} for over 60 s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -125,24 +146,25 @@ pub async fn run(store: &Store) -> Result<Report, String> {
     })
 }
 
-async fn migrate_schema(store: &Store) -> Result<(u32, u32), String> {
+async fn migrate_schema(store: &Store) -> Result<(u32, u32), MigrateError> {
+    use MigrateError::{Redis, Refused};
     let schema_key = store.keys().schema();
     let current: Option<String> = store
         .pool()
         .get(&schema_key)
         .await
-        .map_err(|e| format!("reading {schema_key}: {e}"))?;
+        .map_err(|e| Redis(format!("reading {schema_key}: {e}")))?;
     let current: u32 = match current {
         None => 0,
         Some(s) => s
             .parse()
-            .map_err(|_| format!("{schema_key} holds `{s}`, not a schema version"))?,
+            .map_err(|_| Refused(format!("{schema_key} holds `{s}`, not a schema version")))?,
     };
     if current > SCHEMA_VERSION {
-        return Err(format!(
+        return Err(Refused(format!(
             "the key schema in Redis is version {current}, newer than this binary's {SCHEMA_VERSION}; \
              run the newer swarmstate (refusing to work on a newer schema)"
-        ));
+        )));
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
         let _: Value = store
@@ -153,12 +175,12 @@ async fn migrate_schema(store: &Store) -> Result<(u32, u32), String> {
                 vec![store.keys().prefix().to_string(), m.version.to_string()],
             )
             .await
-            .map_err(|e| format!("schema migration {:04}_{}: {e}", m.version, m.name))?;
+            .map_err(|e| Redis(format!("schema migration {:04}_{}: {e}", m.version, m.name)))?;
         let _: () = store
             .pool()
             .set(&schema_key, m.version.to_string(), None, None, false)
             .await
-            .map_err(|e| format!("recording schema version {}: {e}", m.version))?;
+            .map_err(|e| Redis(format!("recording schema version {}: {e}", m.version)))?;
         tracing::info!(version = m.version, name = m.name, "schema migration applied");
     }
     Ok((current, SCHEMA_VERSION))

@@ -48,42 +48,39 @@ impl Store {
         let fred_cfg =
             fred::prelude::Config::from_url(&target.fred_url).map_err(|e| format!("redis_url: {e}"))?;
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
-        let pool = Builder::from_config(fred_cfg)
-            .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
-            })
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                c.max_command_attempts = 2;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
-            .build_pool(cfg.redis_pool_size)
-            .map_err(|e| format!("redis client: {e}"))?;
+        let build = || {
+            Builder::from_config(fred_cfg.clone())
+                .with_performance_config(|p| {
+                    p.default_command_timeout = timeout;
+                })
+                .with_connection_config(|c| {
+                    c.connection_timeout = timeout;
+                    c.internal_command_timeout = timeout;
+                    c.max_command_attempts = 2;
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+                .build_pool(cfg.redis_pool_size)
+                .map_err(|e| format!("redis client: {e}"))
+        };
         let deadline = Instant::now() + Duration::from_millis(cfg.startup_timeout_ms);
-        let mut last_err = String::new();
-        let mut connected = false;
-        while Instant::now() < deadline {
+        // A client whose first connection failed is not reused: each attempt builds a new pool.
+        let pool = loop {
+            let pool = build()?;
             match pool.init().await {
-                Ok(_) => {
-                    connected = true;
-                    break;
-                }
-                Err(e) => {
-                    last_err = e.to_string();
+                Ok(_) => break pool,
+                Err(e) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, url = %crate::config::redact(url), "Redis not reachable yet; retrying");
-                    let _ = pool.quit().await;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
+                Err(e) => {
+                    return Err(format!(
+                        "could not reach Redis at {} within {} ms: {e}",
+                        crate::config::redact(url),
+                        cfg.startup_timeout_ms
+                    ))
+                }
             }
-        }
-        if !connected {
-            return Err(format!(
-                "could not reach Redis at {} within {} ms: {last_err}",
-                crate::config::redact(url),
-                cfg.startup_timeout_ms
-            ));
-        }
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,

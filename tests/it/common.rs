@@ -26,6 +26,12 @@ pub fn free_port() -> u16 {
 }
 
 fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    let child = spawn_redis_no_wait(dir, port, extra);
+    wait_ping(port);
+    child
+}
+
+fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
@@ -40,11 +46,8 @@ fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .expect("redis-server must be installed (apt-get install -y redis-server)");
-    wait_ping(port);
-    child
+    cmd.spawn()
+        .expect("redis-server must be installed (apt-get install -y redis-server)")
 }
 
 fn wait_ping(port: u16) {
@@ -76,8 +79,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(extra: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let child = spawn_redis(dir.path(), port, extra);
         RedisServer {
             port,
@@ -101,9 +107,15 @@ impl RedisServer {
 
     /// Start again on the same port and directory (AOF reloaded when enabled).
     pub fn restart(&mut self) {
+        self.restart_without_waiting();
+        wait_ping(self.port);
+    }
+
+    /// Start again without waiting until it answers (it may still be loading its data).
+    pub fn restart_without_waiting(&mut self) {
         self.kill();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.child = Some(spawn_redis(self.dir.path(), self.port, &extra));
+        self.child = Some(spawn_redis_no_wait(self.dir.path(), self.port, &extra));
     }
 }
 

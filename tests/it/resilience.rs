@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use serde_json::json;
 
-use crate::common::{test_config, RedisServer, TestApp};
+use crate::common::{free_port, test_config, RedisServer, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_gives_503_then_recovers_without_losing_acknowledged_writes() {
@@ -117,4 +117,61 @@ async fn migrations_record_the_schema_and_refuse_a_newer_one() {
         .err()
         .expect("must fail");
     assert!(err.contains("refusing to downgrade"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_a_redis_that_comes_up_later() {
+    let port = free_port();
+    let cfg = test_config(&format!("redis://127.0.0.1:{port}"));
+    let starting = tokio::spawn(TestApp::with_config(cfg));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!starting.is_finished(), "start-up waits while Redis is down");
+    let _redis = tokio::task::spawn_blocking(move || RedisServer::start_on(port, &[]))
+        .await
+        .unwrap();
+    let app = tokio::time::timeout(Duration::from_secs(20), starting)
+        .await
+        .expect("started once Redis came up")
+        .unwrap();
+    assert_eq!(app.put("/v1/ns/late/kv/a", json!({"value": 1})).await.status, 201);
+    assert_eq!(app.get("/readyz").await.status, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_while_redis_loads_its_dataset() {
+    // A dataset large enough that loading the AOF takes a moment after a restart.
+    let mut redis = RedisServer::start(&["--appendonly", "yes", "--enable-debug-command", "yes"]);
+    let raw = crate::common::redis_client(&redis.url()).await;
+    let _: () = raw
+        .custom(fred::cmd!("DEBUG"), vec!["POPULATE", "3000000", "pad", "64"])
+        .await
+        .unwrap();
+    let _: () = raw
+        .custom(fred::cmd!("BGREWRITEAOF"), Vec::<String>::new())
+        .await
+        .unwrap();
+    loop {
+        let info: String = raw.info(Some(fred::types::InfoKind::Persistence)).await.unwrap();
+        if info.contains("aof_rewrite_in_progress:0") && !info.contains("aof_rewrite_scheduled:1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(raw);
+    let url = redis.url();
+    // The service meets Redis while it is still loading (answering -LOADING).
+    redis.restart_without_waiting();
+    let mut cfg = test_config(&url);
+    cfg.command_timeout_ms = 300;
+    cfg.startup_timeout_ms = 60_000;
+    let app = TestApp::with_config(cfg).await;
+    assert_eq!(
+        app.put("/v1/ns/loaded/kv/a", json!({"value": 1})).await.status,
+        201
+    );
+    let keys: u64 = app.redis().await.dbsize().await.unwrap();
+    assert!(keys > 3_000_000, "the dataset loaded ({keys} keys)");
+    app.stop().await;
+    drop(redis);
 }
