@@ -23,6 +23,7 @@ pub const SETTINGS: &[&str] = &[
     "key_prefix",
     "body_limit_bytes",
     "command_timeout_ms",
+    "request_timeout_ms",
     "redis_pool_size",
     "history_versions",
     "changelog_retention",
@@ -57,6 +58,9 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Deadline of every Redis command; past it the request answers 503 `redis_unavailable`.
     pub command_timeout_ms: u64,
+    /// Deadline of a whole request, body upload included; past it the client gets 408
+    /// `request_timeout` (slow or stalled clients cannot hold a request open forever).
+    pub request_timeout_ms: u64,
     /// Redis connections in the client pool. Commands are pipelined on each; one connection
     /// batches best (measured with swarmstate-bench), more help with very large values.
     pub redis_pool_size: usize,
@@ -91,6 +95,7 @@ impl Default for Config {
             key_prefix: "ss".into(),
             body_limit_bytes: 1024 * 1024,
             command_timeout_ms: 2000,
+            request_timeout_ms: 60_000,
             redis_pool_size: 1,
             history_versions: 10,
             changelog_retention: 10_000,
@@ -189,6 +194,9 @@ impl Config {
         }
         if !(50..=60_000).contains(&self.command_timeout_ms) {
             return bad("command_timeout_ms: must be between 50 and 60000".into());
+        }
+        if !(100..=3_600_000).contains(&self.request_timeout_ms) {
+            return bad("request_timeout_ms: must be between 100 and 3600000".into());
         }
         if !(1..=64).contains(&self.redis_pool_size) {
             return bad("redis_pool_size: must be between 1 and 64".into());

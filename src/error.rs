@@ -28,6 +28,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The body is larger than `body_limit_bytes`.
     PayloadTooLarge,
+    /// The request (body upload included) took longer than `request_timeout_ms`.
+    RequestTimeout,
     /// The Content-Type is not accepted for this operation.
     UnsupportedMediaType,
     /// The counter key holds something other than an integer.
@@ -52,6 +54,7 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotACounter | Conflict => StatusCode::CONFLICT,
             CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
@@ -71,6 +74,7 @@ impl ErrorCode {
             NotFound => "Not found",
             MethodNotAllowed => "Method not allowed",
             PayloadTooLarge => "Payload too large",
+            RequestTimeout => "Request timeout",
             UnsupportedMediaType => "Unsupported media type",
             NotACounter => "Not a counter",
             CounterOverflow => "Counter overflow",
@@ -91,6 +95,7 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             PayloadTooLarge => "payload_too_large",
+            RequestTimeout => "request_timeout",
             UnsupportedMediaType => "unsupported_media_type",
             NotACounter => "not_a_counter",
             CounterOverflow => "counter_overflow",

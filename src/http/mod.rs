@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -101,6 +102,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api_router, _) = api();
     let body_limit = state.cfg.body_limit_bytes;
+    let request_timeout = std::time::Duration::from_millis(state.cfg.request_timeout_ms);
     api_router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         .fallback(fallback)
@@ -112,6 +114,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(TraceLayer::new_for_http())
                 .layer(middleware::from_fn(observe))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    request_timeout,
+                ))
                 .layer(CompressionLayer::new())
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
@@ -182,6 +188,7 @@ fn finish_problem(mut res: Response, path: &str, rid: Option<&str>) -> Response 
                 StatusCode::NOT_FOUND => ErrorCode::NotFound,
                 StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
                 StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
                 StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidBody,
                 s if s.is_client_error() => ErrorCode::InvalidArgument,

@@ -144,3 +144,38 @@ async fn bad_inputs_get_problem_documents_and_change_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_vanishing_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = crate::common::test_config(&crate::common::shared_redis_url());
+    cfg.request_timeout_ms = 500;
+    let app = TestApp::with_config(cfg).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // A client that announces a body and then stalls gets 408 within the deadline.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"PUT /v1/ns/slow/kv/k HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"value\":")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered before the client finished")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+    // A client that vanishes mid-body leaves nothing behind, and the service keeps serving.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"PUT /v1/ns/slow/kv/k2 HTTP/1.1\r\nhost: x\r\ncontent-length: 50\r\n\r\n{\"val")
+        .await
+        .unwrap();
+    drop(s);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    app.get("/v1/ns/slow/kv/k").await.problem(404, "not_found");
+    app.get("/v1/ns/slow/kv/k2").await.problem(404, "not_found");
+    assert_eq!(app.get("/healthz").await.status, 200);
+    app.stop().await;
+}
