@@ -154,10 +154,9 @@ local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
                             ctx.agent, ctx.reason}, '\t') .. '\n' .. meta .. '\n' .. value
   if exp then
     redis.call('SET', ekey, rec, 'PXAT', exp)
-    if exp ~= old_exp then
-      redis.call('PEXPIREAT', hkey, exp)
-      redis.call('ZADD', ctx.ttl, exp, key)
-    end
+    -- The history hash may only now have been created: give it the entry's expiry every time.
+    redis.call('PEXPIREAT', hkey, exp)
+    if exp ~= old_exp then redis.call('ZADD', ctx.ttl, exp, key) end
   else
     redis.call('SET', ekey, rec)
     if old_exp then
@@ -178,7 +177,7 @@ local function delete_core(ctx, key, ekey, hkey, expect)
     reconcile_missing(ctx, key, hkey)
     return {'not_found'}
   end
-  if expect ~= nil and expect > 0 and expect ~= ver then return {'version_mismatch', ver} end
+  if expect ~= nil and expect ~= -1 and expect ~= ver then return {'version_mismatch', ver} end
   local rev = bump(ctx)
   redis.call('DEL', ekey)
   unindex(ctx, key, hkey)
@@ -249,7 +248,10 @@ local function kv_incr(keys, args)
   if h then
     local m, v = body_of(cur)
     if not string.match(v, '^%-?%d+$') then return {'not_a_counter'} end
-    n = tonumber(v) + by
+    local cur_n = tonumber(v)
+    -- Lua numbers are doubles: beyond 2^53 an increment would not be exact.
+    if cur_n > MAX_SAFE or cur_n < -MAX_SAFE then return {'overflow'} end
+    n = cur_n + by
     meta = m
     ttl = -1
   else

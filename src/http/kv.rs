@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::kv::{
     DeleteOutcome, Entry, Expect, NamespaceInfo, Provenance, PutOutcome, Ttl, TxnCompare, TxnOp, TxnPlan,
-    TxnResult,
+    TxnResult, MAX_VALUE_BYTES_PER_RESPONSE,
 };
 
 /// Most items in one batch request.
@@ -678,6 +678,12 @@ pub async fn batch_get(
 ) -> ApiResult<Response> {
     validate_name("namespace", &ns)?;
     check_keys(&body.keys)?;
+    let total: u64 = st.store.sizes(&ns, &body.keys).await?.iter().sum();
+    if total > MAX_VALUE_BYTES_PER_RESPONSE {
+        return Err(ApiError::bad_request(format!(
+            "these keys hold {total} bytes, more than the {MAX_VALUE_BYTES_PER_RESPONSE} one response may carry; ask for fewer keys"
+        )));
+    }
     let items = st.store.kv_get_many(&ns, &body.keys, true).await?;
     Ok(json_response(StatusCode::OK, &Items { items: &items }))
 }

@@ -13,6 +13,10 @@ use serde_json::value::RawValue;
 use super::{v_i64, v_str, v_u64, Store};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
+/// Most value bytes one listing page or batch read may carry (a page ends early, with a
+/// cursor, when the next value would pass it; a batch asking for more is refused).
+pub const MAX_VALUE_BYTES_PER_RESPONSE: u64 = 8 * 1024 * 1024;
+
 /// Who made a change and why (`x-agent-id`, `x-change-reason`), stored with the version.
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
@@ -249,6 +253,21 @@ impl Store {
         Ok(rec.and_then(|r| Entry::from_record(ns, key, &r, true)))
     }
 
+    /// Accounted sizes (key + value + metadata bytes) of `keys`; 0 for absent keys.
+    pub async fn sizes(&self, ns: &str, keys: &[String]) -> ApiResult<Vec<u64>> {
+        let sz = self.keys().ns(ns).sz;
+        let v: Vec<Option<u64>> = if keys.len() == 1 {
+            vec![
+                self.timed("hget", self.client().hget(sz, keys[0].as_str()))
+                    .await?,
+            ]
+        } else {
+            self.timed("hmget", self.client().hmget(sz, keys.to_vec()))
+                .await?
+        };
+        Ok(v.into_iter().map(|x| x.unwrap_or(0)).collect())
+    }
+
     /// Many entries of one namespace in one MGET (they share a slot), in order.
     pub async fn kv_get_many(
         &self,
@@ -283,7 +302,10 @@ impl Store {
                 let rec: Option<String> = self
                     .timed("hget", self.client().hget(hkey, version.to_string()))
                     .await?;
-                Ok(rec.and_then(|r| Entry::from_record(ns, key, &r, true)))
+                // Same life only: the key may have been deleted and re-created between reads.
+                Ok(rec
+                    .and_then(|r| Entry::from_record(ns, key, &r, true))
+                    .filter(|h| h.create_revision == e.create_revision))
             }
             _ => Ok(None),
         }
@@ -310,10 +332,13 @@ impl Store {
             } else {
                 self.timed("hmget", self.client().hmget(hkey, past)).await?
             };
+            let crev = out[0].create_revision;
             out.extend(
                 recs.into_iter()
                     .flatten()
-                    .filter_map(|r| Entry::from_record(ns, key, &r, true)),
+                    .filter_map(|r| Entry::from_record(ns, key, &r, true))
+                    // Same life only: the key may have been deleted and re-created between reads.
+                    .filter(|h| h.create_revision == crev),
             );
         }
         Ok(Some(out))
@@ -470,7 +495,25 @@ impl Store {
             (limit as i64).into(),
         ];
         let names: Vec<String> = self.timed("zrangebylex", self.client().custom(cmd, args)).await?;
-        let next = (names.len() == limit).then(|| names.last().cloned()).flatten();
+        let mut names = names;
+        let mut full = names.len() == limit;
+        if with_values && !names.is_empty() {
+            let sizes = self.sizes(ns, &names).await?;
+            let mut total = 0u64;
+            let fit = sizes
+                .iter()
+                .take_while(|sz| {
+                    total += **sz;
+                    total <= MAX_VALUE_BYTES_PER_RESPONSE
+                })
+                .count()
+                .max(1);
+            if fit < names.len() {
+                names.truncate(fit);
+                full = true;
+            }
+        }
+        let next = full.then(|| names.last().cloned()).flatten();
         let items = self
             .kv_get_many(ns, &names, with_values)
             .await?

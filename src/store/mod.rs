@@ -58,7 +58,10 @@ impl Store {
                 .with_connection_config(|c| {
                     c.connection_timeout = timeout;
                     c.internal_command_timeout = timeout;
-                    c.max_command_attempts = 2;
+                    // Never re-send a command on our behalf: a function call in flight when a
+                    // connection drops may already have run, and running a write twice (a
+                    // counter bumped twice, a CAS answered 412) is worse than a 503.
+                    c.max_command_attempts = 1;
                 })
                 .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
                 .build_pool(cfg.redis_pool_size)
@@ -238,9 +241,15 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         ApiError::internal(format!("redis {command}: {e}"))
     } else {
         tracing::warn!(command, error = %e, "Redis unavailable");
-        ApiError::unavailable(format!(
-            "Redis did not answer {command} in time ({kind}); retry shortly"
-        ))
+        let detail = if kind == "io" || kind == "canceled" {
+            format!(
+                "the connection to Redis failed during {command}; a write may or may not have been applied, \
+                 read the current state before retrying"
+            )
+        } else {
+            format!("Redis did not answer {command} in time ({kind}); retry shortly")
+        };
+        ApiError::unavailable(detail)
     }
 }
 

@@ -205,10 +205,18 @@ async fn preconditions_and_on_conflict() {
     )
     .await
     .problem(415, "unsupported_media_type");
-    // DELETE honours If-Match; 404 when absent; version restarts after delete.
+    // DELETE honours If-Match ("0" = must not exist); 404 when absent; version restarts after delete.
     app.req("DELETE", p, &[("if-match", "\"1\"")], None)
         .await
         .problem(412, "version_mismatch");
+    app.req("DELETE", p, &[("if-match", "\"0\"")], None)
+        .await
+        .problem(412, "version_mismatch");
+    assert_eq!(
+        app.get(p).await.json()["version"],
+        4,
+        "a refused DELETE leaves the key"
+    );
     assert_eq!(
         app.req("DELETE", p, &[("if-match", "\"4\"")], None).await.status,
         204
@@ -433,6 +441,21 @@ async fn ttl_expiry_removes_key_everywhere() {
     let ev: std::collections::HashMap<_, _> = log[0].1.iter().cloned().collect();
     assert_eq!(ev["k"], "expire");
     assert_eq!(ev["key"], "session");
+    // A key created with a TTL and then patched: its history expires with it.
+    app.put("/v1/ns/tmp/kv/p", json!({"value": {"a": 1}, "ttl_ms": 60000}))
+        .await;
+    app.req(
+        "PATCH",
+        "/v1/ns/tmp/kv/p",
+        &[("content-type", "application/json")],
+        Some(br#"{"b": 2}"#),
+    )
+    .await;
+    let hist_ttl: i64 = redis.pttl(format!("{}:{{tmp}}:h:p", app.prefix)).await.unwrap();
+    assert!(
+        hist_ttl > 0 && hist_ttl <= 60000,
+        "history hash expires with the entry: {hist_ttl}"
+    );
     // Writing again creates a fresh key at version 1; PUT without ttl_ms clears a TTL.
     let r = app
         .put(
@@ -671,6 +694,16 @@ async fn batches_counters_and_namespaces() {
     app.post("/v1/ns/bt/counters/big/incr", json!({"by": 1}))
         .await
         .problem(422, "counter_overflow");
+    // A stored integer beyond 2^53 cannot be incremented exactly: refused, value untouched.
+    app.put("/v1/ns/bt/kv/huge", json!({"value": 9007199254740993u64}))
+        .await;
+    app.post("/v1/ns/bt/counters/huge/incr", json!({"by": -10}))
+        .await
+        .problem(422, "counter_overflow");
+    assert_eq!(
+        app.get("/v1/ns/bt/kv/huge").await.json()["value"],
+        9007199254740993u64
+    );
     let w = app
         .post("/v1/ns/bt/counters/win/incr", json!({"by": 2, "ttl_ms": 60000}))
         .await
@@ -721,5 +754,53 @@ async fn every_key_is_cluster_safe() {
             .any(|g| k == format!("{}{g}", app.prefix));
         assert!(ns_key || global, "key {k} lacks the namespace hash tag");
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carrying_values_stay_within_a_byte_budget() {
+    let app = TestApp::start().await;
+    // 20 values of ~600 KB: 12 MB in all, more than one response may carry (8 MiB).
+    let big = "x".repeat(600 * 1024);
+    for i in 0..20 {
+        let r = app
+            .put(&format!("/v1/ns/big/kv/v{i:02}"), json!({"value": big}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/v1/ns/big/kv?values=true&limit=100&cursor={c}"),
+            None => "/v1/ns/big/kv?values=true&limit=100".to_string(),
+        };
+        let r = app.get(&q).await;
+        assert!(r.body.len() < 9 * 1024 * 1024, "page of {} bytes", r.body.len());
+        let page = r.json();
+        let items = page["items"].as_array().unwrap();
+        assert!(
+            !items.is_empty() && items.len() < 20,
+            "a page holds what fits: {}",
+            items.len()
+        );
+        seen.extend(items.iter().map(|e| e["key"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("v{i:02}")).collect();
+    assert_eq!(seen, want, "every key once, in order");
+    // Without values the whole listing fits in one page.
+    let r = app.get("/v1/ns/big/kv?limit=100").await.json();
+    assert_eq!(r["items"].as_array().unwrap().len(), 20);
+    // A batch read asking for more than the budget is refused, naming the size.
+    let r = app.post("/v1/ns/big/batch/get", json!({"keys": want})).await;
+    r.problem(400, "invalid_argument");
+    let r = app
+        .post("/v1/ns/big/batch/get", json!({"keys": &want[..5]}))
+        .await;
+    assert_eq!(r.status, 200);
     app.stop().await;
 }

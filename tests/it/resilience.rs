@@ -175,3 +175,98 @@ async fn start_up_waits_while_redis_loads_its_dataset() {
     app.stop().await;
     drop(redis);
 }
+
+/// A TCP proxy in front of Redis that, once armed, forwards the next request containing
+/// `trigger` and then cuts the connection before the reply comes back.
+async fn cutting_proxy(
+    redis_port: u16,
+    trigger: &'static [u8],
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = std::sync::Arc::new(AtomicBool::new(false));
+    let armed2 = armed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let armed = armed2.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let cut = std::sync::Arc::new(AtomicBool::new(false));
+                let cut2 = cut.clone();
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if cut2.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let hit = buf[..n].windows(trigger.len()).any(|w| w == trigger);
+                    let cutting = hit && armed.swap(false, Ordering::SeqCst);
+                    if cutting {
+                        // From here on no reply reaches the client.
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    if cutting {
+                        // Redis runs the command; then the client's connection closes.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        down.abort();
+                        return;
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    (port, armed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_drops_is_never_applied_twice() {
+    let redis = RedisServer::start(&[]);
+    let (proxy_port, armed) = cutting_proxy(redis.port, b"kv_incr").await;
+    let app = TestApp::with_config(test_config(&format!("redis://127.0.0.1:{proxy_port}"))).await;
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = app.post("/v1/ns/once/counters/c/incr", json!({"by": 1})).await;
+    let p = r.problem(503, "redis_unavailable");
+    assert!(p["detail"].as_str().unwrap().contains("may or may not"), "{p}");
+    // The service reconnects by itself; the increment ran exactly once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = None;
+    while Instant::now() < deadline {
+        let g = app.get("/v1/ns/once/kv/c").await;
+        if g.status == 200 {
+            got = Some(g.json());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = got.expect("service recovered");
+    assert_eq!(e["value"], 1, "{e}");
+    assert_eq!(e["version"], 1, "{e}");
+    let r = app.post("/v1/ns/once/counters/c/incr", json!({"by": 1})).await;
+    assert_eq!(r.json()["value"], 2);
+    app.stop().await;
+}
