@@ -261,20 +261,12 @@ pub struct Q<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded_from_str(q).map(Q)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(t)| Q(t))
+            .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
     }
-}
-
-fn serde_urlencoded_from_str<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(
-        &format!("/?{q}")
-            .parse()
-            .map_err(|_| ApiError::bad_request("bad query string"))?,
-    )
-    .map(|axum::extract::Query(t)| t)
-    .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
 }
 
 /// `x-agent-id` / `x-change-reason`, validated.
@@ -396,7 +388,7 @@ fn decode(raw: &str, what: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::invalid_name(format!("the {what} is not valid UTF-8 once percent-decoded")))
 }
 
-/// Re-export for handlers returning JSON with a status.
+/// A JSON response with this status (serialization failures become a logged 500).
 pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(b) => (
