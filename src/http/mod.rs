@@ -129,13 +129,10 @@ async fn fallback(method: Method) -> ApiError {
 
 /// The matched route template, carried on the response for the metrics layer.
 #[derive(Clone)]
-struct RouteLabel(String);
+struct RouteLabel(MatchedPath);
 
 async fn capture_route(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let mut res = next.run(req).await;
     if let Some(r) = route {
         res.extensions_mut().insert(RouteLabel(r));
@@ -164,15 +161,11 @@ async fn observe(req: Request, next: Next) -> Response {
     let route = res
         .extensions()
         .get::<RouteLabel>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let labels = [
-        ("method", method.as_str().to_string()),
-        ("route", route),
-        ("status", res.status().as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+        .map(|r| r.0.as_str())
+        .unwrap_or("unmatched");
+    let (count, duration) = crate::metrics::http(method.as_str(), route, res.status().as_u16());
+    count.increment(1);
+    duration.record(start.elapsed().as_secs_f64());
     res
 }
 

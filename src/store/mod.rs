@@ -146,8 +146,7 @@ impl Store {
         Box::pin(async move {
             let start = Instant::now();
             let res = fut.await;
-            metrics::histogram!("redis_command_duration_seconds", "command" => command)
-                .record(start.elapsed().as_secs_f64());
+            crate::metrics::redis_command(command).record(start.elapsed().as_secs_f64());
             res.map_err(|e| map_redis_error(command, e))
         })
     }
@@ -176,8 +175,7 @@ impl Store {
                     res = self.client().fcall(name, keys, args).await;
                 }
             }
-            metrics::histogram!("redis_command_duration_seconds", "command" => name)
-                .record(start.elapsed().as_secs_f64());
+            crate::metrics::redis_command(name).record(start.elapsed().as_secs_f64());
             res.map_err(|e| map_redis_error(name, e))
         })
     }
