@@ -26,6 +26,8 @@ pub struct AppState {
     pub started: Instant,
     /// Whether Redis is the embedded child.
     pub embedded: bool,
+    /// Change-log readers shared by all watch sockets of this process.
+    pub hub: Arc<crate::watch::Hub>,
 }
 
 /// A running service: HTTP server plus background tasks.
@@ -71,6 +73,7 @@ impl Server {
             metrics: crate::metrics::handle(),
             started: Instant::now(),
             embedded,
+            hub: Arc::new(crate::watch::Hub::default()),
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);

@@ -5,7 +5,9 @@
 //! - [`app`]: application state, start-up (embedded Redis, connect, migrate), serving, shutdown,
 //!   and the background expiry reconciler.
 //! - [`http`]: router, middleware (request ids, tracing, metrics, problem documents), extractors;
-//!   [`http::kv`] key/value handlers, [`http::ops`] health/status/metrics.
+//!   [`http::kv`] key/value handlers, [`http::ops`] health/status/metrics, [`http::watch`] the
+//!   watch WebSocket.
+//! - [`watch`]: per-namespace change-log readers shared by all watchers, and log replay.
 //! - [`store`]: Redis access. [`store::keys`] builds every key name; [`store::kv`] wraps the
 //!   key/value functions; [`store::migrate`] loads the functions library and runs key-schema
 //!   migrations.
@@ -23,3 +25,4 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod watch;

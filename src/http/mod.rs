@@ -5,6 +5,7 @@
 
 pub mod kv;
 pub mod ops;
+pub mod watch;
 
 use std::time::Instant;
 
@@ -58,7 +59,8 @@ pub const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
     components(schemas(crate::error::Problem, crate::error::ErrorCode)),
     tags(
         (name = "kv", description = "Versioned key/value"),
-        (name = "ops", description = "Health, status and metrics")
+        (name = "ops", description = "Health, status and metrics"),
+        (name = "watch", description = "Change stream over WebSocket")
     )
 )]
 pub struct ApiDoc;
@@ -77,6 +79,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::status))
         .routes(routes!(ops::metrics))
+        .routes(routes!(watch::watch_socket))
         .split_for_parts();
     // Keys may contain `/`; one wildcard route serves the entry, its history and rollback
     // (documented above as `/v1/ns/{ns}/kv/{key}...` with the key percent-encoded).

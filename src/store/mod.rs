@@ -35,6 +35,8 @@ pub struct Store {
 
 struct Inner {
     pool: Pool,
+    /// The client configuration, for dedicated connections (blocking reads).
+    fred_cfg: fred::prelude::Config,
     keys: Keys,
     mode: RedisMode,
     log_maxlen: String,
@@ -89,6 +91,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
+                fred_cfg,
                 keys: Keys::new(&cfg.key_prefix),
                 mode: target.mode,
                 log_maxlen: cfg.changelog_retention.to_string(),
@@ -101,6 +104,18 @@ impl Store {
 
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// A connection of its own, without a command deadline, for blocking reads such as
+    /// XREAD BLOCK (which must not stall the shared, pipelined pool).
+    pub async fn dedicated_client(&self) -> ApiResult<Client> {
+        let client = Builder::from_config(self.inner.fred_cfg.clone())
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+            .build()
+            .map_err(|e| map_redis_error("connect", e))?;
+        self.timed("connect", async { client.init().await.map(|_| ()) })
+            .await?;
+        Ok(client)
     }
 
     /// The connection for the next command: the pinned one, or the pool's next.

@@ -6,3 +6,4 @@ mod errors;
 mod kv;
 mod ops;
 mod resilience;
+mod watch;

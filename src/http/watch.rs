@@ -1,0 +1,341 @@
+//! `GET /v1/watch`: the WebSocket watch stream (DESIGN.md "Watch over WebSocket").
+//!
+//! One socket carries many watches, each with the client's id. Outgoing frames go through one
+//! bounded queue per connection: a consumer that lets it fill up is closed with code 4008 and
+//! resumes with `from_revision`, so a slow or dead client never grows the server's memory.
+//! Bad frames are answered with an `error` message and the socket stays open.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::watch::{self, Event, Replay};
+
+/// Frames queued per connection before the consumer counts as too slow (closed with 4008).
+pub const SEND_QUEUE: usize = 1024;
+/// Largest client frame accepted.
+const MAX_FRAME: usize = 64 * 1024;
+/// Idle watches get a `progress` message this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Watches per connection.
+const MAX_WATCHES: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientOp {
+    Watch {
+        id: String,
+        namespace: String,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        from_revision: Option<u64>,
+        /// Include values in put events (default true).
+        #[serde(default)]
+        values: Option<bool>,
+    },
+    Subscribe {
+        id: String,
+        #[allow(dead_code)]
+        channel: String,
+    },
+    Queue {
+        id: String,
+        #[allow(dead_code)]
+        queue: String,
+    },
+    Cancel {
+        id: String,
+    },
+    Ping,
+}
+
+/// Open a watch socket.
+#[utoipa::path(
+    get, path = "/v1/watch", tag = "watch",
+    responses((status = 101, description = "WebSocket: JSON text frames, see DESIGN.md \"Watch over WebSocket\""))
+)]
+pub async fn watch_socket(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_frame_size(MAX_FRAME)
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| run(st, socket))
+}
+
+async fn run(st: AppState, socket: WebSocket) {
+    metrics::gauge!("ws_connections").increment(1.0);
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<String>(SEND_QUEUE);
+    let (slow_tx, mut slow_rx) = mpsc::channel::<()>(1);
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(text) => {
+                        if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "going away".into() }))).await;
+                        return;
+                    }
+                },
+                _ = slow_rx.recv() => {
+                    metrics::counter!("watch_clients_dropped_total").increment(1);
+                    let _ = sink.send(Message::Close(Some(CloseFrame {
+                        code: 4008,
+                        reason: "consumer too slow; reconnect and resume with from_revision".into(),
+                    }))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let sender = Sender { tx, slow: slow_tx };
+    let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
+    while let Some(msg) = stream.next().await {
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => {
+                sender.error(None, "invalid_argument", "frames must be JSON text");
+                continue;
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        if writer.is_finished() {
+            break;
+        }
+        let op: ClientOp = match serde_json::from_str(text.as_str()) {
+            Ok(op) => op,
+            Err(e) => {
+                sender.error(None, "invalid_argument", &format!("unknown or malformed op: {e}"));
+                continue;
+            }
+        };
+        watches.retain(|_, h| !h.is_finished());
+        match op {
+            ClientOp::Ping => {
+                sender.frame(json!({"type": "pong"}).to_string());
+            }
+            ClientOp::Cancel { id } => match watches.remove(&id) {
+                Some(h) => h.abort(),
+                None => sender.error(Some(&id), "not_found", "no such watch"),
+            },
+            ClientOp::Subscribe { id, .. } | ClientOp::Queue { id, .. } => {
+                sender.error(Some(&id), "unsupported", "not available yet in this version")
+            }
+            ClientOp::Watch {
+                id,
+                namespace,
+                prefix,
+                from_revision,
+                values,
+            } => {
+                if id.is_empty() || id.len() > 128 {
+                    sender.error(None, "invalid_argument", "id must be 1 to 128 characters");
+                    continue;
+                }
+                if watches.contains_key(&id) {
+                    sender.error(Some(&id), "invalid_argument", "a watch with this id is active");
+                    continue;
+                }
+                if watches.len() >= MAX_WATCHES {
+                    sender.error(
+                        Some(&id),
+                        "invalid_argument",
+                        "too many watches on this connection",
+                    );
+                    continue;
+                }
+                if let Err(e) = super::validate_name("namespace", &namespace) {
+                    sender.error(Some(&id), e.code.as_str(), &e.detail);
+                    continue;
+                }
+                let prefix = prefix.unwrap_or_default();
+                if prefix.len() > super::MAX_KEY_BYTES {
+                    sender.error(Some(&id), "invalid_argument", "prefix too long");
+                    continue;
+                }
+                let spec = WatchSpec {
+                    id: id.clone(),
+                    ns: namespace,
+                    prefix,
+                    from: from_revision,
+                    values: values.unwrap_or(true),
+                };
+                let task = tokio::spawn(run_watch(st.clone(), spec, sender.clone()));
+                watches.insert(id, task);
+            }
+        }
+    }
+    for (_, h) in watches {
+        h.abort();
+    }
+    drop(sender);
+    let _ = writer.await;
+    metrics::gauge!("ws_connections").decrement(1.0);
+}
+
+#[derive(Clone)]
+struct Sender {
+    tx: mpsc::Sender<String>,
+    slow: mpsc::Sender<()>,
+}
+
+impl Sender {
+    /// Queue a frame; a full queue marks the consumer as too slow. Returns false once the
+    /// connection is going away.
+    fn frame(&self, text: String) -> bool {
+        match self.tx.try_send(text) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let _ = self.slow.try_send(());
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn error(&self, id: Option<&str>, code: &str, message: &str) {
+        let mut e = json!({"type": "error", "code": code, "message": message});
+        if let Some(id) = id {
+            e["id"] = id.into();
+        }
+        self.frame(e.to_string());
+    }
+}
+
+struct WatchSpec {
+    id: String,
+    ns: String,
+    prefix: String,
+    from: Option<u64>,
+    values: bool,
+}
+
+fn event_frame(spec: &WatchSpec, e: &Event) -> String {
+    if spec.values || e.value.is_none() {
+        json!({"type": "event", "id": spec.id, "event": e}).to_string()
+    } else {
+        let mut v = serde_json::to_value(e).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("value");
+        }
+        json!({"type": "event", "id": spec.id, "event": v}).to_string()
+    }
+}
+
+/// One watch: subscribe to live changes, replay what the client missed, then stream live.
+async fn run_watch(st: AppState, spec: WatchSpec, out: Sender) {
+    let mut live = match st.hub.subscribe(&st.store, &spec.ns).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            out.error(Some(&spec.id), e.code.as_str(), &e.detail);
+            return;
+        }
+    };
+    let mut last = match spec.from {
+        Some(f) => f,
+        None => match watch::current_revision(&st.store, &spec.ns).await {
+            Ok(r) => r,
+            Err(e) => {
+                out.error(Some(&spec.id), e.code.as_str(), &e.detail);
+                return;
+            }
+        },
+    };
+    if spec.from.is_some() && !catch_up(&st, &spec, &out, &mut last).await {
+        return;
+    }
+    // The first `progress` tells the client the watch is live from this revision on.
+    out.frame(json!({"type": "progress", "id": spec.id, "revision": last}).to_string());
+    loop {
+        let next = tokio::time::timeout(PROGRESS_EVERY, live.recv()).await;
+        match next {
+            Err(_) => {
+                if !out.frame(json!({"type": "progress", "id": spec.id, "revision": last}).to_string()) {
+                    return;
+                }
+            }
+            Ok(Ok(e)) => {
+                if e.revision <= last {
+                    continue;
+                }
+                if e.revision > last + 1 {
+                    // A revision between the last sent and this one never reached the
+                    // broadcast (reader restarted): read it from the log.
+                    if !catch_up(&st, &spec, &out, &mut last).await {
+                        return;
+                    }
+                    if e.revision <= last {
+                        continue;
+                    }
+                }
+                last = e.revision;
+                if e.key.starts_with(&spec.prefix) {
+                    metrics::counter!("watch_events_sent_total").increment(1);
+                    if !out.frame(event_frame(&spec, &e)) {
+                        return;
+                    }
+                }
+            }
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                if !catch_up(&st, &spec, &out, &mut last).await {
+                    return;
+                }
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                match st.hub.subscribe(&st.store, &spec.ns).await {
+                    Ok(rx) => live = rx,
+                    Err(_) => return,
+                }
+                if !catch_up(&st, &spec, &out, &mut last).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Send every retained change after `last`, page by page. False when the watch must end
+/// (compacted, Redis error, or the connection is going away).
+async fn catch_up(st: &AppState, spec: &WatchSpec, out: &Sender, last: &mut u64) -> bool {
+    loop {
+        match watch::replay_page(&st.store, &spec.ns, *last).await {
+            Ok(Replay::Compacted(oldest)) => {
+                out.frame(
+                    json!({"type": "compacted", "id": spec.id, "compact_revision": oldest}).to_string(),
+                );
+                return false;
+            }
+            Ok(Replay::Events(events)) => {
+                if events.is_empty() {
+                    return true;
+                }
+                for e in events {
+                    *last = e.revision;
+                    if e.key.starts_with(&spec.prefix) {
+                        metrics::counter!("watch_events_sent_total").increment(1);
+                        if !out.frame(event_frame(spec, &e)) {
+                            return false;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                out.error(Some(&spec.id), e.code.as_str(), &e.detail);
+                return false;
+            }
+        }
+    }
+}

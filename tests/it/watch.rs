@@ -1,0 +1,267 @@
+//! The watch WebSocket, with a real WebSocket client against real Redis.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::TestApp;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(app: &TestApp) -> Ws {
+    let url = format!("{}/v1/watch", app.base.replace("http://", "ws://"));
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket upgrade")
+        .0
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next JSON text frame, or None after `wait` without one.
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Event messages of watch `id` until `until_rev` has been seen.
+async fn events_until(ws: &mut Ws, id: &str, until_rev: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(m) = next(ws, Duration::from_secs(5)).await {
+        if m["type"] == "event" && m["id"] == id {
+            let rev = m["event"]["revision"].as_u64().unwrap();
+            out.push(m["event"].clone());
+            if rev >= until_rev {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_disconnect_yields_exactly_the_missed_events() {
+    use rand::{Rng, SeedableRng};
+    let app = TestApp::start().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // (revision, kind, key) of every change we make, in order.
+    let mut expected: Vec<(u64, String, String)> = Vec::new();
+    let mut rev = 0u64;
+    let mut last_seen = 0u64;
+    for round in 0..4 {
+        // While disconnected: random puts and deletes.
+        for _ in 0..rng.random_range(5..40) {
+            let key = format!("k{}", rng.random_range(0..8));
+            if rng.random_bool(0.7) {
+                let r = app
+                    .put(&format!("/v1/ns/w/kv/{key}"), json!({"value": {"round": round}}))
+                    .await;
+                rev += 1;
+                assert_eq!(r.json()["mod_revision"], rev);
+                expected.push((rev, "put".into(), key));
+            } else if app.delete(&format!("/v1/ns/w/kv/{key}")).await.status == 204 {
+                rev += 1;
+                expected.push((rev, "delete".into(), key));
+            }
+        }
+        // Reconnect and resume from the last revision seen.
+        let mut ws = connect(&app).await;
+        send(
+            &mut ws,
+            json!({"op": "watch", "id": "w1", "namespace": "w", "from_revision": last_seen}),
+        )
+        .await;
+        let got = events_until(&mut ws, "w1", rev).await;
+        let want: Vec<&(u64, String, String)> = expected.iter().filter(|e| e.0 > last_seen).collect();
+        assert_eq!(got.len(), want.len(), "round {round}: {got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g["revision"], w.0, "round {round}");
+            assert_eq!(g["kind"], w.1.as_str(), "round {round}");
+            assert_eq!(g["key"], w.2.as_str(), "round {round}");
+            assert_eq!(g["namespace"], "w");
+        }
+        // Live after the replay, with no gap at the hand-over.
+        let r = app.put("/v1/ns/w/kv/live", json!({"value": round})).await;
+        rev += 1;
+        expected.push((rev, "put".into(), "live".into()));
+        assert_eq!(r.json()["mod_revision"], rev);
+        let got = events_until(&mut ws, "w1", rev).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["revision"], rev);
+        assert_eq!(got[0]["value"], round);
+        last_seen = rev;
+        ws.close(None).await.ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_filter_values_option_and_several_watches_on_one_socket() {
+    let app = TestApp::start().await;
+    let mut ws = connect(&app).await;
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "a", "namespace": "pf", "prefix": "a/", "values": false}),
+    )
+    .await;
+    send(&mut ws, json!({"op": "watch", "id": "all", "namespace": "pf"})).await;
+    // Both watches acknowledge with their starting revision.
+    let mut acks = 0;
+    while acks < 2 {
+        let m = next(&mut ws, Duration::from_secs(5)).await.expect("progress ack");
+        assert_eq!(m["type"], "progress", "{m}");
+        assert_eq!(m["revision"], 0);
+        acks += 1;
+    }
+    for k in ["a/1", "b/1", "a/2"] {
+        app.put(&format!("/v1/ns/pf/kv/{k}"), json!({"value": k})).await;
+    }
+    let mut by_watch: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    while let Some(m) = next(&mut ws, Duration::from_millis(1500)).await {
+        if m["type"] == "event" {
+            by_watch
+                .entry(m["id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(m["event"].clone());
+        }
+    }
+    let a: Vec<&str> = by_watch["a"].iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(a, ["a/1", "a/2"]);
+    assert!(
+        by_watch["a"].iter().all(|e| e.get("value").is_none()),
+        "values omitted"
+    );
+    let all: Vec<&str> = by_watch["all"]
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(all, ["a/1", "b/1", "a/2"]);
+    assert_eq!(by_watch["all"][1]["value"], "b/1");
+    // Cancel one; the other keeps going.
+    send(&mut ws, json!({"op": "cancel", "id": "a"})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.put("/v1/ns/pf/kv/a/3", json!({"value": 3})).await;
+    let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["id"], "all", "{m}");
+    assert_eq!(m["event"]["key"], "a/3");
+    assert!(
+        next(&mut ws, Duration::from_millis(500)).await.is_none(),
+        "cancelled watch is silent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_messages_and_the_socket_stays_open() {
+    let app = TestApp::start().await;
+    let mut ws = connect(&app).await;
+    let bad: Vec<Message> = vec![
+        Message::Text("not json".into()),
+        Message::Text(json!({"op": "dance"}).to_string().into()),
+        Message::Text(json!({"op": "watch", "id": "x"}).to_string().into()),
+        Message::Text(
+            json!({"op": "watch", "id": "x", "namespace": "Bad*Name"})
+                .to_string()
+                .into(),
+        ),
+        Message::Text(
+            json!({"op": "watch", "id": "x", "namespace": "ok", "from_revision": -1})
+                .to_string()
+                .into(),
+        ),
+        Message::Text(json!({"op": "cancel", "id": "nope"}).to_string().into()),
+        Message::Binary(vec![0u8, 1, 2].into()),
+    ];
+    for frame in bad {
+        ws.send(frame.clone()).await.unwrap();
+        let m = next(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("an error frame");
+        assert_eq!(m["type"], "error", "{frame:?} → {m}");
+        assert!(m["code"].is_string() && m["message"].is_string(), "{m}");
+    }
+    send(&mut ws, json!({"op": "ping"})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "pong"
+    );
+    // Oversized frames are refused by closing, not by buffering them.
+    let huge = "x".repeat(200 * 1024);
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "oversized frame closes the socket");
+    assert_eq!(app.get("/healthz").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_old_revision_gets_compacted() {
+    let mut cfg = crate::common::test_config(&crate::common::shared_redis_url());
+    cfg.changelog_retention = 100;
+    let app = TestApp::with_config(cfg).await;
+    for chunk in 0..4 {
+        let items: Vec<Value> = (0..100)
+            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": i}))
+            .collect();
+        assert_eq!(
+            app.post("/v1/ns/cp/batch/put", json!({"items": items}))
+                .await
+                .status,
+            200
+        );
+    }
+    let mut ws = connect(&app).await;
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "old", "namespace": "cp", "from_revision": 1}),
+    )
+    .await;
+    let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m["type"], "compacted", "{m}");
+    assert_eq!(m["id"], "old");
+    let oldest = m["compact_revision"].as_u64().unwrap();
+    assert!(oldest > 2 && oldest <= 301, "{m}");
+    // Resuming from just before the oldest retained revision works.
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "ok", "namespace": "cp", "from_revision": oldest - 1}),
+    )
+    .await;
+    let got = events_until(&mut ws, "ok", 400).await;
+    assert_eq!(got.len() as u64, 400 - oldest + 1);
+    assert_eq!(got[0]["revision"], oldest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_arrives_as_an_expire_event() {
+    let app = TestApp::start().await;
+    let mut ws = connect(&app).await;
+    send(&mut ws, json!({"op": "watch", "id": "t", "namespace": "ex"})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "progress"
+    );
+    app.put("/v1/ns/ex/kv/lease", json!({"value": 1, "ttl_ms": 200}))
+        .await;
+    let put = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(put["event"]["kind"], "put");
+    let exp = next(&mut ws, Duration::from_secs(5)).await.expect("expire event");
+    assert_eq!(exp["event"]["kind"], "expire", "{exp}");
+    assert_eq!(exp["event"]["key"], "lease");
+    assert_eq!(exp["event"]["revision"], 2);
+}
