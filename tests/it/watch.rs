@@ -265,3 +265,48 @@ async fn ttl_expiry_arrives_as_an_expire_event() {
     assert_eq!(exp["event"]["key"], "lease");
     assert_eq!(exp["event"]["revision"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_never_reads_is_closed_with_4008() {
+    let app = TestApp::start().await;
+    let mut ws = connect(&app).await;
+    send(&mut ws, json!({"op": "watch", "id": "slow", "namespace": "fl"})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "progress"
+    );
+    // ~20 MB of events while the client reads nothing: socket buffers fill, then the bounded
+    // per-connection queue, and the server gives up on the consumer.
+    let value = "v".repeat(1000);
+    for chunk in 0..20 {
+        let items: Vec<Value> = (0..1000)
+            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
+            .collect();
+        assert_eq!(
+            app.post("/v1/ns/fl/batch/put", json!({"items": items}))
+                .await
+                .status,
+            200
+        );
+    }
+    // Now read: buffered frames, then a close frame with 4008.
+    let code = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within 30 s");
+    assert_eq!(code, Some(4008));
+    let m = app.get("/metrics").await.text();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("watch_clients_dropped_total") && !l.ends_with(" 0")),
+        "{m}"
+    );
+    assert_eq!(app.get("/healthz").await.status, 200);
+}
