@@ -80,6 +80,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::status))
         .routes(routes!(ops::metrics))
         .routes(routes!(watch::watch_socket))
+        .routes(routes!(watch::events_sse))
         .split_for_parts();
     // Keys may contain `/`; one wildcard route serves the entry, its history and rollback
     // (documented above as `/v1/ns/{ns}/kv/{key}...` with the key percent-encoded).

@@ -9,15 +9,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+use utoipa::IntoParams;
 
 use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
 use crate::watch::{self, Event, Replay};
 
 /// Frames queued per connection before the consumer counts as too slow (closed with 4008).
@@ -338,4 +342,92 @@ async fn catch_up(st: &AppState, spec: &WatchSpec, out: &Sender, last: &mut u64)
             }
         }
     }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Replay every retained change after this revision first (a `Last-Event-ID` header wins).
+    from_revision: Option<u64>,
+    /// Only keys starting with this string.
+    prefix: Option<String>,
+    /// Include values in put events (default true).
+    values: Option<bool>,
+}
+
+/// Aborts the watch task when the SSE stream is dropped (client gone).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The namespace's changes as Server-Sent Events, for curl and browsers.
+///
+/// Each change is an SSE event named after its kind (`put`, `delete`, `expire`, `evict`) whose
+/// `id` is its revision and whose data is the event JSON; browsers resume with `Last-Event-ID`.
+/// `progress` and `compacted` arrive as events of those names. A client too slow to keep up has
+/// its stream ended and resumes the same way.
+#[utoipa::path(
+    get, path = "/v1/ns/{ns}/events", tag = "watch",
+    params(("ns" = String, Path, description = "Namespace"), EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this revision")),
+    responses(
+        (status = 200, description = "text/event-stream of changes", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad name or argument", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn events_sse(
+    State(st): State<AppState>,
+    Path(ns): Path<String>,
+    super::Q(q): super::Q<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    super::validate_name("namespace", &ns)?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a revision number"))?,
+        ),
+        None => None,
+    };
+    let prefix = q.prefix.unwrap_or_default();
+    if prefix.len() > super::MAX_KEY_BYTES {
+        return Err(ApiError::bad_request("prefix too long"));
+    }
+    let spec = WatchSpec {
+        id: "sse".into(),
+        ns,
+        prefix,
+        from: last_event_id.or(q.from_revision),
+        values: q.values.unwrap_or(true),
+    };
+    let (tx, rx) = mpsc::channel::<String>(SEND_QUEUE);
+    let (slow, _) = mpsc::channel::<()>(1);
+    let task = AbortOnDrop(tokio::spawn(run_watch(st, spec, Sender { tx, slow })));
+    let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+        let text = rx.recv().await?;
+        let msg: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let kind = msg["type"].as_str().unwrap_or("message").to_string();
+        let event = if kind == "event" {
+            let e = &msg["event"];
+            SseEvent::default()
+                .id(e["revision"].to_string())
+                .event(e["kind"].as_str().unwrap_or("change"))
+                .data(e.to_string())
+        } else {
+            let mut body = msg.clone();
+            if let Some(o) = body.as_object_mut() {
+                o.remove("type");
+                o.remove("id");
+            }
+            SseEvent::default().event(kind).data(body.to_string())
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, task)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

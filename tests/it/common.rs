@@ -253,6 +253,22 @@ impl TestApp {
         }
     }
 
+    /// Start a GET and return its status and body stream (for Server-Sent Events).
+    pub async fn stream(&self, path: &str, headers: &[(&str, &str)]) -> (u16, hyper::body::Incoming) {
+        let mut b = hyper::Request::builder()
+            .method("GET")
+            .uri(format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let res = self
+            .client
+            .request(b.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.into_body())
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.req("GET", path, &[], None).await
     }

@@ -310,3 +310,94 @@ async fn a_consumer_that_never_reads_is_closed_with_4008() {
     );
     assert_eq!(app.get("/healthz").await.status, 200);
 }
+
+/// Read SSE events (id, event, data) from a body until `want` events named like a change
+/// kind have arrived or `wait` passes without data.
+async fn sse_events(
+    body: &mut hyper::body::Incoming,
+    want: usize,
+    wait: Duration,
+) -> Vec<(Option<String>, String, Value)> {
+    use http_body_util::BodyExt;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    loop {
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !data.is_empty() {
+                out.push((id, event, serde_json::from_str(&data).unwrap()));
+            }
+        }
+        if out
+            .iter()
+            .filter(|e| ["put", "delete", "expire", "evict"].contains(&e.1.as_str()))
+            .count()
+            >= want
+        {
+            return out;
+        }
+        match tokio::time::timeout(wait, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    text.push_str(&String::from_utf8_lossy(&d));
+                }
+            }
+            _ => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_replay_stream_and_resume_with_last_event_id() {
+    let app = TestApp::start().await;
+    for i in 1..=3 {
+        app.put(&format!("/v1/ns/sse/kv/k{i}"), json!({"value": i})).await;
+    }
+    let (status, mut body) = app.stream("/v1/ns/sse/events?from_revision=1", &[]).await;
+    assert_eq!(status, 200);
+    let got = sse_events(&mut body, 2, Duration::from_secs(5)).await;
+    let changes: Vec<_> = got.iter().filter(|e| e.1 == "put").collect();
+    assert_eq!(changes.len(), 2, "{got:?}");
+    assert_eq!(changes[0].0.as_deref(), Some("2"));
+    assert_eq!(changes[0].2["key"], "k2");
+    assert_eq!(changes[1].2["value"], 3);
+    // Live.
+    app.put("/v1/ns/sse/kv/k4", json!({"value": 4})).await;
+    let got = sse_events(&mut body, 1, Duration::from_secs(5)).await;
+    let live: Vec<_> = got.iter().filter(|e| e.1 == "put").collect();
+    assert_eq!(live[0].0.as_deref(), Some("4"), "{got:?}");
+    drop(body);
+    // Disconnected: two more changes; a browser resumes with Last-Event-ID.
+    app.put("/v1/ns/sse/kv/k5", json!({"value": 5})).await;
+    app.delete("/v1/ns/sse/kv/k1").await;
+    let (_, mut body) = app.stream("/v1/ns/sse/events", &[("last-event-id", "4")]).await;
+    let got = sse_events(&mut body, 2, Duration::from_secs(5)).await;
+    let missed: Vec<(String, String)> = got
+        .iter()
+        .filter(|e| e.0.is_some())
+        .map(|e| (e.0.clone().unwrap(), e.1.clone()))
+        .collect();
+    assert_eq!(
+        missed,
+        [
+            ("5".to_string(), "put".to_string()),
+            ("6".to_string(), "delete".to_string())
+        ]
+    );
+    // Bad input is a problem document, not a stream.
+    let r = app
+        .req("GET", "/v1/ns/sse/events", &[("last-event-id", "abc")], None)
+        .await;
+    r.problem(400, "invalid_argument");
+    app.get("/v1/ns/Bad/events").await.problem(400, "invalid_name");
+}
