@@ -245,7 +245,11 @@ impl TestApp {
         .expect("request failed");
         let status = res.status().as_u16();
         let headers = res.headers().clone();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let body = tokio::time::timeout(Duration::from_secs(30), res.into_body().collect())
+            .await
+            .expect("response body did not end within 30 s")
+            .unwrap()
+            .to_bytes();
         Resp {
             status,
             headers,
