@@ -28,6 +28,8 @@ pub struct AppState {
     pub embedded: bool,
     /// Change-log readers shared by all watch sockets of this process.
     pub hub: Arc<crate::watch::Hub>,
+    /// Pub/sub subscriptions shared by all sockets of this process.
+    pub pubsub: Arc<crate::pubsub::PubSub>,
 }
 
 /// A running service: HTTP server plus background tasks.
@@ -74,6 +76,7 @@ impl Server {
             started: Instant::now(),
             embedded,
             hub: Arc::new(crate::watch::Hub::default()),
+            pubsub: Arc::new(crate::pubsub::PubSub::default()),
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);

@@ -7,6 +7,7 @@
 //! - [`http`]: router, middleware (request ids, tracing, metrics, problem documents), extractors;
 //!   [`http::kv`] key/value handlers, [`http::ops`] health/status/metrics, [`http::watch`] the
 //!   watch WebSocket.
+//! - [`pubsub`]: one Redis pattern subscription per pattern per process, fanned out to sockets.
 //! - [`watch`]: per-namespace change-log readers shared by all watchers, and log replay.
 //! - [`store`]: Redis access. [`store::keys`] builds every key name; [`store::kv`] wraps the
 //!   key/value functions; [`store::migrate`] loads the functions library and runs key-schema
@@ -24,5 +25,6 @@ pub mod embedded;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod pubsub;
 pub mod store;
 pub mod watch;

@@ -32,7 +32,7 @@ const BATCH_CHUNK: usize = 128;
 const MERGE_ATTEMPTS: usize = 64;
 
 /// Deserialize a field that must be present but may be `null` (`Some(Value::Null)`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 

@@ -3,6 +3,7 @@
 //! Handlers only extract, call the store, and map the result. Every failure, including axum's
 //! own rejections (bad JSON, bad query, 404, 405, 413), leaves as a problem document.
 
+pub mod channels;
 pub mod kv;
 pub mod ops;
 pub mod watch;
@@ -81,6 +82,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ops::metrics))
         .routes(routes!(watch::watch_socket))
         .routes(routes!(watch::events_sse))
+        .routes(routes!(channels::publish))
         .split_for_parts();
     // Keys may contain `/`; one wildcard route serves the entry, its history and rollback
     // (documented above as `/v1/ns/{ns}/kv/{key}...` with the key percent-encoded).

@@ -49,7 +49,7 @@ enum ClientOp {
     },
     Subscribe {
         id: String,
-        #[allow(dead_code)]
+        /// A channel name or glob pattern (`*`, `?`).
         channel: String,
     },
     Queue {
@@ -135,8 +135,20 @@ async fn run(st: AppState, socket: WebSocket) {
                 Some(h) => h.abort(),
                 None => sender.error(Some(&id), "not_found", "no such watch"),
             },
-            ClientOp::Subscribe { id, .. } | ClientOp::Queue { id, .. } => {
+            ClientOp::Queue { id, .. } => {
                 sender.error(Some(&id), "unsupported", "not available yet in this version")
+            }
+            ClientOp::Subscribe { id, channel } => {
+                if let Err((code, msg)) = check_id(&id, &watches) {
+                    sender.error(Some(&id), code, msg);
+                    continue;
+                }
+                if let Err(e) = crate::pubsub::validate_pattern(&channel) {
+                    sender.error(Some(&id), e.code.as_str(), &e.detail);
+                    continue;
+                }
+                let task = tokio::spawn(run_subscription(st.clone(), id.clone(), channel, sender.clone()));
+                watches.insert(id, task);
             }
             ClientOp::Watch {
                 id,
@@ -145,20 +157,8 @@ async fn run(st: AppState, socket: WebSocket) {
                 from_revision,
                 values,
             } => {
-                if id.is_empty() || id.len() > 128 {
-                    sender.error(None, "invalid_argument", "id must be 1 to 128 characters");
-                    continue;
-                }
-                if watches.contains_key(&id) {
-                    sender.error(Some(&id), "invalid_argument", "a watch with this id is active");
-                    continue;
-                }
-                if watches.len() >= MAX_WATCHES {
-                    sender.error(
-                        Some(&id),
-                        "invalid_argument",
-                        "too many watches on this connection",
-                    );
+                if let Err((code, msg)) = check_id(&id, &watches) {
+                    sender.error(Some(&id), code, msg);
                     continue;
                 }
                 if let Err(e) = super::validate_name("namespace", &namespace) {
@@ -188,6 +188,56 @@ async fn run(st: AppState, socket: WebSocket) {
     drop(sender);
     let _ = writer.await;
     metrics::gauge!("ws_connections").decrement(1.0);
+}
+
+/// An id for a new watch or subscription on this socket.
+fn check_id(id: &str, active: &HashMap<String, JoinHandle<()>>) -> Result<(), (&'static str, &'static str)> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(("invalid_argument", "id must be 1 to 128 characters"));
+    }
+    if active.contains_key(id) {
+        return Err((
+            "invalid_argument",
+            "a watch or subscription with this id is active",
+        ));
+    }
+    if active.len() >= MAX_WATCHES {
+        return Err((
+            "invalid_argument",
+            "too many watches and subscriptions on this connection",
+        ));
+    }
+    Ok(())
+}
+
+/// One pub/sub subscription: forward every matching message.
+async fn run_subscription(st: AppState, id: String, pattern: String, out: Sender) {
+    let mut rx = match st.pubsub.subscribe(&st.store, &pattern).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            out.error(Some(&id), e.code.as_str(), &e.detail);
+            return;
+        }
+    };
+    loop {
+        match rx.recv().await {
+            Ok(m) => {
+                let frame =
+                    json!({"type": "message", "id": id, "channel": m.channel, "payload": &*m.payload});
+                if !out.frame(frame.to_string()) {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                out.error(
+                    Some(&id),
+                    "lagged",
+                    &format!("{n} messages were dropped: this subscriber is too slow"),
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -118,6 +118,19 @@ impl Store {
         Ok(client)
     }
 
+    /// A subscriber connection that re-subscribes by itself after reconnecting.
+    pub async fn subscriber_client(&self) -> ApiResult<fred::clients::SubscriberClient> {
+        let sub = Builder::from_config(self.inner.fred_cfg.clone())
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+            .build_subscriber_client()
+            .map_err(|e| map_redis_error("connect", e))?;
+        self.timed("connect", async { sub.init().await.map(|_| ()) })
+            .await?;
+        // The re-subscribe task runs for the client's life; its handle is not needed.
+        drop(sub.manage_subscriptions());
+        Ok(sub)
+    }
+
     /// The connection for the next command: the pinned one, or the pool's next.
     pub fn client(&self) -> &Client {
         match &self.pin {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fred::prelude::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -400,4 +401,103 @@ async fn server_sent_events_replay_stream_and_resume_with_last_event_id() {
         .await;
     r.problem(400, "invalid_argument");
     app.get("/v1/ns/Bad/events").await.problem(400, "invalid_name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_sub_patterns_reach_every_socket_through_one_redis_subscription() {
+    // Own Redis: PUBSUB NUMPAT must count only this test's subscriptions.
+    let redis_server = crate::common::RedisServer::start(&[]);
+    let app = TestApp::with_config(crate::common::test_config(&redis_server.url())).await;
+    let redis = app.redis().await;
+    let mut ws1 = connect(&app).await;
+    let mut ws2 = connect(&app).await;
+    send(
+        &mut ws1,
+        json!({"op": "subscribe", "id": "s1", "channel": "build.*"}),
+    )
+    .await;
+    send(
+        &mut ws2,
+        json!({"op": "subscribe", "id": "s2", "channel": "build.*"}),
+    )
+    .await;
+    send(
+        &mut ws2,
+        json!({"op": "subscribe", "id": "x", "channel": "deploy.?"}),
+    )
+    .await;
+    let mut numpat = 0i64;
+    for _ in 0..50 {
+        numpat = redis.custom(fred::cmd!("PUBSUB"), vec!["NUMPAT"]).await.unwrap();
+        if numpat == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        numpat, 2,
+        "one Redis pattern subscription per pattern, not per socket"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (ch, msg, receivers) in [
+        ("build.1", json!({"n": 1}), 1),
+        ("deploy.1", json!("go"), 1),
+        ("build.2", json!([2]), 1),
+        ("other", json!(null), 0),
+    ] {
+        let r = app
+            .post(&format!("/v1/channels/{ch}/publish"), json!({"message": msg}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["receivers"], receivers, "{ch}");
+    }
+    let mut got1 = Vec::new();
+    while let Some(m) = next(&mut ws1, Duration::from_millis(700)).await {
+        got1.push(m);
+    }
+    let mut got2 = Vec::new();
+    while let Some(m) = next(&mut ws2, Duration::from_millis(700)).await {
+        got2.push(m);
+    }
+    let brief = |v: &Vec<Value>| -> Vec<(String, String, Value)> {
+        v.iter()
+            .map(|m| {
+                assert_eq!(m["type"], "message", "{m}");
+                (
+                    m["id"].as_str().unwrap().into(),
+                    m["channel"].as_str().unwrap().into(),
+                    m["payload"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        brief(&got1),
+        [
+            ("s1".into(), "build.1".into(), json!({"n": 1})),
+            ("s1".into(), "build.2".into(), json!([2]))
+        ]
+    );
+    assert_eq!(
+        brief(&got2),
+        [
+            ("s2".into(), "build.1".into(), json!({"n": 1})),
+            ("x".into(), "deploy.1".into(), json!("go")),
+            ("s2".into(), "build.2".into(), json!([2]))
+        ]
+    );
+    // Patterns are checked before they reach Redis; channel names when publishing.
+    for bad in ["a[b]", "UP", "a*b*c*d*e*f", ""] {
+        send(&mut ws1, json!({"op": "subscribe", "id": "bad", "channel": bad})).await;
+        let m = next(&mut ws1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(m["type"], "error", "{bad}: {m}");
+        assert_eq!(m["code"], "invalid_name", "{bad}: {m}");
+    }
+    app.post("/v1/channels/bad*name/publish", json!({"message": 1}))
+        .await
+        .problem(400, "invalid_name");
+    app.post("/v1/channels/ok/publish", json!({}))
+        .await
+        .problem(422, "invalid_body");
+    app.stop().await;
 }
