@@ -24,6 +24,7 @@ pub const SETTINGS: &[&str] = &[
     "body_limit_bytes",
     "command_timeout_ms",
     "request_timeout_ms",
+    "ws_ping_interval_ms",
     "redis_pool_size",
     "history_versions",
     "changelog_retention",
@@ -61,6 +62,9 @@ pub struct Config {
     /// Deadline of a whole request, body upload included; past it the client gets 408
     /// `request_timeout` (slow or stalled clients cannot hold a request open forever).
     pub request_timeout_ms: u64,
+    /// WebSocket keepalive: a ping this often; a client silent for three intervals is closed
+    /// with 4001.
+    pub ws_ping_interval_ms: u64,
     /// Redis connections in the client pool. Commands are pipelined on each; one connection
     /// batches best (measured with swarmstate-bench), more help with very large values.
     pub redis_pool_size: usize,
@@ -96,6 +100,7 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             command_timeout_ms: 2000,
             request_timeout_ms: 60_000,
+            ws_ping_interval_ms: 15_000,
             redis_pool_size: 1,
             history_versions: 10,
             changelog_retention: 10_000,
@@ -197,6 +202,9 @@ impl Config {
         }
         if !(100..=3_600_000).contains(&self.request_timeout_ms) {
             return bad("request_timeout_ms: must be between 100 and 3600000".into());
+        }
+        if !(100..=600_000).contains(&self.ws_ping_interval_ms) {
+            return bad("ws_ping_interval_ms: must be between 100 and 600000".into());
         }
         if !(1..=64).contains(&self.redis_pool_size) {
             return bad("redis_pool_size: must be between 1 and 64".into());

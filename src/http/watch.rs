@@ -79,9 +79,27 @@ async fn run(st: AppState, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(SEND_QUEUE);
     let (slow_tx, mut slow_rx) = mpsc::channel::<()>(1);
-    let writer = tokio::spawn(async move {
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Ctrl>(4);
+    let mut writer = tokio::spawn(async move {
         loop {
             tokio::select! {
+                biased;
+                ctrl = ctrl_rx.recv() => match ctrl {
+                    Some(Ctrl::Ping) => {
+                        let sent = sink.send(Message::Ping(Default::default())).await;
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ctrl::Idle) => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame {
+                            code: 4001,
+                            reason: "no pong or message for three ping intervals".into(),
+                        }))).await;
+                        return;
+                    }
+                    None => {}
+                },
                 out = rx.recv() => match out {
                     Some(text) => {
                         if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
@@ -106,7 +124,26 @@ async fn run(st: AppState, socket: WebSocket) {
     });
     let sender = Sender { tx, slow: slow_tx };
     let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
-    while let Some(msg) = stream.next().await {
+    // Keepalive: a ping every interval; a client silent for three intervals is closed.
+    let ping_every = Duration::from_millis(st.cfg.ws_ping_interval_ms);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut server_closing = false;
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = ticker.tick() => {
+                if last_heard.elapsed() >= ping_every * 3 {
+                    let _ = ctrl_tx.try_send(Ctrl::Idle);
+                    server_closing = true;
+                    break;
+                }
+                let _ = ctrl_tx.try_send(Ctrl::Ping);
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
+        last_heard = tokio::time::Instant::now();
         let text = match msg {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {
@@ -117,6 +154,8 @@ async fn run(st: AppState, socket: WebSocket) {
             Ok(_) => continue,
         };
         if writer.is_finished() {
+            // The writer ended: it closed the socket (4008) or the peer is gone.
+            server_closing = true;
             break;
         }
         let op: ClientOp = match serde_json::from_str(text.as_str()) {
@@ -186,7 +225,25 @@ async fn run(st: AppState, socket: WebSocket) {
         h.abort();
     }
     drop(sender);
-    let _ = writer.await;
+    // A writer stuck on a dead peer's full socket must not keep this connection alive.
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    if server_closing {
+        // Close handshake: read until the client's Close (or 1 s), so the socket is not torn
+        // down under the client's feet and our close frame (with its code) reaches it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     metrics::gauge!("ws_connections").decrement(1.0);
 }
 
@@ -238,6 +295,12 @@ async fn run_subscription(st: AppState, id: String, pattern: String, out: Sender
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// Connection-level instructions for the writer task.
+enum Ctrl {
+    Ping,
+    Idle,
 }
 
 #[derive(Clone)]

@@ -501,3 +501,39 @@ async fn pub_sub_patterns_reach_every_socket_through_one_redis_subscription() {
         .problem(422, "invalid_body");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let mut cfg = crate::common::test_config(&crate::common::shared_redis_url());
+    cfg.ws_ping_interval_ms = 200;
+    let app = TestApp::with_config(cfg).await;
+    // A client that keeps reading answers the server's pings and stays connected.
+    let mut alive = connect(&app).await;
+    send(&mut alive, json!({"op": "watch", "id": "w", "namespace": "ka"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), alive.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => panic!("a live client was closed: {f:?}"),
+            Ok(None) | Ok(Some(Err(_))) => panic!("a live client lost its socket"),
+            _ => {}
+        }
+    }
+    // One that reads nothing (so never answers) is closed with 4001 after ~3 intervals.
+    let mut silent = connect(&app).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut pings = 0;
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match silent.next().await {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed");
+    assert_eq!(code, Some(4001), "after {pings} pings");
+    assert!(pings >= 2, "{pings}");
+}
