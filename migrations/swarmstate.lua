@@ -24,7 +24,7 @@ ARGV[1..4] = log_maxlen, history_versions, agent id ('' = none), change reason (
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '1'
+local LIBRARY_VERSION = '2'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -68,14 +68,18 @@ local function unindex(ctx, key, hkey)
   if sz ~= 0 then redis.call('HINCRBY', ctx.meta, 'bytes', -sz) end
 end
 
--- Called when `key` has no entry. If it is still indexed, Redis removed the entry (TTL
--- expiry or eviction): record that as an `expire` (its TTL has passed) or `evict` event with a
--- revision of its own. Idempotent: a second call finds the key unindexed and does nothing.
-local function reconcile_missing(ctx, key, hkey)
+-- Called when `key` has no entry. If it is still indexed, something other than this library
+-- removed the entry: record that with a revision of its own, as `kind` when the caller knows
+-- it (from a keyspace notification: expire / evict / external), otherwise as `expire` when
+-- its TTL has passed and `evict` when not. Idempotent: a second call finds the key unindexed
+-- and does nothing, so several service replicas relaying the same notification record it once.
+local function reconcile_missing(ctx, key, hkey, kind)
   if not redis.call('ZSCORE', ctx.idx, key) then return false end
-  local exp = redis.call('ZSCORE', ctx.ttl, key)
-  local kind = 'evict'
-  if exp and tonumber(exp) <= ctx.now then kind = 'expire' end
+  if not kind then
+    local exp = redis.call('ZSCORE', ctx.ttl, key)
+    kind = 'evict'
+    if exp and tonumber(exp) <= ctx.now then kind = 'expire' end
+  end
   unindex(ctx, key, hkey)
   local rev = bump(ctx)
   log_event(ctx, rev, kind, key, 0, nil)
@@ -275,6 +279,94 @@ local function kv_forget(keys, args)
   return 0
 end
 
+-- Whether the string at `ekey` is a record this library wrote for `key`: indexed, a header
+-- that parses, a length that matches its accounted size, and a modification revision not
+-- ahead of the namespace's. Anything else was written by another Redis client.
+local function own_record(ctx, key, ekey)
+  local acc = redis.call('HGET', ctx.sz, key)
+  if not acc or not redis.call('ZSCORE', ctx.idx, key) then return false end
+  local head = redis.call('GETRANGE', ekey, 0, 4095)
+  local nl = string.find(head, '\n', 1, true)
+  if not nl then return false end
+  local mrev, sz = string.match(string.sub(head, 1, nl),
+    '^%d+\t%d+\t(%d+)\t%d+\t%d+\t%d*\t(%d+)\t[^\t\n]*\t[^\t\n]*\n$')
+  if not mrev or sz ~= acc then return false end
+  if redis.call('STRLEN', ekey) ~= nl + 1 + tonumber(sz) - #key then return false end
+  return tonumber(mrev) <= tonumber(redis.call('HGET', ctx.meta, 'rev') or '0')
+end
+
+-- Check keys a keyspace notification named. hint: 'expired' | 'evicted' | 'gone' (deleted or
+-- renamed away by a command) | 'written'. A missing entry that is still indexed is recorded
+-- (expire / evict / external); an entry holding something this library did not write is
+-- returned, and the caller adopts it with kv_adopt. Idempotent across replicas.
+-- KEYS: meta idx log ttl sz, then entry_i, hist_i per key; ARGV: ctx(4), n, (key, hint) * n
+local function kv_observe(keys, args)
+  local ctx = ctx_new(keys, args)
+  local n = tonumber(args[5])
+  local kinds = {expired = 'expire', evicted = 'evict', gone = 'external'}
+  local foreign = {}
+  for i = 1, n do
+    local key, hint = args[4 + 2 * i], args[5 + 2 * i]
+    local ekey, hkey = keys[4 + 2 * i], keys[5 + 2 * i]
+    local t = redis.call('TYPE', ekey)['ok']
+    if t == 'none' then
+      reconcile_missing(ctx, key, hkey, kinds[hint])
+    elseif t ~= 'string' or not own_record(ctx, key, ekey) then
+      foreign[#foreign + 1] = key
+    end
+  end
+  return foreign
+end
+
+-- Adopt what another Redis client wrote at an entry key as a new life of the key, logged as
+-- an `external` event: version and create revision are the event's revision (above any
+-- version the key had, so an old If-Match can never match again), history is cleared, the
+-- Redis TTL the writer set is kept. mode 'drop' removes a value that cannot be adopted
+-- (not a string, or larger than `limit` bytes) and logs an external delete if it was indexed.
+-- KEYS: meta idx log ttl sz entry hist
+-- ARGV: ctx(4), key, mode 'adopt'|'drop', sha1 of the contents the caller read, value, metadata, limit
+-- Returns {'ok', revision} | {'own'} | {'gone'} | {'changed'} | {'dropped'}.
+local function kv_adopt(keys, args)
+  local ctx = ctx_new(keys, args)
+  local key, ekey, hkey = args[5], keys[6], keys[7]
+  local mode, sha, value, meta, limit = args[6], args[7], args[8], args[9], tonumber(args[10])
+  local t = redis.call('TYPE', ekey)['ok']
+  if t == 'none' then
+    reconcile_missing(ctx, key, hkey, 'external')
+    return {'gone'}
+  end
+  if t == 'string' and own_record(ctx, key, ekey) then return {'own'} end
+  if mode == 'drop' then
+    if t == 'string' and redis.call('STRLEN', ekey) <= limit then return {'changed'} end
+    redis.call('DEL', ekey)
+    reconcile_missing(ctx, key, hkey, 'external')
+    return {'dropped'}
+  end
+  if t ~= 'string' or redis.sha1hex(redis.call('GET', ekey)) ~= sha then return {'changed'} end
+  local pttl = redis.call('PTTL', ekey)
+  local oldsz = tonumber(redis.call('HGET', ctx.sz, key) or '0')
+  if not redis.call('ZSCORE', ctx.idx, key) then redis.call('ZADD', ctx.idx, 0, key) end
+  redis.call('DEL', hkey)
+  local rev = bump(ctx)
+  local exp = nil
+  if pttl > 0 then exp = fmt(ctx.now + pttl) end
+  local size = #key + #value + #meta
+  redis.call('HSET', ctx.sz, key, size)
+  if size ~= oldsz then redis.call('HINCRBY', ctx.meta, 'bytes', size - oldsz) end
+  local r = fmt(rev)
+  local rec = table.concat({r, r, r, fmt(ctx.now), fmt(ctx.now), exp or '', fmt(size),
+                            ctx.agent, ctx.reason}, '\t') .. '\n' .. meta .. '\n' .. value
+  if exp then
+    redis.call('SET', ekey, rec, 'PXAT', exp)
+    redis.call('ZADD', ctx.ttl, exp, key)
+  else
+    redis.call('SET', ekey, rec)
+    redis.call('ZREM', ctx.ttl, key)
+  end
+  log_event(ctx, rev, 'external', key, rev, value)
+  return {'ok', rev}
+end
+
 -- Compare-then-apply transaction, all-or-nothing.
 -- KEYS: meta idx log ttl sz, then entry_i, hist_i for each distinct key i (1-based)
 -- ARGV: ctx(4), nkeys, key_1..key_n,
@@ -359,4 +451,6 @@ redis.register_function('kv_rollback', kv_rollback)
 redis.register_function('kv_incr', kv_incr)
 redis.register_function('kv_forget', kv_forget)
 redis.register_function('kv_txn', kv_txn)
+redis.register_function('kv_observe', kv_observe)
+redis.register_function('kv_adopt', kv_adopt)
 redis.register_function{function_name = 'swarmstate_version', callback = swarmstate_version, flags = {'no-writes'}}

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -30,6 +30,8 @@ pub struct AppState {
     pub hub: Arc<crate::watch::Hub>,
     /// Pub/sub subscriptions shared by all sockets of this process.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// Keyspace-notification relay (status for /v1/status).
+    pub relay: Arc<crate::relay::Relay>,
 }
 
 /// A running service: HTTP server plus background tasks.
@@ -77,6 +79,7 @@ impl Server {
             embedded,
             hub: Arc::new(crate::watch::Hub::default()),
             pubsub: Arc::new(crate::pubsub::PubSub::default()),
+            relay: Arc::new(crate::relay::Relay::default()),
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);
@@ -92,6 +95,13 @@ impl Server {
         });
         let background = vec![
             tokio::spawn(expiry_reconciler(state.store.clone(), stopped.clone())),
+            crate::relay::spawn(
+                state.relay.clone(),
+                state.store.clone(),
+                state.cfg.keyspace_relay,
+                state.cfg.body_limit_bytes as u64,
+                stopped.clone(),
+            ),
             tokio::spawn(metrics_upkeep(state.metrics.clone(), stopped)),
         ];
         tracing::info!(%addr, "swarmstate listening");
@@ -115,12 +125,7 @@ impl Server {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::store::kv::now_ms;
 
 /// Records expiries of keys with a TTL (removes them from the index and accounting and
 /// appends an `expire` event with its own revision) about once a second. Idempotent across

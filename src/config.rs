@@ -25,6 +25,7 @@ pub const SETTINGS: &[&str] = &[
     "command_timeout_ms",
     "request_timeout_ms",
     "ws_ping_interval_ms",
+    "keyspace_relay",
     "redis_pool_size",
     "history_versions",
     "changelog_retention",
@@ -65,6 +66,9 @@ pub struct Config {
     /// WebSocket keepalive: a ping this often; a client silent for three intervals is closed
     /// with 4001.
     pub ws_ping_interval_ms: u64,
+    /// Relay Redis keyspace notifications (expirations, evictions, writes by other clients)
+    /// into the change log; sets `notify-keyspace-events` on the primaries when allowed.
+    pub keyspace_relay: bool,
     /// Redis connections in the client pool. Commands are pipelined on each; one connection
     /// batches best (measured with swarmstate-bench), more help with very large values.
     pub redis_pool_size: usize,
@@ -101,6 +105,7 @@ impl Default for Config {
             command_timeout_ms: 2000,
             request_timeout_ms: 60_000,
             ws_ping_interval_ms: 15_000,
+            keyspace_relay: true,
             redis_pool_size: 1,
             history_versions: 10,
             changelog_retention: 10_000,

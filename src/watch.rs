@@ -28,7 +28,7 @@ const REPLAY_PAGE: u64 = 500;
 /// One change from the log, as sent to watchers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// `put`, `delete`, `expire` or `evict`.
+    /// `put`, `delete`, `expire`, `evict` or `external`.
     pub kind: String,
     pub namespace: String,
     pub key: String,
@@ -44,6 +44,9 @@ pub struct Event {
     pub change_reason: Option<String>,
     /// RFC 3339 time of the change.
     pub time: String,
+    /// The same, unix ms (for the lag metric).
+    #[serde(skip)]
+    pub ts_ms: i64,
 }
 
 impl Event {
@@ -63,6 +66,7 @@ impl Event {
             agent_id: f.remove("a"),
             change_reason: f.remove("r"),
             time: crate::store::kv::rfc3339(ts),
+            ts_ms: ts,
         })
     }
 }
@@ -144,6 +148,10 @@ async fn read_loop(
                     last = id.clone();
                     if let Some(e) = Event::from_entry(ns, &id, fields) {
                         metrics::counter!("watch_log_entries_read_total").increment(1);
+                        // Lag: change committed in Redis → read by this process's reader (both
+                        // clocks are this host's when Redis is local; skewed otherwise).
+                        let lag_ms = (crate::store::kv::now_ms() - e.ts_ms).max(0);
+                        metrics::histogram!("watch_event_lag_seconds").record(lag_ms as f64 / 1000.0);
                         let _ = tx.send(Arc::new(e));
                     }
                 }

@@ -75,6 +75,8 @@ pub struct Status {
     schema_version: Option<u32>,
     /// The server's notify-keyspace-events setting; null when CONFIG is not allowed.
     notify_keyspace_events: Option<String>,
+    /// Keyspace-notification relay (expire / evict / external events).
+    keyspace_relay: crate::relay::RelayStatus,
 }
 
 /// Service and Redis status.
@@ -118,6 +120,7 @@ pub async fn status(State(st): State<AppState>) -> ApiResult<Response> {
         functions_library_version: lib,
         schema_version: schema.and_then(|s| s.parse().ok()),
         notify_keyspace_events: nke,
+        keyspace_relay: st.relay.status(),
     };
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -12,7 +12,7 @@
 //! | `<p>:{<ns>}:log` | stream | change log, id `0-<revision>`, capped |
 //! | `<p>:{<ns>}:ttl` | zset | key → expiry (unix ms) |
 //! | `<p>:{<ns>}:sz` | hash | key → accounted bytes |
-//! | `<p>:{<ns>}:e:<key>` | hash | the entry |
+//! | `<p>:{<ns>}:e:<key>` | string | the entry (one record, see migrations/swarmstate.lua) |
 //! | `<p>:{<ns>}:h:<key>` | hash | past versions |
 //! | `<p>:namespaces` | set | every namespace ever written (listing) |
 //! | `<p>:schema` | string | key-schema version applied by migrations |

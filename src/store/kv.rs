@@ -44,6 +44,14 @@ pub struct Entry {
 }
 
 /// RFC 3339 with milliseconds, UTC.
+/// This host's clock, unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
@@ -662,6 +670,77 @@ impl Store {
         args.push(key.into());
         let reply = self.fcall("kv_forget", keys, args).await?;
         Ok(v_i64(&reply) == 1)
+    }
+
+    /// Check keys named by keyspace notifications (`(key, hint)`, hint one of `expired`,
+    /// `evicted`, `gone`, `written`): removals are recorded, and the keys whose entry holds
+    /// something the service did not write are returned for [`Store::kv_adopt`].
+    pub async fn kv_observe(&self, ns: &str, items: &[(String, &'static str)]) -> ApiResult<Vec<String>> {
+        let nk = self.keys().ns(ns);
+        let mut keys = nk.common();
+        let mut args = self.ctx_args(&Provenance::default());
+        args.push((items.len() as i64).into());
+        for (key, hint) in items {
+            keys.push(nk.entry(key));
+            keys.push(nk.hist(key));
+            args.push(key.as_str().into());
+            args.push((*hint).into());
+        }
+        let reply = self.fcall("kv_observe", keys, args).await?;
+        Ok(match reply {
+            Value::Array(a) => a.iter().filter_map(v_str).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// The raw contents of an entry key another client wrote: `Ok(None)` when absent,
+    /// `Err(len)` when it is not a string or longer than `limit` bytes.
+    pub async fn raw_entry(
+        &self,
+        ns: &str,
+        key: &str,
+        limit: u64,
+    ) -> ApiResult<Option<Result<Vec<u8>, u64>>> {
+        let ekey = self.keys().ns(ns).entry(key);
+        let kind: String = self.timed("type", self.client().r#type(ekey.clone())).await?;
+        match kind.as_str() {
+            "none" => return Ok(None),
+            "string" => {}
+            _ => return Ok(Some(Err(u64::MAX))),
+        }
+        let len: u64 = self.timed("strlen", self.client().strlen(ekey.clone())).await?;
+        if len > limit {
+            return Ok(Some(Err(len)));
+        }
+        let raw: Option<Vec<u8>> = self.timed("get", self.client().get(ekey)).await?;
+        Ok(raw.map(Ok))
+    }
+
+    /// Adopt a foreign value (see `kv_adopt` in the functions library): `adopt` =
+    /// `Some((sha1 of the contents read, canonical value, metadata))`, `None` = drop it.
+    /// Returns the function's status (`ok`, `own`, `gone`, `changed`, `dropped`).
+    pub async fn kv_adopt(
+        &self,
+        ns: &str,
+        key: &str,
+        adopt: Option<(&str, &str, &str)>,
+        limit: u64,
+    ) -> ApiResult<String> {
+        let keys = self.keys().ns(ns).for_entry(key);
+        let mut args = self.ctx_args(&Provenance::default());
+        let (mode, sha, value, meta) = match adopt {
+            Some((sha, value, meta)) => ("adopt", sha, value, meta),
+            None => ("drop", "", "", ""),
+        };
+        for a in [key, mode, sha, value, meta] {
+            args.push(a.into());
+        }
+        args.push((limit as i64).into());
+        let reply = self.fcall("kv_adopt", keys, args).await?;
+        match reply {
+            Value::Array(a) => Ok(status_of(&a)),
+            other => Err(bad_reply("kv_adopt", &[other])),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use fred::clients::SubscriberClient;
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::prelude::*;
 use fred::types::Value;
@@ -129,6 +130,51 @@ impl Store {
         // The re-subscribe task runs for the client's life; its handle is not needed.
         drop(sub.manage_subscriptions());
         Ok(sub)
+    }
+
+    /// Subscriber connections for keyspace notifications, which Redis Cluster publishes only on
+    /// the node holding the key: one per primary in cluster mode, else one (which follows a
+    /// Sentinel failover by itself). `capacity` is the client's message buffer.
+    pub async fn node_subscribers(&self, capacity: usize) -> ApiResult<Vec<(String, SubscriberClient)>> {
+        let mut configs = Vec::new();
+        if self.inner.fred_cfg.server.is_clustered() {
+            let state = self
+                .client()
+                .cached_cluster_state()
+                .ok_or_else(|| ApiError::unavailable("cluster state not known yet"))?;
+            for server in state.unique_primary_nodes() {
+                let mut c = self.inner.fred_cfg.clone();
+                c.server = fred::types::config::ServerConfig::Centralized {
+                    server: server.clone(),
+                };
+                configs.push((server.to_string(), c));
+            }
+        } else {
+            configs.push(("redis".to_string(), self.inner.fred_cfg.clone()));
+        }
+        let mut out = Vec::new();
+        for (name, c) in configs {
+            let sub = Builder::from_config(c)
+                .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+                .build_subscriber_client()
+                .map_err(|e| map_redis_error("connect", e))?;
+            self.timed("connect", async { sub.init().await.map(|_| ()) })
+                .await?;
+            drop(sub.manage_subscriptions());
+            out.push((name, sub));
+        }
+        Ok(out)
+    }
+
+    /// Run CONFIG GET/SET style commands on every primary (one entry per node).
+    pub fn primaries(&self) -> Vec<Option<fred::types::config::Server>> {
+        if self.inner.fred_cfg.server.is_clustered() {
+            if let Some(state) = self.client().cached_cluster_state() {
+                return state.unique_primary_nodes().into_iter().map(Some).collect();
+            }
+        }
+        vec![None]
     }
 
     /// The connection for the next command: the pinned one, or the pool's next.

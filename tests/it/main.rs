@@ -5,5 +5,6 @@ mod common;
 mod errors;
 mod kv;
 mod ops;
+mod relay;
 mod resilience;
 mod watch;

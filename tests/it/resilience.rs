@@ -108,8 +108,12 @@ async fn migrations_record_the_schema_and_refuse_a_newer_one() {
         .set(format!("{prefix}:schema"), "1", None, None, false)
         .await
         .unwrap();
-    let newer = swarmstate::store::migrate::LIBRARY
-        .replace("local LIBRARY_VERSION = '1'", "local LIBRARY_VERSION = '99'");
+    let current = format!(
+        "local LIBRARY_VERSION = '{}'",
+        swarmstate::store::migrate::LIBRARY_VERSION
+    );
+    assert!(swarmstate::store::migrate::LIBRARY.contains(&current));
+    let newer = swarmstate::store::migrate::LIBRARY.replace(&current, "local LIBRARY_VERSION = '99'");
     let _: String = raw.function_load(true, newer).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = swarmstate::app::Server::start(cfg, listener, false)

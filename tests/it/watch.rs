@@ -9,9 +9,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::TestApp;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp) -> Ws {
+pub async fn connect(app: &TestApp) -> Ws {
     let url = format!("{}/v1/watch", app.base.replace("http://", "ws://"));
     tokio_tungstenite::connect_async(url)
         .await
@@ -19,12 +19,12 @@ async fn connect(app: &TestApp) -> Ws {
         .0
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
 /// The next JSON text frame, or None after `wait` without one.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+pub async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
     loop {
         match tokio::time::timeout(wait, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
@@ -405,9 +405,12 @@ async fn server_sent_events_replay_stream_and_resume_with_last_event_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pub_sub_patterns_reach_every_socket_through_one_redis_subscription() {
-    // Own Redis: PUBSUB NUMPAT must count only this test's subscriptions.
+    // Own Redis and no keyspace relay (its pattern subscription would count too): PUBSUB
+    // NUMPAT must count only this test's subscriptions.
     let redis_server = crate::common::RedisServer::start(&[]);
-    let app = TestApp::with_config(crate::common::test_config(&redis_server.url())).await;
+    let mut cfg = crate::common::test_config(&redis_server.url());
+    cfg.keyspace_relay = false;
+    let app = TestApp::with_config(cfg).await;
     let redis = app.redis().await;
     let mut ws1 = connect(&app).await;
     let mut ws2 = connect(&app).await;
