@@ -47,9 +47,28 @@ pub struct Event {
     /// The same, unix ms (for the lag metric).
     #[serde(skip)]
     pub ts_ms: i64,
+    /// This event as JSON, with and without the value, built once for all watchers.
+    #[serde(skip)]
+    json: [std::sync::OnceLock<String>; 2],
 }
 
 impl Event {
+    /// The event's JSON text (`with_value: false` leaves the value out).
+    pub fn json(&self, with_value: bool) -> &str {
+        let with_value = with_value || self.value.is_none();
+        self.json[usize::from(with_value)].get_or_init(|| {
+            let text = serde_json::to_string(self).unwrap_or_default();
+            if with_value {
+                return text;
+            }
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("value");
+            }
+            v.to_string()
+        })
+    }
+
     /// From a stream entry (`0-<rev>`, fields k, key, ver, ts, v?, a?, r?).
     fn from_entry(ns: &str, id: &str, mut f: HashMap<String, String>) -> Option<Event> {
         let revision = id.strip_prefix("0-")?.parse().ok()?;
@@ -67,6 +86,7 @@ impl Event {
             change_reason: f.remove("r"),
             time: crate::store::kv::rfc3339(ts),
             ts_ms: ts,
+            json: Default::default(),
         })
     }
 }
@@ -140,8 +160,17 @@ async fn read_loop(
         if tx.receiver_count() == 0 {
             return;
         }
-        let res: Result<fred::types::streams::XReadResponse<String, String, String, String>, _> =
-            client.xread_map(Some(512), Some(1000), log, last.as_str()).await;
+        // A BLOCK that times out answers nil: no entries.
+        let res: Result<fred::types::streams::XReadResponse<String, String, String, String>, _> = client
+            .xread::<fred::types::Value, _, _>(Some(512), Some(1000), log, last.as_str())
+            .await
+            .and_then(|v| {
+                if v.is_null() {
+                    Ok(HashMap::new())
+                } else {
+                    v.into_xread_response()
+                }
+            });
         match res {
             Ok(mut streams) => {
                 for (id, fields) in streams.remove(log).unwrap_or_default() {

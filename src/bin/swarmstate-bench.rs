@@ -49,9 +49,18 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Scenarios to run, comma-separated: get, put.
+    /// Scenarios to run, comma-separated: get, put, watch.
     #[arg(long, default_value = "get,put")]
     scenarios: String,
+    /// watch scenario: WebSocket watchers on one namespace.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// watch scenario: writes per second into the watched namespace.
+    #[arg(long, default_value_t = 1000)]
+    writes_per_sec: u64,
+    /// The service's process id when --url is given (for its RSS in the watch scenario).
+    #[arg(long)]
+    service_pid: Option<u32>,
     /// Skip the redis-benchmark comparison.
     #[arg(long)]
     no_redis_benchmark: bool,
@@ -101,7 +110,8 @@ async fn wait_http(addr: SocketAddr) {
     panic!("service at {addr} did not become ready");
 }
 
-/// Start redis-server and swarmstate; returns (service addr, redis port, guard).
+/// Start redis-server and swarmstate; returns (service addr, redis port, guard); the
+/// service is the guard's last child.
 async fn spawn_stack() -> (SocketAddr, u16, Spawned) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rport = free_port();
@@ -277,7 +287,8 @@ fn ms(us: u64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (addr, redis_port, _guard) = match &args.url {
+    raise_fd_limit();
+    let (addr, redis_port, guard) = match &args.url {
         Some(u) => {
             let hostport = u.trim_start_matches("http://").trim_end_matches('/');
             let addr: SocketAddr = tokio::net::lookup_host(hostport)
@@ -319,11 +330,18 @@ async fn main() {
         "swarmstate-bench: concurrency {}, {} s per scenario, {} keys, {}-byte values, service {}",
         args.concurrency, args.duration, args.keys, args.value_size, addr
     );
+    let service_pid = args
+        .service_pid
+        .or_else(|| guard.as_ref().and_then(|g| g.children.last()).map(|c| c.id()));
     let mut results = Vec::new();
     for sc in args.scenarios.split(',').map(str::trim) {
         let reqs = match sc {
             "get" => gets.clone(),
             "put" => puts.clone(),
+            "watch" => {
+                watch_scenario(addr, &args, service_pid).await;
+                continue;
+            }
             other => panic!("unknown scenario {other}"),
         };
         // Short warm-up, then the measured run.
@@ -371,5 +389,227 @@ async fn main() {
             }
         }
         None => println!("redis-benchmark not found (apt-get install -y redis-tools): no comparison"),
+    }
+}
+
+/// Let this process (and the service it spawns) hold thousands of sockets.
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on this process.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// User + system CPU time of a process in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Resident set size of a process, KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The number after `"<field>":` in a JSON text, without parsing the rest.
+fn json_u64(text: &str, field: &str) -> Option<u64> {
+    let pat = format!("\"{field}\":");
+    let i = text.find(&pat)? + pat.len();
+    let digits: String = text[i..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// N watchers on one namespace while writers do K writes/s: end-to-end event latency (write
+/// acknowledged → event received by a watcher), delivered events/s, missing events, and the
+/// service's RSS before the sockets, with them idle, and after the run.
+async fn watch_scenario(addr: SocketAddr, args: &Args, service_pid: Option<u32>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ns = format!("wbench{}", std::process::id());
+    let n = args.watchers;
+    let rss = || service_pid.and_then(rss_kib);
+    let rss_before = rss();
+    let t0 = Instant::now();
+    let url = format!("ws://{addr}/v1/watch");
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = url.clone();
+        let ns = ns.clone();
+        let ready = ready_tx.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // A small read buffer: tungstenite zeroes the whole buffer on every read, which at
+            // the default 128 KiB was a tenth of this process's CPU.
+            let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+            cfg.read_buffer_size = 16 * 1024;
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, Some(cfg), true)
+                .await
+                .expect("ws connect");
+            let op = format!(r#"{{"op":"watch","id":"w{i}","namespace":"{ns}"}}"#);
+            ws.send(Message::Text(op.into())).await.expect("send watch");
+            let mut got: Vec<(u32, u32)> = Vec::new();
+            let mut acked = false;
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            loop {
+                let m = tokio::select! {
+                    m = ws.next() => m,
+                    _ = &mut stopped => break,
+                };
+                let Some(Ok(m)) = m else { break };
+                let Message::Text(t) = m else { continue };
+                let t = t.as_str();
+                if t.starts_with(r#"{"type":"event""#) {
+                    if let Some(rev) = json_u64(t, "revision") {
+                        got.push((rev as u32, t0.elapsed().as_micros() as u32));
+                    }
+                } else if !acked && t.contains(r#""type":"progress""#) {
+                    acked = true;
+                    let _ = ready.send(()).await;
+                } else if t.contains(r#""type":"error""#) {
+                    eprintln!("watcher {i}: {t}");
+                }
+            }
+            let _ = ws.close(None).await;
+            got
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        if ready_rx.recv().await.is_none() {
+            break;
+        }
+    }
+    let connect_s = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = rss();
+
+    // Writers: connections sharing the rate (one write in flight each, so enough of them to
+    // hold the rate while the service is busy fanning out); each write's acknowledgement time
+    // by revision.
+    let writers = (args.writes_per_sec / 25).clamp(1, 64);
+    let total_writes = args.writes_per_sec * args.duration;
+    let acks = Arc::new(std::sync::Mutex::new(vec![0u32; total_writes as usize + 64]));
+    let cpu_before = (service_pid.and_then(cpu_ticks), cpu_ticks(std::process::id()));
+    let write_start = Instant::now();
+    let mut wtasks = Vec::new();
+    for w in 0..writers {
+        let acks = acks.clone();
+        let ns = ns.clone();
+        let per_writer = total_writes / writers;
+        let period = Duration::from_secs_f64(writers as f64 / args.writes_per_sec as f64);
+        wtasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).ok();
+            let mut buf = Vec::new();
+            let mut tick = tokio::time::interval(period);
+            let mut late = 0u64;
+            for i in 0..per_writer {
+                tick.tick().await;
+                let body = format!(r#"{{"value":{{"n":{i},"w":{w}}}}}"#);
+                let req = request("PUT", &format!("/v1/ns/{ns}/kv/k{w}-{}", i % 50), Some(&body));
+                s.write_all(&req).await.expect("write");
+                let st = read_response(&mut s, &mut buf).await.expect("read");
+                let at = t0.elapsed().as_micros() as u32;
+                if !(200..300).contains(&st) {
+                    late += 1;
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&buf);
+                if let Some(rev) = json_u64(&text, "mod_revision") {
+                    if let Ok(mut a) = acks.lock() {
+                        if let Some(slot) = a.get_mut(rev as usize) {
+                            *slot = at;
+                        }
+                    }
+                }
+            }
+            late
+        }));
+    }
+    let mut failed = 0;
+    for t in wtasks {
+        failed += t.await.expect("writer");
+    }
+    let write_secs = write_start.elapsed().as_secs_f64();
+    let cpu_after = (service_pid.and_then(cpu_ticks), cpu_ticks(std::process::id()));
+    // Let the last events arrive, then stop the watchers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.notify_waiters();
+    let acks = acks.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let (mut received, mut early) = (0u64, 0u64);
+    for t in tasks {
+        let got = t.await.expect("watcher");
+        received += got.len() as u64;
+        for (rev, at) in got {
+            let Some(&ack) = acks.get(rev as usize) else {
+                continue;
+            };
+            if ack == 0 {
+                continue;
+            }
+            // An event can reach a watcher before the writer has read its response.
+            if at < ack {
+                early += 1;
+            }
+            let _ = hist.record((at.saturating_sub(ack) as u64).max(1));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss();
+    let expected = (total_writes - failed) * n as u64;
+    println!(
+        "WATCH {n} watchers connected in {connect_s:.2} s; {} writes at {} /s target ({:.0} /s achieved, {failed} failed)",
+        total_writes - failed,
+        args.writes_per_sec,
+        (total_writes - failed) as f64 / write_secs
+    );
+    println!(
+        "      event latency (write acknowledged -> event received) p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  ({early} events arrived before the writer read its ack, counted as 0)",
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.max())
+    );
+    println!(
+        "      delivered {received} of {expected} events ({} missing), {:.0} events/s",
+        expected.saturating_sub(received),
+        received as f64 / write_secs
+    );
+    let cores = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}", (b - a) as f64 / 100.0 / write_secs),
+        _ => "?".into(),
+    };
+    println!(
+        "      CPU while writing (cores): service {}, this load generator {} (2-core machines share them)",
+        cores(cpu_before.0, cpu_after.0),
+        cores(cpu_before.1, cpu_after.1)
+    );
+    match (rss_before, rss_idle, rss_after) {
+        (Some(b), Some(i), Some(a)) => println!(
+            "      service RSS: before {:.1} MiB, {n} idle sockets {:.1} MiB ({:.1} KiB per socket), after the run {:.1} MiB",
+            b as f64 / 1024.0,
+            i as f64 / 1024.0,
+            (i.saturating_sub(b)) as f64 / n.max(1) as f64,
+            a as f64 / 1024.0
+        ),
+        _ => println!("      service RSS: unknown (pass --service-pid with --url)"),
     }
 }
