@@ -6,6 +6,8 @@
 //! Bad frames are answered with an `error` message and the socket stays open.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -26,6 +28,9 @@ use crate::watch::{self, Event, Replay};
 
 /// Frames queued per connection before the consumer counts as too slow (closed with 4008).
 pub const SEND_QUEUE: usize = 1024;
+/// Bytes queued per connection before the consumer counts as too slow (values can be large,
+/// so the frame count alone would not bound memory).
+pub const SEND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest client frame accepted.
 const MAX_FRAME: usize = 64 * 1024;
 /// Idle watches get a `progress` message this often.
@@ -87,6 +92,8 @@ async fn run(st: AppState, socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<String>(SEND_QUEUE);
     let (slow_tx, mut slow_rx) = mpsc::channel::<()>(1);
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Ctrl>(4);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer_queued = queued.clone();
     let mut writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -111,11 +118,13 @@ async fn run(st: AppState, socket: WebSocket) {
                     Some(text) => {
                         // Everything already queued goes out in one write (one syscall, one
                         // TCP segment where it fits) instead of one per frame.
+                        let mut bytes = text.len();
                         if sink.feed(Message::Text(Utf8Bytes::from(text))).await.is_err() {
                             return;
                         }
                         for _ in 0..WRITE_BATCH {
                             let Ok(more) = rx.try_recv() else { break };
+                            bytes += more.len();
                             if sink.feed(Message::Text(Utf8Bytes::from(more))).await.is_err() {
                                 return;
                             }
@@ -123,6 +132,7 @@ async fn run(st: AppState, socket: WebSocket) {
                         if sink.flush().await.is_err() {
                             return;
                         }
+                        writer_queued.fetch_sub(bytes, Ordering::Relaxed);
                     }
                     None => {
                         let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "going away".into() }))).await;
@@ -140,7 +150,11 @@ async fn run(st: AppState, socket: WebSocket) {
             }
         }
     });
-    let sender = Sender { tx, slow: slow_tx };
+    let sender = Sender {
+        tx,
+        slow: slow_tx,
+        queued,
+    };
     let mut watches: HashMap<String, JoinHandle<()>> = HashMap::new();
     // Keepalive: a ping every interval; a client silent for three intervals is closed.
     let ping_every = Duration::from_millis(st.cfg.ws_ping_interval_ms);
@@ -326,19 +340,31 @@ enum Ctrl {
 struct Sender {
     tx: mpsc::Sender<String>,
     slow: mpsc::Sender<()>,
+    /// Bytes queued and not yet written (bounded by [`SEND_QUEUE_BYTES`]).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Sender {
     /// Queue a frame; a full queue marks the consumer as too slow. Returns false once the
     /// connection is going away.
     fn frame(&self, text: String) -> bool {
+        let len = text.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > SEND_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            let _ = self.slow.try_send(());
+            return false;
+        }
         match self.tx.try_send(text) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 let _ = self.slow.try_send(());
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                false
+            }
         }
     }
 
@@ -559,9 +585,13 @@ pub async fn events_sse(
     };
     let (tx, rx) = mpsc::channel::<String>(SEND_QUEUE);
     let (slow, _) = mpsc::channel::<()>(1);
-    let task = AbortOnDrop(tokio::spawn(run_watch(st, spec, Sender { tx, slow })));
-    let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+    // SSE: the stream below takes frames one by one; the byte budget is released as it does.
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sse_queued = queued.clone();
+    let task = AbortOnDrop(tokio::spawn(run_watch(st, spec, Sender { tx, slow, queued })));
+    let stream = futures::stream::unfold((rx, task, sse_queued), |(mut rx, task, queued)| async move {
         let text = rx.recv().await?;
+        queued.fetch_sub(text.len(), Ordering::Relaxed);
         let msg: serde_json::Value = serde_json::from_str(&text).ok()?;
         let kind = msg["type"].as_str().unwrap_or("message").to_string();
         let event = if kind == "event" {
@@ -578,7 +608,7 @@ pub async fn events_sse(
             }
             SseEvent::default().event(kind).data(body.to_string())
         };
-        Some((Ok::<_, std::convert::Infallible>(event), (rx, task)))
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, task, queued)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

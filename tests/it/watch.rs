@@ -540,3 +540,62 @@ async fn a_client_that_stops_answering_pings_is_closed() {
     assert_eq!(code, Some(4001), "after {pings} pings");
     assert!(pings >= 2, "{pings}");
 }
+
+fn rss_mib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_consumers_that_never_read_are_closed_and_memory_stays_bounded() {
+    let app = TestApp::start().await;
+    let mut sockets = Vec::new();
+    for i in 0..40 {
+        let mut ws = connect(&app).await;
+        send(
+            &mut ws,
+            json!({"op": "watch", "id": format!("m{i}"), "namespace": "mem"}),
+        )
+        .await;
+        assert_eq!(
+            next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+            "progress"
+        );
+        sockets.push(ws);
+    }
+    let before = rss_mib();
+    // 48 MB of events for each of 40 sockets that read nothing: ~1.9 GB if the server queued
+    // them all. Per connection it queues at most 4 MiB (and 1024 frames), then gives up.
+    let value = "v".repeat(32 * 1024);
+    for chunk in 0..60 {
+        let items: Vec<Value> = (0..25)
+            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
+            .collect();
+        let r = app.post("/v1/ns/mem/batch/put", json!({"items": items})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss_mib().saturating_sub(before);
+    assert!(grown < 600, "server memory grew by {grown} MiB");
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        let code = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("closed within 30 s");
+        assert_eq!(code, Some(4008), "socket {i}");
+    }
+    assert_eq!(app.get("/healthz").await.status, 200);
+}
