@@ -221,30 +221,45 @@ pub enum Replay {
 /// trimmed past `from`.
 pub async fn replay_page(store: &Store, ns: &str, from: u64) -> ApiResult<Replay> {
     let nk = store.keys().ns(ns);
-    let start = format!("0-{}", from + 1);
-    let page: Vec<(String, HashMap<String, String>)> = store
-        .timed(
-            "xrange",
-            store
-                .client()
-                .xrange_values(nk.log.clone(), start, "+", Some(REPLAY_PAGE)),
-        )
-        .await?;
+    let read = || async {
+        let page: Vec<(String, HashMap<String, String>)> = store
+            .timed(
+                "xrange",
+                store.client().xrange_values(
+                    nk.log.clone(),
+                    format!("0-{}", from + 1),
+                    "+",
+                    Some(REPLAY_PAGE),
+                ),
+            )
+            .await?;
+        Ok::<_, crate::error::ApiError>(page)
+    };
+    let mut page = read().await?;
+    if page.is_empty() {
+        // Nothing retained after `from`: fine if nothing happened since. A revision's log entry
+        // is written atomically with it and trimming always keeps the newest entry, so if the
+        // revision has moved past `from` a second read must see the new entries, unless the
+        // log itself was lost. (Reading the revision alone would race a concurrent write.)
+        let rev: Option<u64> = store
+            .timed("hget", store.client().hget(nk.meta.clone(), "rev"))
+            .await?;
+        let rev = rev.unwrap_or(0);
+        if rev <= from {
+            return Ok(Replay::Events(Vec::new()));
+        }
+        page = read().await?;
+        if page.is_empty() {
+            return Ok(Replay::Compacted(rev + 1));
+        }
+    }
     let first_rev = page
         .first()
         .and_then(|(id, _)| id.strip_prefix("0-")?.parse::<u64>().ok());
-    match first_rev {
-        Some(r) if r > from + 1 => return Ok(Replay::Compacted(r)),
-        None => {
-            // Nothing retained after `from`: fine if nothing happened since, else trimmed.
-            let rev: Option<u64> = store
-                .timed("hget", store.client().hget(nk.meta.clone(), "rev"))
-                .await?;
-            if rev.unwrap_or(0) > from {
-                return Ok(Replay::Compacted(rev.unwrap_or(0) + 1));
-            }
+    if let Some(r) = first_rev {
+        if r > from + 1 {
+            return Ok(Replay::Compacted(r));
         }
-        _ => {}
     }
     Ok(Replay::Events(
         page.into_iter()
