@@ -30,6 +30,8 @@ pub struct AppState {
     pub hub: Arc<crate::watch::Hub>,
     /// Pub/sub subscriptions shared by all sockets of this process.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// Queue wakeups and task events shared by all requests of this process.
+    pub queues: Arc<crate::queues::QueueHub>,
     /// Keyspace-notification relay (status for /v1/status).
     pub relay: Arc<crate::relay::Relay>,
 }
@@ -80,6 +82,7 @@ impl Server {
             hub: Arc::new(crate::watch::Hub::default()),
             pubsub: Arc::new(crate::pubsub::PubSub::default()),
             relay: Arc::new(crate::relay::Relay::default()),
+            queues: Arc::new(crate::queues::QueueHub::default()),
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);
@@ -102,6 +105,7 @@ impl Server {
                 state.cfg.body_limit_bytes as u64,
                 stopped.clone(),
             ),
+            tokio::spawn(crate::queues::reaper(state.store.clone(), stopped.clone())),
             tokio::spawn(metrics_upkeep(state.metrics.clone(), stopped)),
         ];
         tracing::info!(%addr, "swarmstate listening");

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     CounterOverflow,
     /// Too much contention to complete an optimistic merge; retry.
     Conflict,
+    /// The lease token is not the task's current one (acked, expired, re-leased, or wrong).
+    LeaseLost,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -56,7 +58,7 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotACounter | Conflict => StatusCode::CONFLICT,
+            NotACounter | Conflict | LeaseLost => StatusCode::CONFLICT,
             CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +81,7 @@ impl ErrorCode {
             NotACounter => "Not a counter",
             CounterOverflow => "Counter overflow",
             Conflict => "Conflict",
+            LeaseLost => "Lease lost",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -100,6 +103,7 @@ impl ErrorCode {
             NotACounter => "not_a_counter",
             CounterOverflow => "counter_overflow",
             Conflict => "conflict",
+            LeaseLost => "lease_lost",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }

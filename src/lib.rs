@@ -8,6 +8,7 @@
 //!   [`http::kv`] key/value handlers, [`http::ops`] health/status/metrics, [`http::watch`] the
 //!   watch WebSocket.
 //! - [`pubsub`]: one Redis pattern subscription per pattern per process, fanned out to sockets.
+//! - [`queues`]: queue wakeups and events (one subscription per process) and the queue reaper.
 //! - [`relay`]: keyspace notifications (expired, evicted, written by other clients) → change log.
 //! - [`watch`]: per-namespace change-log readers shared by all watchers, and log replay.
 //! - [`store`]: Redis access. [`store::keys`] builds every key name; [`store::kv`] wraps the
@@ -27,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod pubsub;
+pub mod queues;
 pub mod relay;
 pub mod store;
 pub mod watch;

@@ -6,6 +6,7 @@
 pub mod channels;
 pub mod kv;
 pub mod ops;
+pub mod queues;
 pub mod watch;
 
 use std::time::Instant;
@@ -61,7 +62,8 @@ pub const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
     tags(
         (name = "kv", description = "Versioned key/value"),
         (name = "ops", description = "Health, status and metrics"),
-        (name = "watch", description = "Change stream over WebSocket")
+        (name = "watch", description = "Change stream over WebSocket"),
+        (name = "queues", description = "Task queues: at-least-once, priorities, delays, leases, retries, dead letters")
     )
 )]
 pub struct ApiDoc;
@@ -83,6 +85,19 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(watch::watch_socket))
         .routes(routes!(watch::events_sse))
         .routes(routes!(channels::publish))
+        .routes(routes!(queues::enqueue))
+        .routes(routes!(queues::lease))
+        .routes(routes!(queues::ack))
+        .routes(routes!(queues::nack))
+        .routes(routes!(queues::extend))
+        .routes(routes!(queues::get_task))
+        .routes(routes!(queues::list_queues))
+        .routes(routes!(queues::queue_status))
+        .routes(routes!(queues::list_dead, queues::purge_dead))
+        .routes(routes!(queues::retry_dead))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
+        .routes(routes!(queues::events_sse))
         .split_for_parts();
     // Keys may contain `/`; one wildcard route serves the entry, its history and rollback
     // (documented above as `/v1/ns/{ns}/kv/{key}...` with the key percent-encoded).

@@ -61,7 +61,6 @@ enum ClientOp {
     },
     Queue {
         id: String,
-        #[allow(dead_code)]
         queue: String,
     },
     Cancel {
@@ -206,8 +205,17 @@ async fn run(st: AppState, socket: WebSocket) {
                 Some(h) => h.abort(),
                 None => sender.error(Some(&id), "not_found", "no such watch"),
             },
-            ClientOp::Queue { id, .. } => {
-                sender.error(Some(&id), "unsupported", "not available yet in this version")
+            ClientOp::Queue { id, queue } => {
+                if let Err((code, msg)) = check_id(&id, &watches) {
+                    sender.error(Some(&id), code, msg);
+                    continue;
+                }
+                if let Err(e) = super::validate_name("queue", &queue) {
+                    sender.error(Some(&id), e.code.as_str(), &e.detail);
+                    continue;
+                }
+                let task = tokio::spawn(run_queue_watch(st.clone(), id.clone(), queue, sender.clone()));
+                watches.insert(id, task);
             }
             ClientOp::Subscribe { id, channel } => {
                 if let Err((code, msg)) = check_id(&id, &watches) {
@@ -331,6 +339,35 @@ async fn run_subscription(st: AppState, id: String, pattern: String, out: Sender
 }
 
 /// Connection-level instructions for the writer task.
+/// `queue` op: `{"type":"task","id":…,"task":{…}}` for every state change of the queue's
+/// tasks from now on (fire-and-forget, like pub/sub: a socket that falls behind gets `lagged`).
+async fn run_queue_watch(st: AppState, id: String, queue: String, out: Sender) {
+    let mut rx = match st.queues.events(&st.store, &queue).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            out.error(Some(&id), e.code.as_str(), &e.detail);
+            return;
+        }
+    };
+    let id_json = serde_json::to_string(&id).unwrap_or_default();
+    out.frame(format!(r#"{{"type":"progress","id":{id_json},"queue":{}}}"#, serde_json::to_string(&queue).unwrap_or_default()));
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                if !out.frame(format!(r#"{{"type":"task","id":{id_json},"task":{ev}}}"#)) {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => out.error(
+                Some(&id),
+                "lagged",
+                &format!("{n} task events were dropped: this subscriber is too slow"),
+            ),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 enum Ctrl {
     Ping,
     Idle,

@@ -15,6 +15,8 @@
 //! | `<p>:{<ns>}:e:<key>` | string | the entry (one record, see migrations/swarmstate.lua) |
 //! | `<p>:{<ns>}:h:<key>` | hash | past versions |
 //! | `<p>:namespaces` | set | every namespace ever written (listing) |
+//! | `<p>:{q:<q>}:meta` … `idem`, `t:<id>` | | a task queue (see migrations/swarmstate.lua) |
+//! | `<p>:queues` | set | every queue ever enqueued to |
 //! | `<p>:schema` | string | key-schema version applied by migrations |
 //! | `<p>:migrate-lock` | string | held while migrations run |
 
@@ -70,6 +72,38 @@ impl Keys {
     pub fn migrate_lock(&self) -> String {
         format!("{}:migrate-lock", self.prefix)
     }
+
+    /// Every queue ever enqueued to (listing, background upkeep).
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Pub/sub channel of a queue's task state changes (`<p>:q:<name>`).
+    pub fn queue_channel(&self, q: &str) -> String {
+        format!("{}:q:{q}", self.prefix)
+    }
+
+    /// The keys of one queue, all with the `{q:<name>}` hash tag.
+    pub fn queue(&self, q: &str) -> QueueKeys {
+        let base = format!("{}:{{q:{q}}}:", self.prefix);
+        let keys = ["meta", "ready", "age", "delayed", "retry", "leased", "completed", "dead", "idem"]
+            .iter()
+            .map(|k| format!("{base}{k}"))
+            .collect();
+        QueueKeys {
+            keys,
+            task_prefix: format!("{base}t:"),
+            channel: self.queue_channel(q),
+        }
+    }
+}
+
+/// Keys of one queue: KEYS of every queue function, the task key prefix and the channel.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    pub keys: Vec<String>,
+    pub task_prefix: String,
+    pub channel: String,
 }
 
 /// Keys of one namespace; per-entry keys are derived with [`NsKeys::entry`] / [`NsKeys::hist`].

@@ -8,6 +8,7 @@
 pub mod keys;
 pub mod kv;
 pub mod migrate;
+pub mod queue;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -258,20 +259,25 @@ impl Store {
     /// the first write so a namespace with data is always listed; in cluster mode the
     /// registry lives in another slot, so it cannot join the write's atomic call.
     pub async fn register_namespace(&self, ns: &str) -> ApiResult<()> {
+        self.register_once(ns, self.inner.keys.namespaces(), ns).await
+    }
+
+    /// SADD `member` to the registry set `set` unless this process already did (`tag` names
+    /// the pair in the process-local memo).
+    pub(crate) async fn register_once(&self, tag: &str, set: String, member: &str) -> ApiResult<()> {
         if self
             .inner
             .registered
             .read()
-            .map(|s| s.contains(ns))
+            .map(|s| s.contains(tag))
             .unwrap_or(false)
         {
             return Ok(());
         }
-        let key = self.inner.keys.namespaces();
-        self.timed("sadd", self.inner.pool.sadd::<i64, _, _>(key, ns))
+        self.timed("sadd", self.inner.pool.sadd::<i64, _, _>(set, member))
             .await?;
         if let Ok(mut s) = self.inner.registered.write() {
-            s.insert(ns.to_string());
+            s.insert(tag.to_string());
         }
         Ok(())
     }

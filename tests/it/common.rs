@@ -228,6 +228,43 @@ impl TestApp {
         }
     }
 
+    /// A client for a service running elsewhere (e.g. the real binary in a child process).
+    pub fn remote(base: &str, prefix: &str, redis_url: &str) -> TestApp {
+        TestApp {
+            base: base.to_string(),
+            server: None,
+            prefix: prefix.to_string(),
+            redis_url: redis_url.to_string(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Like [`TestApp::req`] but `None` when the service cannot be reached or does not answer
+    /// within 10 s (for tests that kill it).
+    pub async fn try_req(&self, method: &str, path: &str, body: Option<Value>) -> Option<Resp> {
+        let b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
+        let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
+        let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(b.body(body).ok()?))
+            .await
+            .ok()?
+            .ok()?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = tokio::time::timeout(Duration::from_secs(10), res.into_body().collect())
+            .await
+            .ok()?
+            .ok()?
+            .to_bytes();
+        Some(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
     pub async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
         let mut b = hyper::Request::builder()
             .method(method)

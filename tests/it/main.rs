@@ -5,6 +5,7 @@ mod common;
 mod errors;
 mod kv;
 mod ops;
+mod queues;
 mod relay;
 mod resilience;
 mod watch;

@@ -1,0 +1,163 @@
+//! Task-queue plumbing shared by all requests of a process: one pattern subscription to every
+//! queue's state-change channel (`<p>:q:*`, published by the queue functions), which wakes
+//! long-polling leases at once and feeds `queue` watches and the queue SSE stream; and the
+//! light background reaper that keeps idle queues moving (due delayed tasks, expired leases,
+//! retention) and refreshes the queue metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use tokio::sync::{broadcast, watch, Notify, OnceCell};
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::Store;
+
+/// Task events buffered per queue for slow `queue` watchers.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Per-queue wakeup and event fan-out.
+pub struct QueueChan {
+    /// Woken whenever a task of the queue becomes ready (any replica).
+    pub ready: Notify,
+    /// Task state changes as JSON (`{"id","queue","state",...}`).
+    pub events: broadcast::Sender<Arc<str>>,
+}
+
+#[derive(Default)]
+pub struct QueueHub {
+    client: OnceCell<SubscriberClient>,
+    chans: Arc<Mutex<HashMap<String, Arc<QueueChan>>>>,
+}
+
+impl QueueHub {
+    /// The queue's channel object (created on first use).
+    pub fn chan(&self, q: &str) -> Arc<QueueChan> {
+        let mut m = match self.chans.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(q.to_string())
+            .or_insert_with(|| {
+                Arc::new(QueueChan {
+                    ready: Notify::new(),
+                    events: broadcast::channel(EVENTS_CAPACITY).0,
+                })
+            })
+            .clone()
+    }
+
+    /// Subscribe to the queue channels (once per process).
+    pub async fn ensure(&self, store: &Store) -> ApiResult<()> {
+        self.client
+            .get_or_try_init(|| async {
+                let sub = store.subscriber_client().await?;
+                let mut rx = sub.message_rx();
+                let prefix = format!("{}:q:", store.keys().prefix());
+                let chans = self.chans.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let msg = match rx.recv().await {
+                            Ok(m) => m,
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(n, "queue event dispatcher lagged");
+                                // Wake every waiter: a missed `ready` must not leave a lease
+                                // sleeping until its deadline.
+                                if let Ok(m) = chans.lock() {
+                                    for c in m.values() {
+                                        c.ready.notify_waiters();
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        };
+                        let Some(q) = msg.channel.strip_prefix(prefix.as_str()) else {
+                            continue;
+                        };
+                        let Some(chan) = chans.lock().ok().and_then(|m| m.get(q).cloned()) else {
+                            continue;
+                        };
+                        let Some(text) = msg.value.as_str() else { continue };
+                        if text.contains("\"state\":\"ready\"") {
+                            chan.ready.notify_waiters();
+                        }
+                        if chan.events.receiver_count() > 0 {
+                            if let Some(ev) = event_json(q, &text) {
+                                let _ = chan.events.send(ev);
+                            }
+                        }
+                    }
+                });
+                let pattern = format!("{}:q:*", store.keys().prefix());
+                store.timed("psubscribe", sub.psubscribe(pattern)).await?;
+                Ok::<_, ApiError>(sub)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Task state changes of `q` from now on.
+    pub async fn events(&self, store: &Store, q: &str) -> ApiResult<broadcast::Receiver<Arc<str>>> {
+        self.ensure(store).await?;
+        Ok(self.chan(q).events.subscribe())
+    }
+}
+
+/// The function's event with the queue name and RFC 3339 times.
+fn event_json(q: &str, text: &str) -> Option<Arc<str>> {
+    let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let o = v.as_object_mut()?;
+    o.get("id")?;
+    o.insert("queue".into(), q.into());
+    for k in ["run_at", "time"] {
+        if let Some(ms) = o.get(k).and_then(|t| t.as_i64()) {
+            o.insert(k.into(), crate::store::kv::rfc3339(ms).into());
+        }
+    }
+    Some(Arc::from(v.to_string()))
+}
+
+/// Every second: upkeep of each queue (promotions, expired leases, retention) and its metrics.
+/// Idempotent across replicas (each step is one atomic function that acts only on what is due).
+pub async fn reaper(store: Store, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let Ok(names) = store.queue_names().await else {
+            continue;
+        };
+        for q in names {
+            if store.q_reap(&q).await.is_err() {
+                continue;
+            }
+            if let Ok(s) = store.q_stats(&q).await {
+                for (state, n) in [
+                    ("ready", s.ready),
+                    ("delayed", s.delayed),
+                    ("failed", s.failed),
+                    ("leased", s.leased),
+                    ("completed", s.completed),
+                    ("dead", s.dead),
+                ] {
+                    metrics::gauge!("queue_tasks", "queue" => q.clone(), "state" => state).set(n as f64);
+                }
+                for (name, n) in [
+                    ("queue_tasks_enqueued_total", s.enqueued_total),
+                    ("queue_tasks_completed_total", s.completed_total),
+                    ("queue_tasks_failed_total", s.failed_total),
+                    ("queue_tasks_dead_total", s.dead_total),
+                    ("queue_lease_expired_total", s.lease_expired_total),
+                ] {
+                    metrics::counter!(name, "queue" => q.clone()).absolute(n);
+                }
+            }
+        }
+    }
+}
