@@ -133,7 +133,9 @@ fn text_field(name: &str, v: &str, max: usize) -> ApiResult<()> {
 
 fn range(name: &str, v: u64, lo: u64, hi: u64) -> ApiResult<()> {
     if v < lo || v > hi {
-        return Err(ApiError::bad_request(format!("{name} must be between {lo} and {hi}")));
+        return Err(ApiError::bad_request(format!(
+            "{name} must be between {lo} and {hi}"
+        )));
     }
     Ok(())
 }
@@ -211,7 +213,11 @@ pub async fn enqueue(
             },
         )
         .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(json_response(status, &task))
 }
 
@@ -248,7 +254,9 @@ pub async fn lease(
         let notified = chan.ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tokens: Vec<String> = (0..max).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+        let tokens: Vec<String> = (0..max)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
         let r = st.store.q_lease(&q, &b.worker, &tokens, b.lease_ms).await?;
         let now = tokio::time::Instant::now();
         if !r.tasks.is_empty() || now >= deadline {
@@ -359,7 +367,10 @@ pub async fn extend(
         (status = 404, description = "No such task", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_task(State(st): State<AppState>, Path((q, id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn get_task(
+    State(st): State<AppState>,
+    Path((q, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     validate_name("queue", &q)?;
     let id = task_id(&id)?;
     let t = st
@@ -431,10 +442,16 @@ pub async fn list_dead(
         (status = 404, description = "Not in the dead-letter list", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn retry_dead(State(st): State<AppState>, Path((q, id)): Path<(String, String)>) -> ApiResult<Response> {
+pub async fn retry_dead(
+    State(st): State<AppState>,
+    Path((q, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
     validate_name("queue", &q)?;
     let id = task_id(&id)?;
-    Ok(json_response(StatusCode::OK, &st.store.q_retry_dead(&q, id).await?))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.store.q_retry_dead(&q, id).await?,
+    ))
 }
 
 /// Remove every dead task.
@@ -483,21 +500,14 @@ pub async fn events_sse(State(st): State<AppState>, Path(q): Path<String>) -> Ap
     validate_name("queue", &q)?;
     let rx = st.queues.events(&st.store, &q).await?;
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let e = SseEvent::default().event("task").data(ev.as_ref());
-                    return Some((Ok::<_, std::convert::Infallible>(e), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let e = SseEvent::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}"));
-                    return Some((Ok(e), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        let e = match rx.recv().await {
+            Ok(ev) => SseEvent::default().event("task").data(ev.as_ref()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"missed\":{n}}}")),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(e), rx))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

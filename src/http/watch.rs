@@ -350,7 +350,10 @@ async fn run_queue_watch(st: AppState, id: String, queue: String, out: Sender) {
         }
     };
     let id_json = serde_json::to_string(&id).unwrap_or_default();
-    out.frame(format!(r#"{{"type":"progress","id":{id_json},"queue":{}}}"#, serde_json::to_string(&queue).unwrap_or_default()));
+    out.frame(format!(
+        r#"{{"type":"progress","id":{id_json},"queue":{}}}"#,
+        serde_json::to_string(&queue).unwrap_or_default()
+    ));
     loop {
         match rx.recv().await {
             Ok(ev) => {

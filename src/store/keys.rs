@@ -86,10 +86,20 @@ impl Keys {
     /// The keys of one queue, all with the `{q:<name>}` hash tag.
     pub fn queue(&self, q: &str) -> QueueKeys {
         let base = format!("{}:{{q:{q}}}:", self.prefix);
-        let keys = ["meta", "ready", "age", "delayed", "retry", "leased", "completed", "dead", "idem"]
-            .iter()
-            .map(|k| format!("{base}{k}"))
-            .collect();
+        let keys = [
+            "meta",
+            "ready",
+            "age",
+            "delayed",
+            "retry",
+            "leased",
+            "completed",
+            "dead",
+            "idem",
+        ]
+        .iter()
+        .map(|k| format!("{base}{k}"))
+        .collect();
         QueueKeys {
             keys,
             task_prefix: format!("{base}t:"),

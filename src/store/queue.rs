@@ -188,7 +188,13 @@ impl Store {
         Ok((task_of(q, a.get(1).unwrap_or(&Value::Null), false)?, created))
     }
 
-    pub async fn q_lease(&self, q: &str, worker: &str, tokens: &[String], lease_ms: u64) -> ApiResult<Leased> {
+    pub async fn q_lease(
+        &self,
+        q: &str,
+        worker: &str,
+        tokens: &[String],
+        lease_ms: u64,
+    ) -> ApiResult<Leased> {
         let mut extra: Vec<Value> = vec![worker.into(), (lease_ms as i64).into()];
         extra.extend(tokens.iter().map(|t| Value::from(t.as_str())));
         let a = self.qcall("q_lease", q, extra).await?.into_array();
@@ -217,19 +223,38 @@ impl Store {
     }
 
     pub async fn q_ack(&self, q: &str, id: &str, token: &str, result: Option<&str>) -> ApiResult<Task> {
-        self.q_leased_op("q_ack", q, vec![id.into(), token.into(), result.unwrap_or("").into()])
-            .await
+        self.q_leased_op(
+            "q_ack",
+            q,
+            vec![id.into(), token.into(), result.unwrap_or("").into()],
+        )
+        .await
     }
 
-    pub async fn q_nack(&self, q: &str, id: &str, token: &str, error: &str, retry_delay_ms: Option<u64>) -> ApiResult<Task> {
+    pub async fn q_nack(
+        &self,
+        q: &str,
+        id: &str,
+        token: &str,
+        error: &str,
+        retry_delay_ms: Option<u64>,
+    ) -> ApiResult<Task> {
         let delay = retry_delay_ms.map(|d| d.to_string()).unwrap_or_default();
-        self.q_leased_op("q_nack", q, vec![id.into(), token.into(), error.into(), delay.into()])
-            .await
+        self.q_leased_op(
+            "q_nack",
+            q,
+            vec![id.into(), token.into(), error.into(), delay.into()],
+        )
+        .await
     }
 
     pub async fn q_extend(&self, q: &str, id: &str, token: &str, lease_ms: u64) -> ApiResult<Task> {
-        self.q_leased_op("q_extend", q, vec![id.into(), token.into(), (lease_ms as i64).into()])
-            .await
+        self.q_leased_op(
+            "q_extend",
+            q,
+            vec![id.into(), token.into(), (lease_ms as i64).into()],
+        )
+        .await
     }
 
     pub async fn q_retry_dead(&self, q: &str, id: &str) -> ApiResult<Task> {
@@ -294,7 +319,11 @@ impl Store {
     /// Dead tasks from `offset`, oldest first, and how many there are.
     pub async fn q_dead_list(&self, q: &str, offset: u64, limit: u64) -> ApiResult<(Vec<Task>, u64)> {
         let a = self
-            .qcall("q_dead_list", q, vec![(offset as i64).into(), (limit as i64).into()])
+            .qcall(
+                "q_dead_list",
+                q,
+                vec![(offset as i64).into(), (limit as i64).into()],
+            )
             .await?
             .into_array();
         let tasks = match a.first() {

@@ -50,7 +50,15 @@ async fn nack(app: &TestApp, q: &str, t: &Value, error: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_order_then_fifo_within_a_priority() {
     let app = TestApp::start().await;
-    let plan = [(5, "a"), (1, "b"), (5, "c"), (0, "d"), (9, "e"), (1, "f"), (5, "g")];
+    let plan = [
+        (5, "a"),
+        (1, "b"),
+        (5, "c"),
+        (0, "d"),
+        (9, "e"),
+        (1, "f"),
+        (5, "g"),
+    ];
     for (p, name) in plan {
         enqueue(&app, "prio", json!({"payload": {"n": name}, "priority": p})).await;
     }
@@ -66,7 +74,12 @@ async fn priority_order_then_fifo_within_a_priority() {
     for i in 0..5 {
         enqueue(&app, "batch", json!({"payload": i})).await;
     }
-    let got = lease(&app, "batch", json!({"worker": "w", "lease_ms": 1000, "max_tasks": 3})).await;
+    let got = lease(
+        &app,
+        "batch",
+        json!({"worker": "w", "lease_ms": 1000, "max_tasks": 3}),
+    )
+    .await;
     let payloads: Vec<&Value> = got.iter().map(|t| &t["payload"]).collect();
     assert_eq!(payloads, [&json!(0), &json!(1), &json!(2)]);
 }
@@ -80,14 +93,24 @@ async fn delayed_tasks_start_no_earlier_than_run_at() {
     let run_at = humantime::parse_rfc3339_weak(t["run_at"].as_str().unwrap()).unwrap();
     assert!(lease_one(&app, "later").await.is_none(), "leased before run_at");
     // A long-poll sleeps until the task is due and returns it then, not before.
-    let got = lease(&app, "later", json!({"worker": "w", "lease_ms": 1000, "wait_ms": 5000})).await;
+    let got = lease(
+        &app,
+        "later",
+        json!({"worker": "w", "lease_ms": 1000, "wait_ms": 5000}),
+    )
+    .await;
     assert_eq!(got.len(), 1);
     assert!(std::time::SystemTime::now() >= run_at);
     assert!(t0.elapsed() >= Duration::from_millis(600));
     assert!(t0.elapsed() < Duration::from_millis(3000), "{:?}", t0.elapsed());
     // run_at as RFC 3339 and as unix ms; both with delay_ms is refused.
     let soon = std::time::SystemTime::now() + Duration::from_millis(300);
-    let t = enqueue(&app, "later", json!({"run_at": humantime::format_rfc3339_millis(soon).to_string()})).await;
+    let t = enqueue(
+        &app,
+        "later",
+        json!({"run_at": humantime::format_rfc3339_millis(soon).to_string()}),
+    )
+    .await;
     assert_eq!(t["state"], "delayed");
     let ms = soon.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let t = enqueue(&app, "later", json!({"run_at": ms})).await;
@@ -112,7 +135,12 @@ async fn failures_back_off_doubling_then_dead_letter_and_retry_from_it() {
     let mut gaps = Vec::new();
     let mut failed_at = Instant::now();
     for attempt in 1..=3 {
-        let t = lease(&app, "flaky", json!({"worker": "w", "lease_ms": 5000, "wait_ms": 5000})).await;
+        let t = lease(
+            &app,
+            "flaky",
+            json!({"worker": "w", "lease_ms": 5000, "wait_ms": 5000}),
+        )
+        .await;
         assert_eq!(t.len(), 1, "attempt {attempt}");
         if attempt > 1 {
             gaps.push(failed_at.elapsed());
@@ -139,9 +167,14 @@ async fn failures_back_off_doubling_then_dead_letter_and_retry_from_it() {
     assert_eq!(dead["items"][0]["last_error"], "boom 3");
     assert_eq!(dead["items"][0]["attempts"], 3);
     let stats = app.get("/v1/queues/flaky").await.json();
-    assert_eq!((stats["dead"].as_u64(), stats["failed_total"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (stats["dead"].as_u64(), stats["failed_total"].as_u64()),
+        (Some(1), Some(3))
+    );
     // Retry from the dead-letter list: ready again with fresh attempts; then it succeeds.
-    let r = app.post(&format!("/v1/queues/flaky/dead/{id}/retry"), json!({})).await;
+    let r = app
+        .post(&format!("/v1/queues/flaky/dead/{id}/retry"), json!({}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "ready");
     app.post(&format!("/v1/queues/flaky/dead/{id}/retry"), json!({}))
@@ -169,9 +202,17 @@ async fn failures_back_off_doubling_then_dead_letter_and_retry_from_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_returns_the_same_task() {
     let app = TestApp::start().await;
-    let first = enqueue(&app, "idem", json!({"payload": {"v": 1}, "idempotency_key": "order-42"})).await;
+    let first = enqueue(
+        &app,
+        "idem",
+        json!({"payload": {"v": 1}, "idempotency_key": "order-42"}),
+    )
+    .await;
     let again = app
-        .post("/v1/queues/idem/tasks", json!({"payload": {"v": 2}, "idempotency_key": "order-42"}))
+        .post(
+            "/v1/queues/idem/tasks",
+            json!({"payload": {"v": 2}, "idempotency_key": "order-42"}),
+        )
         .await;
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["id"], first["id"]);
@@ -181,6 +222,28 @@ async fn idempotency_key_returns_the_same_task() {
     let stats = app.get("/v1/queues/idem").await.json();
     assert_eq!(stats["ready"], 2);
     assert_eq!(stats["enqueued_total"], 2);
+    // Retention: a completed task (and its result) is readable until retention_ms has passed,
+    // then removed, and its idempotency key can be used again.
+    let t = enqueue(
+        &app,
+        "ret",
+        json!({"payload": 1, "retention_ms": 300, "idempotency_key": "k"}),
+    )
+    .await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let l = lease_one(&app, "ret").await.unwrap();
+    assert_eq!(ack(&app, "ret", &l, json!({"answer": 42})).await.status, 200);
+    let got = app.get(&format!("/v1/queues/ret/tasks/{id}")).await.json();
+    assert_eq!(got["result"], json!({"answer": 42}));
+    assert!(got["finished_at"].is_string());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get(&format!("/v1/queues/ret/tasks/{id}")).await.status != 404 {
+        assert!(Instant::now() < deadline, "completed task outlived its retention");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = enqueue(&app, "ret", json!({"payload": 2, "idempotency_key": "k"})).await;
+    assert_ne!(again["id"], id.as_str());
+    assert_eq!(app.get("/v1/queues/ret").await.json()["completed"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +254,12 @@ async fn long_poll_returns_as_soon_as_a_task_is_enqueued() {
         let a = app.clone();
         let poll = tokio::spawn(async move {
             let t0 = Instant::now();
-            let got = lease(&a, "wake", json!({"worker": "w", "lease_ms": 60000, "wait_ms": 20000})).await;
+            let got = lease(
+                &a,
+                "wake",
+                json!({"worker": "w", "lease_ms": 60000, "wait_ms": 20000}),
+            )
+            .await;
             (got, Instant::now(), t0)
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -200,7 +268,10 @@ async fn long_poll_returns_as_soon_as_a_task_is_enqueued() {
         let (got, returned, started) = poll.await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["payload"], i);
-        assert!(returned - started >= Duration::from_millis(250), "returned before the enqueue");
+        assert!(
+            returned - started >= Duration::from_millis(250),
+            "returned before the enqueue"
+        );
         delays.push(returned.saturating_duration_since(enqueued));
     }
     delays.sort();
@@ -209,7 +280,12 @@ async fn long_poll_returns_as_soon_as_a_task_is_enqueued() {
     assert!(delays[2] < Duration::from_millis(50), "{delays:?}");
     // An empty long-poll ends after wait_ms with no tasks.
     let t0 = Instant::now();
-    let got = lease(&app, "empty", json!({"worker": "w", "lease_ms": 1000, "wait_ms": 300})).await;
+    let got = lease(
+        &app,
+        "empty",
+        json!({"worker": "w", "lease_ms": 1000, "wait_ms": 300}),
+    )
+    .await;
     assert!(got.is_empty());
     assert!(t0.elapsed() >= Duration::from_millis(300));
 }
@@ -219,21 +295,33 @@ async fn stale_lease_tokens_are_refused_and_change_nothing() {
     let app = TestApp::start().await;
     let t = enqueue(&app, "tok", json!({"payload": 1, "max_attempts": 5})).await;
     let id = t["id"].as_str().unwrap().to_string();
-    let first = lease(&app, "tok", json!({"worker": "a", "lease_ms": 300})).await.remove(0);
+    let first = lease(&app, "tok", json!({"worker": "a", "lease_ms": 300}))
+        .await
+        .remove(0);
     // Wrong token: 409, task untouched.
     let r = app
-        .post(&format!("/v1/queues/tok/tasks/{id}/ack"), json!({"lease_token": "nope"}))
+        .post(
+            &format!("/v1/queues/tok/tasks/{id}/ack"),
+            json!({"lease_token": "nope"}),
+        )
         .await;
     r.problem(409, "lease_lost");
-    assert_eq!(app.get(&format!("/v1/queues/tok/tasks/{id}")).await.json()["state"], "leased");
+    assert_eq!(
+        app.get(&format!("/v1/queues/tok/tasks/{id}")).await.json()["state"],
+        "leased"
+    );
     // The lease expires; the task is leased again (the expired attempt counts).
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let second = lease(&app, "tok", json!({"worker": "b", "lease_ms": 30000})).await.remove(0);
+    let second = lease(&app, "tok", json!({"worker": "b", "lease_ms": 30000}))
+        .await
+        .remove(0);
     assert_eq!(second["id"], id.as_str());
     assert_eq!(second["attempts"], 2);
     assert_eq!(second["lease_owner"], "b");
     // The first worker's ack, nack and extend are all refused; the second's lease stands.
-    ack(&app, "tok", &first, json!(1)).await.problem(409, "lease_lost");
+    ack(&app, "tok", &first, json!(1))
+        .await
+        .problem(409, "lease_lost");
     let r = app
         .post(
             &format!("/v1/queues/tok/tasks/{id}/nack"),
@@ -249,8 +337,16 @@ async fn stale_lease_tokens_are_refused_and_change_nothing() {
         .await;
     r.problem(409, "lease_lost");
     let now = app.get(&format!("/v1/queues/tok/tasks/{id}")).await.json();
-    assert_eq!((now["state"].as_str(), now["lease_owner"].as_str()), (Some("leased"), Some("b")));
-    assert!(now.get("last_error").map(|e| e == "lease expired").unwrap_or(false), "{now}");
+    assert_eq!(
+        (now["state"].as_str(), now["lease_owner"].as_str()),
+        (Some("leased"), Some("b"))
+    );
+    assert!(
+        now.get("last_error")
+            .map(|e| e == "lease expired")
+            .unwrap_or(false),
+        "{now}"
+    );
     // Extend by the holder, then ack once; a second ack with the same token is refused.
     let r = app
         .post(
@@ -260,8 +356,13 @@ async fn stale_lease_tokens_are_refused_and_change_nothing() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(ack(&app, "tok", &second, json!("done")).await.status, 200);
-    ack(&app, "tok", &second, json!("again")).await.problem(409, "lease_lost");
-    assert_eq!(app.get(&format!("/v1/queues/tok/tasks/{id}")).await.json()["result"], "done");
+    ack(&app, "tok", &second, json!("again"))
+        .await
+        .problem(409, "lease_lost");
+    assert_eq!(
+        app.get(&format!("/v1/queues/tok/tasks/{id}")).await.json()["result"],
+        "done"
+    );
     // Unknown task and malformed bodies.
     app.post("/v1/queues/tok/tasks/999/ack", json!({"lease_token": "x"}))
         .await
@@ -272,9 +373,12 @@ async fn stale_lease_tokens_are_refused_and_change_nothing() {
     app.post("/v1/queues/tok/lease", json!({"worker": "w"}))
         .await
         .problem(422, "invalid_body");
-    app.post("/v1/queues/tok/lease", json!({"worker": "w", "lease_ms": 10, "max_tasks": 0}))
-        .await
-        .problem(400, "invalid_argument");
+    app.post(
+        "/v1/queues/tok/lease",
+        json!({"worker": "w", "lease_ms": 10, "max_tasks": 0}),
+    )
+    .await
+    .problem(400, "invalid_argument");
     app.post("/v1/queues/tok/tasks", json!({"priority": 10}))
         .await
         .problem(400, "invalid_argument");
@@ -288,13 +392,21 @@ async fn expired_leases_count_as_attempts_and_dead_letter_the_task() {
     let app = TestApp::start().await;
     let t = enqueue(&app, "exp", json!({"payload": 1, "max_attempts": 2})).await;
     for _ in 0..2 {
-        let got = lease(&app, "exp", json!({"worker": "w", "lease_ms": 100, "wait_ms": 3000})).await;
+        let got = lease(
+            &app,
+            "exp",
+            json!({"worker": "w", "lease_ms": 100, "wait_ms": 3000}),
+        )
+        .await;
         assert_eq!(got.len(), 1);
     }
     // Nobody acks: the idle queue's reaper dead-letters it after the second expiry.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = app.get(&format!("/v1/queues/exp/tasks/{}", t["id"].as_str().unwrap())).await.json();
+        let now = app
+            .get(&format!("/v1/queues/exp/tasks/{}", t["id"].as_str().unwrap()))
+            .await
+            .json();
         if now["state"] == "dead" {
             assert_eq!(now["last_error"], "lease expired");
             assert_eq!(now["attempts"], 2);
@@ -308,22 +420,32 @@ async fn expired_leases_count_as_attempts_and_dead_letter_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_leasing_until_resumed_and_events_report_each_state_change() {
-    use futures::StreamExt;
     let app = TestApp::start().await;
     let mut ws = crate::watch::connect(&app).await;
     crate::watch::send(&mut ws, json!({"op": "queue", "id": "q1", "queue": "pz"})).await;
     let ack_msg = crate::watch::next(&mut ws, Duration::from_secs(5)).await.unwrap();
     assert_eq!(ack_msg["type"], "progress", "{ack_msg}");
-    assert_eq!(app.post("/v1/queues/pz/pause", json!({})).await.json()["paused"], true);
+    assert_eq!(
+        app.post("/v1/queues/pz/pause", json!({})).await.json()["paused"],
+        true
+    );
     let t = enqueue(&app, "pz", json!({"payload": 1})).await;
     assert!(lease_one(&app, "pz").await.is_none(), "leased while paused");
     let a = Arc::new(app);
     let a2 = a.clone();
     let poll = tokio::spawn(async move {
-        lease(&a2, "pz", json!({"worker": "w", "lease_ms": 5000, "wait_ms": 10000})).await
+        lease(
+            &a2,
+            "pz",
+            json!({"worker": "w", "lease_ms": 5000, "wait_ms": 10000}),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(a.post("/v1/queues/pz/resume", json!({})).await.json()["paused"], false);
+    assert_eq!(
+        a.post("/v1/queues/pz/resume", json!({})).await.json()["paused"],
+        false
+    );
     let got = poll.await.unwrap();
     assert_eq!(got.len(), 1, "resume wakes the long-poll");
     assert_eq!(ack(&a, "pz", &got[0], json!(null)).await.status, 200);
@@ -338,7 +460,6 @@ async fn pause_stops_leasing_until_resumed_and_events_report_each_state_change()
         }
     }
     assert_eq!(states, ["ready", "leased", "completed"]);
-    let _ = ws.next();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +472,12 @@ async fn twenty_workers_two_thousand_tasks_some_leases_abandoned_none_lost() {
         for i in 0..100 {
             let a = app.clone();
             handles.push(tokio::spawn(async move {
-                enqueue(&a, "swarm", json!({"payload": chunk * 100 + i, "max_attempts": 20})).await
+                enqueue(
+                    &a,
+                    "swarm",
+                    json!({"payload": chunk * 100 + i, "max_attempts": 20}),
+                )
+                .await
             }));
         }
         for h in handles {
@@ -411,7 +537,10 @@ async fn twenty_workers_two_thousand_tasks_some_leases_abandoned_none_lost() {
         assert_eq!(*n, 1 + ab, "task {id}: delivered {n} times, abandoned {ab}");
         duplicates += n - 1;
     }
-    assert_eq!(duplicates, total_abandoned, "duplicates only for abandoned leases");
+    assert_eq!(
+        duplicates, total_abandoned,
+        "duplicates only for abandoned leases"
+    );
     let s = app.get("/v1/queues/swarm").await.json();
     assert_eq!(s["completed"], N as u64, "{s}");
     for k in ["ready", "delayed", "failed", "leased", "dead"] {
@@ -452,7 +581,11 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
     let port = free_port();
     let prefix = format!("kill{}", std::process::id());
     let mut child = spawn_service(port, &redis.url(), &prefix);
-    let app = Arc::new(TestApp::remote(&format!("http://127.0.0.1:{port}"), &prefix, &redis.url()));
+    let app = Arc::new(TestApp::remote(
+        &format!("http://127.0.0.1:{port}"),
+        &prefix,
+        &redis.url(),
+    ));
     wait_ready(&app).await;
 
     let accepted = Arc::new(Mutex::new(HashSet::<String>::new()));
@@ -469,7 +602,9 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
                 let body = json!({"payload": {"p": p, "i": i}, "max_attempts": 50});
                 if let Some(r) = a.try_req("POST", "/v1/queues/k/tasks", Some(body)).await {
                     if r.status == 201 {
-                        acc.lock().unwrap().insert(r.json()["id"].as_str().unwrap().to_string());
+                        acc.lock()
+                            .unwrap()
+                            .insert(r.json()["id"].as_str().unwrap().to_string());
                     }
                 } else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -483,7 +618,8 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
         tasks.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
-                let body = json!({"worker": format!("w{w}"), "lease_ms": 2000, "max_tasks": 10, "wait_ms": 500});
+                let body =
+                    json!({"worker": format!("w{w}"), "lease_ms": 2000, "max_tasks": 10, "wait_ms": 500});
                 let Some(r) = a.try_req("POST", "/v1/queues/k/lease", Some(body)).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -495,7 +631,10 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
                 for t in got {
                     let id = t["id"].as_str().unwrap().to_string();
                     let body = json!({"lease_token": t["lease_token"]});
-                    if let Some(r) = a.try_req("POST", &format!("/v1/queues/k/tasks/{id}/ack"), Some(body)).await {
+                    if let Some(r) = a
+                        .try_req("POST", &format!("/v1/queues/k/tasks/{id}/ack"), Some(body))
+                        .await
+                    {
                         if r.status == 200 {
                             done.lock().unwrap().insert(id);
                         }
@@ -530,7 +669,10 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
         // An ack may have landed in Redis although its response was lost in the kill.
         let mut really_missing = Vec::new();
         for id in &missing {
-            if let Some(r) = app.try_req("GET", &format!("/v1/queues/k/tasks/{id}"), None).await {
+            if let Some(r) = app
+                .try_req("GET", &format!("/v1/queues/k/tasks/{id}"), None)
+                .await
+            {
                 if r.status == 200 && r.json()["state"] == "completed" {
                     completed.lock().unwrap().insert(id.clone());
                     continue;
@@ -541,7 +683,12 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
         if really_missing.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "{} acknowledged tasks never completed: {:?}", really_missing.len(), &really_missing[..really_missing.len().min(10)]);
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged tasks never completed: {:?}",
+            really_missing.len(),
+            &really_missing[..really_missing.len().min(10)]
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for t in tasks {
