@@ -20,7 +20,8 @@ const EVENTS_CAPACITY: usize = 1024;
 
 /// Per-queue wakeup and event fan-out.
 pub struct QueueChan {
-    /// Woken whenever a task of the queue becomes ready (any replica).
+    /// One long-polling lease of this process is woken per task that becomes ready (any
+    /// replica); a woken lease that took a full batch wakes the next one (see the handler).
     pub ready: Notify,
     /// Task state changes as JSON (`{"id","queue","state",...}`).
     pub events: broadcast::Sender<Arc<str>>,
@@ -53,7 +54,7 @@ impl QueueHub {
     pub async fn ensure(&self, store: &Store) -> ApiResult<()> {
         self.client
             .get_or_try_init(|| async {
-                let sub = store.subscriber_client().await?;
+                let sub = store.subscriber_client_with_capacity(16_384).await?;
                 let mut rx = sub.message_rx();
                 let prefix = format!("{}:q:", store.keys().prefix());
                 let chans = self.chans.clone();
@@ -82,7 +83,7 @@ impl QueueHub {
                         };
                         let Some(text) = msg.value.as_str() else { continue };
                         if text.contains("\"state\":\"ready\"") {
-                            chan.ready.notify_waiters();
+                            chan.ready.notify_one();
                         }
                         if chan.events.receiver_count() > 0 {
                             if let Some(ev) = event_json(q, &text) {

@@ -58,6 +58,18 @@ struct Args {
     /// watch scenario: writes per second into the watched namespace.
     #[arg(long, default_value_t = 1000)]
     writes_per_sec: u64,
+    /// queue scenario: worker connections (each leases, then acks what it got).
+    #[arg(long, default_value_t = 10)]
+    workers: usize,
+    /// queue scenario: tasks to push through.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// queue scenario: producer connections (enqueue one at a time each).
+    #[arg(long, default_value_t = 16)]
+    producers: usize,
+    /// queue scenario: max_tasks per lease.
+    #[arg(long, default_value_t = 10)]
+    lease_batch: usize,
     /// The service's process id when --url is given (for its RSS in the watch scenario).
     #[arg(long)]
     service_pid: Option<u32>,
@@ -342,6 +354,10 @@ async fn main() {
                 watch_scenario(addr, &args, service_pid).await;
                 continue;
             }
+            "queue" => {
+                queue_scenario(addr, &args).await;
+                continue;
+            }
             other => panic!("unknown scenario {other}"),
         };
         // Short warm-up, then the measured run.
@@ -612,4 +628,110 @@ async fn watch_scenario(addr: SocketAddr, args: &Args, service_pid: Option<u32>)
         ),
         _ => println!("      service RSS: unknown (pass --service-pid with --url)"),
     }
+}
+
+/// One request on a keep-alive connection; returns status and body.
+async fn call(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> (u16, serde_json::Value) {
+    s.write_all(req).await.expect("write");
+    let st = read_response(s, buf).await.expect("read");
+    let body = find(buf, b"\r\n\r\n").map(|p| &buf[p + 4..]).unwrap_or(&[]);
+    (
+        st,
+        serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// W workers × T tasks end to end: producers enqueue as fast as they can while workers lease
+/// (max_tasks = --lease-batch, long-poll) and ack each task. Prints tasks/s from the first
+/// enqueue to the last ack and the enqueue-to-start latency (enqueue sent → lease returned it).
+async fn queue_scenario(addr: SocketAddr, args: &Args) {
+    let q = format!("qbench{}", std::process::id());
+    let t0 = Instant::now();
+    let total = args.tasks;
+    let producers = args.producers.max(1);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    let start = Instant::now();
+    for p in 0..producers {
+        let q = q.clone();
+        let n = total / producers + usize::from(p < total % producers);
+        handles.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).ok();
+            let mut buf = Vec::new();
+            for _ in 0..n {
+                let body = format!(r#"{{"payload":{{"t":{}}}}}"#, t0.elapsed().as_micros());
+                let (st, _) = call(
+                    &mut s,
+                    &mut buf,
+                    &request("POST", &format!("/v1/queues/{q}/tasks"), Some(&body)),
+                )
+                .await;
+                assert_eq!(st, 201, "enqueue answered {st}");
+            }
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram")
+        }));
+    }
+    for w in 0..args.workers {
+        let q = q.clone();
+        let done = done.clone();
+        let batch = args.lease_batch;
+        handles.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).ok();
+            let mut buf = Vec::new();
+            let lease = request(
+                "POST",
+                &format!("/v1/queues/{q}/lease"),
+                Some(&format!(
+                    r#"{{"worker":"w{w}","lease_ms":60000,"max_tasks":{batch},"wait_ms":200}}"#
+                )),
+            );
+            while done.load(std::sync::atomic::Ordering::Relaxed) < total {
+                let (st, body) = call(&mut s, &mut buf, &lease).await;
+                assert_eq!(st, 200, "lease answered {st}");
+                let now = t0.elapsed().as_micros() as u64;
+                let tasks = body["tasks"].as_array().cloned().unwrap_or_default();
+                for t in &tasks {
+                    let sent = t["payload"]["t"].as_u64().unwrap_or(now);
+                    let _ = hist.record(now.saturating_sub(sent).max(1));
+                }
+                for t in tasks {
+                    let id = t["id"].as_str().unwrap_or("0");
+                    let ack = format!(
+                        r#"{{"lease_token":"{}"}}"#,
+                        t["lease_token"].as_str().unwrap_or("")
+                    );
+                    let (st, _) = call(
+                        &mut s,
+                        &mut buf,
+                        &request("POST", &format!("/v1/queues/{q}/tasks/{id}/ack"), Some(&ack)),
+                    )
+                    .await;
+                    assert_eq!(st, 200, "ack answered {st}");
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    for h in handles {
+        hist.add(h.await.expect("task")).expect("merge");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "QUEUE {total} tasks, {} workers (lease batch {}), {producers} producers: {:.0} tasks/s end to end (enqueue -> lease -> ack), {:.2} s",
+        args.workers,
+        args.lease_batch,
+        total as f64 / secs,
+        secs
+    );
+    println!(
+        "      enqueue-to-start latency p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.max())
+    );
 }

@@ -249,6 +249,8 @@ pub async fn lease(
     if wait > 0 {
         st.queues.ensure(&st.store).await?;
     }
+    // A wake-up is handed on if this request goes away before using it.
+    let mut wake = PassOn(&chan.ready, false);
     let tasks = loop {
         // Armed before the lease call, so an enqueue between the call and the wait wakes us.
         let notified = chan.ready.notified();
@@ -258,6 +260,11 @@ pub async fn lease(
             .map(|_| uuid::Uuid::new_v4().simple().to_string())
             .collect();
         let r = st.store.q_lease(&q, &b.worker, &tokens, b.lease_ms).await?;
+        wake.1 = false;
+        if r.tasks.len() == max as usize && wait > 0 {
+            // One waiter is woken per ready task; a full batch may have left more behind.
+            chan.ready.notify_one();
+        }
         let now = tokio::time::Instant::now();
         if !r.tasks.is_empty() || now >= deadline {
             break r.tasks;
@@ -269,13 +276,24 @@ pub async fn lease(
             until = until.min(now + Duration::from_millis(in_ms));
         }
         tokio::select! {
-            _ = &mut notified => {}
+            _ = &mut notified => wake.1 = true,
             _ = tokio::time::sleep_until(until) => {}
         }
     };
     metrics::histogram!("queue_lease_wait_seconds", "queue" => q.clone())
         .record(started.elapsed().as_secs_f64());
     Ok(json_response(StatusCode::OK, &LeaseResult { tasks }))
+}
+
+/// Hands a consumed wake-up on to the next waiter when dropped while still holding it.
+struct PassOn<'a>(&'a tokio::sync::Notify, bool);
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.notify_one();
+        }
+    }
 }
 
 /// Complete a leased task.

@@ -122,7 +122,16 @@ impl Store {
 
     /// A subscriber connection that re-subscribes by itself after reconnecting.
     pub async fn subscriber_client(&self) -> ApiResult<fred::clients::SubscriberClient> {
+        self.subscriber_client_with_capacity(1024).await
+    }
+
+    /// The same with `capacity` messages buffered before a slow dispatcher loses some.
+    pub async fn subscriber_client_with_capacity(
+        &self,
+        capacity: usize,
+    ) -> ApiResult<fred::clients::SubscriberClient> {
         let sub = Builder::from_config(self.inner.fred_cfg.clone())
+            .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
             .build_subscriber_client()
             .map_err(|e| map_redis_error("connect", e))?;
