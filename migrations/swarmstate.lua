@@ -86,6 +86,18 @@ local function reconcile_missing(ctx, key, hkey, kind)
   return true
 end
 
+-- The record at `ekey`, or false. A value of another Redis type there can only have been
+-- written by another client: it is removed and recorded as an `external` change.
+local function get_rec(ctx, key, ekey, hkey)
+  local v = redis.pcall('GET', ekey)
+  if type(v) == 'table' and v.err then
+    redis.call('DEL', ekey)
+    reconcile_missing(ctx, key, hkey, 'external')
+    return false
+  end
+  return v
+end
+
 local function reconcile(ctx, key, ekey, hkey)
   if redis.call('EXISTS', ekey) == 1 then return false end
   return reconcile_missing(ctx, key, hkey)
@@ -116,10 +128,12 @@ end
 -- ttl: nil = no TTL, -1 = keep the current expiry, n > 0 = expire n ms from now.
 -- Returns {'ok', ver, crev, mrev, ct, ut, exp|'' , created} or {'version_mismatch', current}.
 local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
-  local old = redis.call('GET', ekey)
+  local old = get_rec(ctx, key, ekey, hkey)
   local h = nil
   if old then h = head_of(old) end
-  if not h then reconcile_missing(ctx, key, hkey) end
+  -- Not a record (another client's value) is an external change; missing while indexed is an
+  -- expiry or an eviction (or a DEL the relay did not see).
+  if not h then reconcile_missing(ctx, key, hkey, old and 'external' or nil) end
   local ver = h and h.ver
   if expect ~= nil then
     if (expect == 0 and ver) or (expect == -1 and not ver) or (expect > 0 and ver ~= expect) then
@@ -176,7 +190,7 @@ end
 
 -- Returns {'ok', revision, deleted_version} | {'not_found'} | {'version_mismatch', current}.
 local function delete_core(ctx, key, ekey, hkey, expect)
-  local ver = version_of(ekey)
+  local ver = get_rec(ctx, key, ekey, hkey) and version_of(ekey)
   if not ver then
     reconcile_missing(ctx, key, hkey)
     return {'not_found'}
@@ -221,10 +235,10 @@ local function kv_rollback(keys, args)
   local ctx = ctx_new(keys, args)
   local key, ekey, hkey = args[5], keys[6], keys[7]
   local want = tonumber(args[6])
-  local cur = redis.call('GET', ekey)
+  local cur = get_rec(ctx, key, ekey, hkey)
   local h = cur and head_of(cur)
   if not h then
-    reconcile_missing(ctx, key, hkey)
+    reconcile_missing(ctx, key, hkey, cur and 'external' or nil)
     return {'not_found'}
   end
   local rec = cur
@@ -246,7 +260,7 @@ local function kv_incr(keys, args)
   local ctx = ctx_new(keys, args)
   local key, ekey, hkey = args[5], keys[6], keys[7]
   local by = tonumber(args[6])
-  local cur = redis.call('GET', ekey)
+  local cur = get_rec(ctx, key, ekey, hkey)
   local h = cur and head_of(cur)
   local n, meta, ttl
   if h then
@@ -391,7 +405,7 @@ local function kv_txn(keys, args)
     local ki, kind, arg = tonumber(args[p]), args[p + 1], args[p + 2]
     p = p + 3
     if ok then
-      local cur = redis.call('GET', ek(ki))
+      local cur = get_rec(ctx, names[ki], ek(ki), hk(ki))
       local h = cur and head_of(cur)
       local ver = h and h.ver or 0
       if kind == 'version' then
@@ -432,7 +446,7 @@ local function kv_txn(keys, args)
       local r = delete_core(ctx, names[ki], ek(ki), hk(ki), nil)
       if r[1] == 'ok' then results[i] = {'delete', 1} else results[i] = {'delete', 0} end
     else
-      results[i] = {'get', redis.call('GET', ek(ki))}
+      results[i] = {'get', get_rec(ctx, names[ki], ek(ki), hk(ki))}
     end
   end
   local rev = tonumber(redis.call('HGET', ctx.meta, 'rev') or '0')

@@ -108,8 +108,8 @@ pub fn hint_of(event: &str) -> Option<&'static str> {
         "expired" => "expired",
         "evicted" => "evicted",
         "del" | "rename_from" | "move_from" => "gone",
-        "set" | "append" | "setrange" | "incrby" | "decrby" | "incrbyfloat" | "rename_to" | "copy_to"
-        | "restore" | "move_to" | "new" => "written",
+        "set" | "append" | "setrange" | "setbit" | "pfadd" | "incrby" | "decrby" | "incrbyfloat"
+        | "rename_to" | "copy_to" | "restore" | "move_to" | "new" => "written",
         _ => return None,
     })
 }
@@ -210,7 +210,8 @@ async fn ensure_flags(store: &Store) -> Result<Vec<String>, String> {
         };
         let refused = |e: fred::error::Error| {
             format!(
-                "cannot read or set notify-keyspace-events (the relay needs `{NEEDED_FLAGS}`; set it on the Redis server): {}",
+                "cannot read or set notify-keyspace-events, so the relay cannot verify it gets notifications \
+                 (if the server's setting includes `{NEEDED_FLAGS}` it works; else set it there): {}",
                 e.details()
             )
         };

@@ -22,8 +22,11 @@ use crate::store::Store;
 
 /// Live events buffered per namespace before a slow watcher must re-read from Redis.
 const BROADCAST_CAPACITY: usize = 4096;
-/// Entries per XRANGE page when replaying.
-const REPLAY_PAGE: u64 = 500;
+/// Entries per XRANGE page when replaying (a page is held in memory before its frames are
+/// queued against the socket's byte budget, so it is kept small).
+const REPLAY_PAGE: u64 = 64;
+/// Namespaces tailed at once by one process (each reader holds a Redis connection).
+pub const MAX_READERS: usize = 512;
 
 /// One change from the log, as sent to watchers.
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +112,17 @@ impl Hub {
             if tx.receiver_count() > 0 {
                 return Ok(tx.subscribe());
             }
+        }
+        let readers = self
+            .feeds
+            .lock()
+            .map(|f| f.values().filter(|t| t.receiver_count() > 0).count())
+            .unwrap_or(0);
+        if readers >= MAX_READERS {
+            return Err(crate::error::ApiError::bad_request(format!(
+                "this service process already watches {MAX_READERS} namespaces (one Redis connection each); \
+                 watch fewer or spread watchers over replicas"
+            )));
         }
         // New reader: it starts after the log's current last entry, and the first receiver
         // exists before it runs, so nothing written after this call can be missed.
@@ -227,7 +241,7 @@ pub async fn replay_page(store: &Store, ns: &str, from: u64) -> ApiResult<Replay
                 "xrange",
                 store.client().xrange_values(
                     nk.log.clone(),
-                    format!("0-{}", from + 1),
+                    format!("0-{}", from.saturating_add(1)),
                     "+",
                     Some(REPLAY_PAGE),
                 ),
@@ -257,7 +271,7 @@ pub async fn replay_page(store: &Store, ns: &str, from: u64) -> ApiResult<Replay
         .first()
         .and_then(|(id, _)| id.strip_prefix("0-")?.parse::<u64>().ok());
     if let Some(r) = first_rev {
-        if r > from + 1 {
+        if r > from.saturating_add(1) {
             return Ok(Replay::Compacted(r));
         }
     }

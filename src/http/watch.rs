@@ -76,12 +76,13 @@ enum ClientOp {
 )]
 pub async fn watch_socket(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
     // Small eager read buffer (it is allocated per socket up front; client frames are small
-    // and it grows for larger ones); frames are batched up to 64 KiB before a write.
+    // and it grows for larger ones); frames are batched up to 64 KiB before a write. The
+    // write buffer itself is not capped here: what can be queued is (SEND_QUEUE_BYTES), and a
+    // cap below the largest frame (a value up to body_limit_bytes) would kill the socket.
     ws.max_frame_size(MAX_FRAME)
         .max_message_size(MAX_FRAME)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(1024 * 1024)
         .on_upgrade(move |socket| run(st, socket))
 }
 
@@ -93,7 +94,10 @@ async fn run(st: AppState, socket: WebSocket) {
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Ctrl>(4);
     let queued = Arc::new(AtomicUsize::new(0));
     let writer_queued = queued.clone();
+    // Dropped when the writer ends (socket closed by us, or a write failed).
+    let (writer_alive, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
     let mut writer = tokio::spawn(async move {
+        let _alive = writer_alive;
         loop {
             tokio::select! {
                 biased;
@@ -163,6 +167,11 @@ async fn run(st: AppState, socket: WebSocket) {
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
+            _ = &mut writer_gone => {
+                // The writer ended: it closed the socket (4008, 4001) or a write failed.
+                server_closing = true;
+                break;
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() >= ping_every * 3 {
                     let _ = ctrl_tx.try_send(Ctrl::Idle);
@@ -389,7 +398,10 @@ impl Sender {
     /// connection is going away.
     fn frame(&self, text: String) -> bool {
         let len = text.len();
-        if self.queued.fetch_add(len, Ordering::Relaxed) + len > SEND_QUEUE_BYTES {
+        // A frame larger than the whole budget still goes out when nothing else is queued, so
+        // one big value cannot make a watch impossible to resume.
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > SEND_QUEUE_BYTES {
             self.queued.fetch_sub(len, Ordering::Relaxed);
             let _ = self.slow.try_send(());
             return false;
@@ -491,7 +503,7 @@ async fn run_watch(st: AppState, spec: WatchSpec, out: Sender) {
                 if e.revision <= last {
                     continue;
                 }
-                if e.revision > last + 1 {
+                if e.revision > last.saturating_add(1) {
                     // A revision between the last sent and this one never reached the
                     // broadcast (reader restarted): read it from the log.
                     if !catch_up(&st, &spec, &out, &mut last).await {

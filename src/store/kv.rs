@@ -257,8 +257,19 @@ impl Store {
     /// The current entry, or `None`.
     pub async fn kv_get(&self, ns: &str, key: &str) -> ApiResult<Option<Entry>> {
         let ekey = self.keys().ns(ns).entry(key);
-        let rec: Option<String> = self.timed("get", self.client().get(ekey)).await?;
-        Ok(rec.and_then(|r| Entry::from_record(ns, key, &r, true)))
+        // Something another client wrote there (another type, bytes that are not a record)
+        // reads as absent until the relay or the next write deals with it.
+        let rec: Option<Vec<u8>> = self
+            .timed("get", async {
+                match self.client().get::<Option<Vec<u8>>, _>(ekey).await {
+                    Err(e) if e.details().starts_with("WRONGTYPE") => Ok(None),
+                    r => r,
+                }
+            })
+            .await?;
+        Ok(rec
+            .and_then(|r| String::from_utf8(r).ok())
+            .and_then(|r| Entry::from_record(ns, key, &r, true)))
     }
 
     /// Accounted sizes (key + value + metadata bytes) of `keys`; 0 for absent keys.

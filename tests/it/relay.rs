@@ -307,3 +307,83 @@ async fn without_config_access_status_says_so_and_expiries_still_arrive() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_values_found_by_api_writes_are_external_never_a_500() {
+    // Relay off: the API's own writes must still classify what they find.
+    let mut cfg = test_config(&crate::common::shared_redis_url());
+    cfg.keyspace_relay = false;
+    let app = TestApp::with_config(cfg).await;
+    let url = app.redis_url.clone();
+    let ekey = |k: &str| format!("{}:{{fx}}:e:{k}", app.prefix);
+    app.put("/v1/ns/fx/kv/a", json!({"value": 1})).await;
+    app.put("/v1/ns/fx/kv/h", json!({"value": 1})).await;
+    // A plain string over a record, then a write through the API.
+    redis_cli(&url, &["SET", &ekey("a"), "raw"]);
+    assert_eq!(app.put("/v1/ns/fx/kv/a", json!({"value": 2})).await.status, 201);
+    // Another Redis type at an entry key: reads as absent, writes replace it.
+    redis_cli(&url, &["DEL", &ekey("h")]);
+    redis_cli(&url, &["HSET", &ekey("h"), "f", "v"]);
+    app.get("/v1/ns/fx/kv/h").await.problem(404, "not_found");
+    let r = app.put("/v1/ns/fx/kv/h", json!({"value": 3})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(app.get("/v1/ns/fx/kv/h").await.json()["value"], 3);
+    redis_cli(&url, &["DEL", &ekey("h")]);
+    redis_cli(&url, &["RPUSH", &ekey("h"), "x"]);
+    assert_eq!(app.delete("/v1/ns/fx/kv/h").await.status, 404);
+    let r = app
+        .post("/v1/ns/fx/txn", json!({"compare": [{"key": "h", "exists": false}], "success": [{"op": "put", "key": "h", "value": 4}]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The log: put a, put h, external a (found by the PUT), put a, external h (the hash found
+    // by the PUT), put h, external h (the list found by the DELETE), put h (txn).
+    let r = app.redis().await;
+    let log: Vec<(String, std::collections::HashMap<String, String>)> = r
+        .xrange(format!("{}:{{fx}}:log", app.prefix), "-", "+", None)
+        .await
+        .unwrap();
+    let kinds: Vec<String> = log
+        .iter()
+        .map(|(_, f)| format!("{} {}", f["k"], f["key"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "put a",
+            "put h",
+            "external a",
+            "put a",
+            "external h",
+            "put h",
+            "external h",
+            "put h"
+        ],
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_near_the_body_limit_reaches_watchers_and_resumes() {
+    let app = TestApp::start().await;
+    let mut ws = watch(&app, "big").await;
+    // A 1 MiB body with a string value just under it: the event frame is over 1 MiB.
+    let value = "x".repeat(1024 * 1024 - 64);
+    let r = app.put("/v1/ns/big/kv/k", json!({"value": value})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    app.put("/v1/ns/big/kv/after", json!({"value": 1})).await;
+    let e = event(&mut ws).await;
+    assert_eq!(
+        (e["key"].as_str(), e["value"].as_str().map(str::len)),
+        (Some("k"), Some(value.len()))
+    );
+    assert_eq!(event(&mut ws).await["key"], "after");
+    // And from the start again on a new socket.
+    let mut ws = connect(&app).await;
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "w", "namespace": "big", "from_revision": 0}),
+    )
+    .await;
+    assert_eq!(event(&mut ws).await["revision"], 1);
+    assert_eq!(event(&mut ws).await["revision"], 2);
+}
