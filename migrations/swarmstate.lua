@@ -289,7 +289,19 @@ end
 -- Returns 1 when an event was recorded, 0 otherwise.
 local function kv_forget(keys, args)
   local ctx = ctx_new(keys, args)
-  if reconcile(ctx, args[5], keys[6], keys[7]) then return 1 end
+  local key, ekey = args[5], keys[6]
+  if redis.call('EXISTS', ekey) == 1 then
+    -- Due but still there: another client changed its TTL (PERSIST, EXPIRE). Track the real
+    -- expiry so the reconciler does not come back for it every second.
+    local pt = redis.call('PTTL', ekey)
+    if pt < 0 then
+      redis.call('ZREM', ctx.ttl, key)
+    else
+      redis.call('ZADD', ctx.ttl, ctx.now + pt, key)
+    end
+    return 0
+  end
+  if reconcile_missing(ctx, key, keys[7]) then return 1 end
   return 0
 end
 
@@ -489,10 +501,13 @@ local function q_emit(c, id)
   redis.call('PUBLISH', c.channel, cjson.encode(ev))
 end
 
-local function q_make_ready(c, id)
+local function q_make_ready(c, id, prio, seq)
   local tk = c.tprefix .. id
-  local f = redis.call('HMGET', tk, 'priority', 'seq')
-  redis.call('ZADD', c.ready, tonumber(f[1]) * Q_SHIFT + tonumber(f[2]), id)
+  if not prio then
+    local f = redis.call('HMGET', tk, 'priority', 'seq')
+    prio, seq = tonumber(f[1]), tonumber(f[2])
+  end
+  redis.call('ZADD', c.ready, prio * Q_SHIFT + seq, id)
   redis.call('ZADD', c.age, c.now, id)
   redis.call('HSET', tk, 'state', 'ready', 'lease_owner', '', 'lease_token', '', 'leased_until', '')
 end
@@ -530,9 +545,9 @@ local function q_expire_lease(c, id)
   q_emit(c, id)
 end
 
--- Promote due delayed / retry tasks, reclaim expired leases, drop tasks past their retention.
--- Returns how many tasks became ready.
-local function q_promote(c, limit)
+-- Promote due delayed / retry tasks, reclaim expired leases, and (with `retention`) drop
+-- tasks past their retention. Returns how many tasks became ready.
+local function q_promote(c, limit, retention)
   local n = 0
   for _, z in ipairs({c.delayed, c.retry}) do
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', c.now, 'LIMIT', 0, limit)) do
@@ -546,10 +561,12 @@ local function q_promote(c, limit)
     q_expire_lease(c, id)
     n = n + 1
   end
-  for _, z in ipairs({c.completed, c.dead}) do
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', c.now, 'LIMIT', 0, limit)) do
-      redis.call('ZREM', z, id)
-      q_remove(c, id)
+  if retention then
+    for _, z in ipairs({c.completed, c.dead}) do
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', c.now, 'LIMIT', 0, limit)) do
+        redis.call('ZREM', z, id)
+        q_remove(c, id)
+      end
     end
   end
   return n
@@ -595,7 +612,7 @@ local function q_enqueue(keys, args)
     redis.call('HSET', tk, 'state', 'delayed')
     redis.call('ZADD', c.delayed, run_at, id)
   else
-    q_make_ready(c, id)
+    q_make_ready(c, id, tonumber(args[4]), seq)
   end
   if idem ~= '' then redis.call('HSET', c.idem, idem, id) end
   redis.call('HINCRBY', c.meta, 'enqueued', 1)
@@ -607,7 +624,7 @@ end
 -- Returns {{task fields}...}, next due time ('' = none), paused 0|1
 local function q_lease(keys, args)
   local c = q_ctx(keys, args)
-  q_promote(c, 1000)
+  q_promote(c, 1000, false)
   local out = {}
   local paused = redis.call('HGET', c.meta, 'paused') == '1'
   if not paused then
@@ -626,7 +643,9 @@ local function q_lease(keys, args)
       out[#out + 1] = redis.call('HGETALL', tk)
     end
   end
-  local due = q_next_due(c)
+  -- When nothing was handed out, the caller sleeps until the next task is due.
+  local due = nil
+  if #out == 0 then due = q_next_due(c) end
   return {out, due and fmt(due) or '', paused and 1 or 0}
 end
 
@@ -702,7 +721,7 @@ end
 
 -- ARGV: prefix, channel. Background upkeep; returns tasks made ready.
 local function q_reap(keys, args)
-  return q_promote(q_ctx(keys, args), 1000)
+  return q_promote(q_ctx(keys, args), 1000, true)
 end
 
 -- ARGV: prefix, channel, id. A dead task back to ready with its attempts reset.

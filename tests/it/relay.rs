@@ -387,3 +387,17 @@ async fn a_value_near_the_body_limit_reaches_watchers_and_resumes() {
     assert_eq!(event(&mut ws).await["revision"], 1);
     assert_eq!(event(&mut ws).await["revision"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_removed_by_another_client_is_no_longer_reconciled() {
+    let app = TestApp::start().await;
+    app.put("/v1/ns/pz/kv/k", json!({"value": 1, "ttl_ms": 400}))
+        .await;
+    let ekey = format!("{}:{{pz}}:e:k", app.prefix);
+    redis_cli(&app.redis_url, &["PERSIST", &ekey]);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // Still there, and no longer in the expiry index the reconciler scans every second.
+    assert_eq!(app.get("/v1/ns/pz/kv/k").await.json()["value"], 1);
+    let ttl_index = format!("{}:{{pz}}:ttl", app.prefix);
+    assert_eq!(redis_cli(&app.redis_url, &["ZCARD", &ttl_index]), "0");
+}
