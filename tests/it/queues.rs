@@ -702,3 +702,37 @@ async fn service_killed_mid_run_every_acknowledged_enqueue_still_completes() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_events_as_sse_and_queue_metrics() {
+    let app = TestApp::start().await;
+    let (status, mut body) = app.stream("/v1/queues/sq/events", &[]).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = enqueue(&app, "sq", json!({"payload": "p"})).await;
+    let l = lease_one(&app, "sq").await.unwrap();
+    assert_eq!(ack(&app, "sq", &l, json!(1)).await.status, 200);
+    let events = crate::watch::sse_events(&mut body, 3, Duration::from_secs(5)).await;
+    let states: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.1 == "task")
+        .map(|e| (e.2["id"].as_str().unwrap(), e.2["state"].as_str().unwrap()))
+        .collect();
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(states, [(id, "ready"), (id, "leased"), (id, "completed")]);
+    // The reaper refreshes the queue gauges and totals within a second or so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = app.get("/metrics").await.text();
+        let has = |needle: &str| m.lines().any(|l| l.starts_with(needle));
+        if has(r#"queue_tasks{queue="sq",state="completed"} 1"#)
+            && has(r#"queue_tasks_completed_total{queue="sq"} 1"#)
+            && has(r#"queue_tasks_enqueued_total{queue="sq"} 1"#)
+            && has(r#"queue_lease_wait_seconds_count{queue="sq"}"#)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queue metrics missing:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -314,7 +314,7 @@ async fn a_consumer_that_never_reads_is_closed_with_4008() {
 
 /// Read SSE events (id, event, data) from a body until `want` events named like a change
 /// kind have arrived or `wait` passes without data.
-async fn sse_events(
+pub async fn sse_events(
     body: &mut hyper::body::Incoming,
     want: usize,
     wait: Duration,
@@ -341,7 +341,7 @@ async fn sse_events(
         }
         if out
             .iter()
-            .filter(|e| ["put", "delete", "expire", "evict"].contains(&e.1.as_str()))
+            .filter(|e| ["put", "delete", "expire", "evict", "external", "task"].contains(&e.1.as_str()))
             .count()
             >= want
         {
