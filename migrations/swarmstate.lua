@@ -24,7 +24,7 @@ ARGV[1..4] = log_maxlen, history_versions, agent id ('' = none), change reason (
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '3'
+local LIBRARY_VERSION = '4'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -484,6 +484,7 @@ Functions take KEYS = the nine keys above and ARGV[1] = task key prefix, ARGV[2]
 ]]
 
 local Q_SHIFT = 562949953421312 -- 2^49: priorities 0..9 times this plus a sequence stay below 2^53
+local Q_MAX_DELAY = 86400000 -- longest retry delay: one day
 
 local function q_ctx(keys, args)
   return {meta = keys[1], ready = keys[2], age = keys[3], delayed = keys[4], retry = keys[5],
@@ -548,7 +549,7 @@ end
 -- Promote due delayed / retry tasks, reclaim expired leases, and (with `retention`) drop
 -- tasks past their retention. Returns how many tasks became ready.
 local function q_promote(c, limit, retention)
-  local n = 0
+  local n, cleaned = 0, 0
   for _, z in ipairs({c.delayed, c.retry}) do
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', c.now, 'LIMIT', 0, limit)) do
       redis.call('ZREM', z, id)
@@ -566,10 +567,11 @@ local function q_promote(c, limit, retention)
       for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', c.now, 'LIMIT', 0, limit)) do
         redis.call('ZREM', z, id)
         q_remove(c, id)
+        cleaned = cleaned + 1
       end
     end
   end
-  return n
+  return n, cleaned
 end
 
 local function q_next_due(c)
@@ -644,9 +646,10 @@ local function q_lease(keys, args)
     end
   end
   -- When nothing was handed out, the caller sleeps until the next task is due.
+  -- (as ms from now on Redis' clock, so the service's own clock does not matter).
   local due = nil
   if #out == 0 then due = q_next_due(c) end
-  return {out, due and fmt(due) or '', paused and 1 or 0}
+  return {out, due and fmt(math.max(due - c.now, 0)) or '', paused and 1 or 0}
 end
 
 -- Check a lease token. Returns the task key, or an error reply table.
@@ -695,6 +698,8 @@ local function q_nack(keys, args)
     else
       delay = tonumber(f[3]) * (2 ^ (attempts - 1))
     end
+    -- Doubling without a cap would park a task for years after a few dozen failures.
+    if delay > Q_MAX_DELAY then delay = Q_MAX_DELAY end
     if delay <= 0 then
       q_make_ready(c, id)
     else
@@ -720,8 +725,10 @@ local function q_extend(keys, args)
 end
 
 -- ARGV: prefix, channel. Background upkeep; returns tasks made ready.
+-- Returns {made ready, removed by retention}; the caller calls again while either is 1000.
 local function q_reap(keys, args)
-  return q_promote(q_ctx(keys, args), 1000, true)
+  local n, cleaned = q_promote(q_ctx(keys, args), 1000, true)
+  return {n, cleaned}
 end
 
 -- ARGV: prefix, channel, id. A dead task back to ready with its attempts reset.
@@ -778,6 +785,47 @@ local function q_dead_list(keys, args)
   return {out, redis.call('ZCARD', c.dead)}
 end
 
+--[[ Locks. Per namespace (same `{ns}` slot as its data, so a write can check a fencing token
+atomically): lock:<name> hash {owner, token, fencing, acquired_at, expires_at} with PEXPIREAT,
+and the `fence` hash: name -> last fencing token granted (never expires, so tokens keep
+increasing across expiries and restarts). A release PUBLISHes on ARGV channel to wake waiters.
+]]
+
+-- KEYS: lock, fence; ARGV: name, owner, token, ttl_ms
+-- Returns {'ok', fencing, expires_at} | {'held', owner, expires_at}
+local function lock_acquire(keys, args)
+  local now = now_ms()
+  local cur = redis.call('HMGET', keys[1], 'owner', 'expires_at')
+  if cur[1] then return {'held', cur[1], cur[2]} end
+  local f = redis.call('HINCRBY', keys[2], args[1], 1)
+  local exp = now + tonumber(args[4])
+  redis.call('HSET', keys[1], 'owner', args[2], 'token', args[3], 'fencing', f,
+             'acquired_at', now, 'expires_at', exp)
+  redis.call('PEXPIREAT', keys[1], exp)
+  return {'ok', f, exp}
+end
+
+-- KEYS: lock; ARGV: token, ttl_ms. Returns {'ok', fencing, expires_at} | {'none'} | {'held', owner}
+local function lock_renew(keys, args)
+  local cur = redis.call('HMGET', keys[1], 'token', 'owner', 'fencing')
+  if not cur[1] then return {'none'} end
+  if cur[1] ~= args[1] then return {'held', cur[2]} end
+  local exp = now_ms() + tonumber(args[2])
+  redis.call('HSET', keys[1], 'expires_at', exp)
+  redis.call('PEXPIREAT', keys[1], exp)
+  return {'ok', tonumber(cur[3]), exp}
+end
+
+-- KEYS: lock; ARGV: token, channel. Returns {'ok'} | {'none'} | {'held', owner}
+local function lock_release(keys, args)
+  local cur = redis.call('HMGET', keys[1], 'token', 'owner')
+  if not cur[1] then return {'none'} end
+  if cur[1] ~= args[1] then return {'held', cur[2]} end
+  redis.call('DEL', keys[1])
+  redis.call('PUBLISH', args[2], 'released')
+  return {'ok'}
+end
+
 local function swarmstate_version()
   return LIBRARY_VERSION
 end
@@ -800,5 +848,8 @@ redis.register_function('q_reap', q_reap)
 redis.register_function('q_retry_dead', q_retry_dead)
 redis.register_function('q_purge_dead', q_purge_dead)
 redis.register_function('q_pause', q_pause)
+redis.register_function('lock_acquire', lock_acquire)
+redis.register_function('lock_renew', lock_renew)
+redis.register_function('lock_release', lock_release)
 redis.register_function{function_name = 'q_stats', callback = q_stats, flags = {'no-writes'}}
 redis.register_function{function_name = 'q_dead_list', callback = q_dead_list, flags = {'no-writes'}}

@@ -30,6 +30,8 @@ pub struct AppState {
     pub hub: Arc<crate::watch::Hub>,
     /// Pub/sub subscriptions shared by all sockets of this process.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// Lock-release wake-ups shared by all requests of this process.
+    pub wakeups: Arc<crate::wake::Wakeups>,
     /// Queue wakeups and task events shared by all requests of this process.
     pub queues: Arc<crate::queues::QueueHub>,
     /// Keyspace-notification relay (status for /v1/status).
@@ -83,6 +85,7 @@ impl Server {
             pubsub: Arc::new(crate::pubsub::PubSub::default()),
             relay: Arc::new(crate::relay::Relay::default()),
             queues: Arc::new(crate::queues::QueueHub::default()),
+            wakeups: Arc::new(crate::wake::Wakeups::default()),
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     Conflict,
     /// The lease token is not the task's current one (acked, expired, re-leased, or wrong).
     LeaseLost,
+    /// The lock is held by someone else (or the token is not the holder's).
+    LockHeld,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -58,7 +60,7 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotACounter | Conflict | LeaseLost => StatusCode::CONFLICT,
+            NotACounter | Conflict | LeaseLost | LockHeld => StatusCode::CONFLICT,
             CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,6 +84,7 @@ impl ErrorCode {
             CounterOverflow => "Counter overflow",
             Conflict => "Conflict",
             LeaseLost => "Lease lost",
+            LockHeld => "Lock held",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -104,6 +107,7 @@ impl ErrorCode {
             CounterOverflow => "counter_overflow",
             Conflict => "conflict",
             LeaseLost => "lease_lost",
+            LockHeld => "lock_held",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }

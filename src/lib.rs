@@ -31,4 +31,5 @@ pub mod pubsub;
 pub mod queues;
 pub mod relay;
 pub mod store;
+pub mod wake;
 pub mod watch;

@@ -27,6 +27,21 @@ pub struct QueueChan {
     pub events: broadcast::Sender<Arc<str>>,
 }
 
+impl QueueChan {
+    pub fn new() -> QueueChan {
+        QueueChan {
+            ready: Notify::new(),
+            events: broadcast::channel(EVENTS_CAPACITY).0,
+        }
+    }
+}
+
+impl Default for QueueChan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[derive(Default)]
 pub struct QueueHub {
     client: OnceCell<SubscriberClient>,
@@ -40,14 +55,11 @@ impl QueueHub {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        m.entry(q.to_string())
-            .or_insert_with(|| {
-                Arc::new(QueueChan {
-                    ready: Notify::new(),
-                    events: broadcast::channel(EVENTS_CAPACITY).0,
-                })
-            })
-            .clone()
+        if m.len() >= 256 && !m.contains_key(q) {
+            // Drop queues nobody in this process waits on or listens to any more.
+            m.retain(|_, c| Arc::strong_count(c) > 1 || c.events.receiver_count() > 0);
+        }
+        m.entry(q.to_string()).or_default().clone()
     }
 
     /// Subscribe to the queue channels (once per process).
@@ -84,6 +96,12 @@ impl QueueHub {
                         let Some(text) = msg.value.as_str() else { continue };
                         if text.contains("\"state\":\"ready\"") {
                             chan.ready.notify_one();
+                        } else if text.contains("\"state\":\"delayed\"")
+                            || text.contains("\"state\":\"failed\"")
+                        {
+                            // A task due sooner than what the waiting leases sleep for: let
+                            // them look again.
+                            chan.ready.notify_waiters();
                         }
                         if chan.events.receiver_count() > 0 {
                             if let Some(ev) = event_json(q, &text) {

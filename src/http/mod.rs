@@ -5,6 +5,7 @@
 
 pub mod channels;
 pub mod kv;
+pub mod locks;
 pub mod ops;
 pub mod queues;
 pub mod watch;
@@ -63,6 +64,7 @@ pub const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
         (name = "kv", description = "Versioned key/value"),
         (name = "ops", description = "Health, status and metrics"),
         (name = "watch", description = "Change stream over WebSocket"),
+        (name = "locks", description = "Locks with fencing tokens"),
         (name = "queues", description = "Task queues: at-least-once, priorities, delays, leases, retries, dead letters")
     )
 )]
@@ -85,6 +87,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(watch::watch_socket))
         .routes(routes!(watch::events_sse))
         .routes(routes!(channels::publish))
+        .routes(routes!(locks::acquire, locks::get_lock, locks::release))
+        .routes(routes!(locks::renew))
         .routes(routes!(queues::enqueue))
         .routes(routes!(queues::lease))
         .routes(routes!(queues::ack))

@@ -169,6 +169,7 @@ fn run_at_ms(v: &Value) -> ApiResult<i64> {
         (status = 201, description = "Enqueued", body = Task),
         (status = 200, description = "A task with this idempotency_key exists; returned unchanged", body = Task),
         (status = 400, description = "Bad argument", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body of the wrong shape", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn enqueue(
@@ -186,6 +187,11 @@ pub async fn enqueue(
         range("delay_ms", d, 0, super::MAX_TTL_MS)?;
     }
     let run_at = b.run_at.as_ref().map(run_at_ms).transpose()?;
+    if let Some(t) = run_at {
+        if t > crate::store::kv::now_ms() + super::MAX_TTL_MS as i64 {
+            return Err(ApiError::bad_request("run_at is more than ten years away"));
+        }
+    }
     let max_attempts = b.max_attempts.unwrap_or(3);
     range("max_attempts", max_attempts as u64, 1, 100)?;
     let backoff_ms = b.backoff_ms.unwrap_or(1000);
@@ -229,6 +235,7 @@ pub async fn enqueue(
     responses(
         (status = 200, description = "Leased tasks (empty when none became ready within wait_ms)", body = LeaseResult),
         (status = 400, description = "Bad argument", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body of the wrong shape", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn lease(
@@ -245,10 +252,26 @@ pub async fn lease(
     range("wait_ms", wait, 0, MAX_WAIT_MS)?;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
-    let chan = st.queues.chan(&q);
-    if wait > 0 {
-        st.queues.ensure(&st.store).await?;
+    let tokens = || -> Vec<String> {
+        (0..max)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect()
+    };
+    // Labelled only for leases that got tasks, so polling made-up queue names adds no series.
+    let observe = |tasks: &[Task]| {
+        if !tasks.is_empty() {
+            metrics::histogram!("queue_lease_wait_seconds", "queue" => q.clone())
+                .record(started.elapsed().as_secs_f64());
+        }
+    };
+    if wait == 0 {
+        let r = st.store.q_lease(&q, &b.worker, &tokens(), b.lease_ms).await?;
+        observe(&r.tasks);
+        return Ok(json_response(StatusCode::OK, &LeaseResult { tasks: r.tasks }));
     }
+    // Only a lease that may wait needs the queue's wake-up channel.
+    st.queues.ensure(&st.store).await?;
+    let chan = st.queues.chan(&q);
     // A wake-up is handed on if this request goes away before using it.
     let mut wake = PassOn(&chan.ready, false);
     let tasks = loop {
@@ -256,12 +279,9 @@ pub async fn lease(
         let notified = chan.ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tokens: Vec<String> = (0..max)
-            .map(|_| uuid::Uuid::new_v4().simple().to_string())
-            .collect();
-        let r = st.store.q_lease(&q, &b.worker, &tokens, b.lease_ms).await?;
+        let r = st.store.q_lease(&q, &b.worker, &tokens(), b.lease_ms).await?;
         wake.1 = false;
-        if r.tasks.len() == max as usize && wait > 0 {
+        if r.tasks.len() == max as usize {
             // One waiter is woken per ready task; a full batch may have left more behind.
             chan.ready.notify_one();
         }
@@ -271,17 +291,15 @@ pub async fn lease(
         }
         // Sleep until woken, the next delayed task or lease expiry is due, or the deadline.
         let mut until = deadline;
-        if let Some(due) = r.next_due.filter(|_| !r.paused) {
-            let in_ms = (due - crate::store::kv::now_ms()).max(0) as u64 + 1;
-            until = until.min(now + Duration::from_millis(in_ms));
+        if let Some(in_ms) = r.next_due_in_ms.filter(|_| !r.paused) {
+            until = until.min(now + Duration::from_millis(in_ms.saturating_add(1).min(MAX_WAIT_MS)));
         }
         tokio::select! {
             _ = &mut notified => wake.1 = true,
             _ = tokio::time::sleep_until(until) => {}
         }
     };
-    metrics::histogram!("queue_lease_wait_seconds", "queue" => q.clone())
-        .record(started.elapsed().as_secs_f64());
+    observe(&tasks);
     Ok(json_response(StatusCode::OK, &LeaseResult { tasks }))
 }
 
@@ -305,6 +323,7 @@ impl Drop for PassOn<'_> {
         (status = 200, description = "Completed", body = Task),
         (status = 404, description = "No such task", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`lease_lost`: the token is not the task's current lease", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body of the wrong shape", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ack(
@@ -329,6 +348,7 @@ pub async fn ack(
         (status = 200, description = "Recorded; the task is `failed` (waiting to retry), `ready` or `dead`", body = Task),
         (status = 404, description = "No such task", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`lease_lost`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body of the wrong shape", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn nack(
@@ -361,6 +381,7 @@ pub async fn nack(
         (status = 200, description = "Extended: leased_until is now + lease_ms", body = Task),
         (status = 404, description = "No such task", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`lease_lost`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body of the wrong shape", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn extend(
@@ -492,6 +513,7 @@ pub async fn purge_dead(State(st): State<AppState>, Path(q): Path<String>) -> Ap
 )]
 pub async fn pause(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
     validate_name("queue", &q)?;
+    st.store.register_queue(&q).await?;
     st.store.q_pause(&q, true).await?;
     Ok(json_response(StatusCode::OK, &st.store.q_stats(&q).await?))
 }
@@ -504,6 +526,7 @@ pub async fn pause(State(st): State<AppState>, Path(q): Path<String>) -> ApiResu
 )]
 pub async fn resume(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
     validate_name("queue", &q)?;
+    st.store.register_queue(&q).await?;
     st.store.q_pause(&q, false).await?;
     Ok(json_response(StatusCode::OK, &st.store.q_stats(&q).await?))
 }

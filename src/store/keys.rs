@@ -73,6 +73,11 @@ impl Keys {
         format!("{}:migrate-lock", self.prefix)
     }
 
+    /// Channel a lock's release is announced on (`<p>:lk:<ns>:<name>`).
+    pub fn lock_channel(&self, ns: &str, name: &str) -> String {
+        format!("{}:lk:{ns}:{name}", self.prefix)
+    }
+
     /// Every queue ever enqueued to (listing, background upkeep).
     pub fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
@@ -134,6 +139,16 @@ impl NsKeys {
 
     pub fn hist(&self, key: &str) -> String {
         self.derived("h:", key)
+    }
+
+    /// A lock of the namespace (hash, expires with the lease).
+    pub fn lock(&self, name: &str) -> String {
+        self.derived("lock:", name)
+    }
+
+    /// name -> last fencing token granted, for every lock of the namespace.
+    pub fn fence(&self) -> String {
+        format!("{}fence", self.base)
     }
 
     fn derived(&self, kind: &str, key: &str) -> String {

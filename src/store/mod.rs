@@ -7,6 +7,7 @@
 
 pub mod keys;
 pub mod kv;
+pub mod locks;
 pub mod migrate;
 pub mod queue;
 

@@ -114,8 +114,8 @@ pub struct QueueStats {
 /// Outcome of a lease call.
 pub struct Leased {
     pub tasks: Vec<Task>,
-    /// Unix ms of the next delayed/retry task or lease expiry, if any.
-    pub next_due: Option<i64>,
+    /// Milliseconds (Redis' clock) until the next delayed/retry task or lease expiry, if any.
+    pub next_due_in_ms: Option<u64>,
     pub paused: bool,
 }
 
@@ -207,7 +207,7 @@ impl Store {
         };
         Ok(Leased {
             tasks,
-            next_due: a.get(1).and_then(v_str).and_then(|s| s.parse().ok()),
+            next_due_in_ms: a.get(1).and_then(v_str).and_then(|s| s.parse().ok()),
             paused: a.get(2).and_then(v_str).as_deref() == Some("1"),
         })
     }
@@ -283,9 +283,22 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Background upkeep: promote due tasks, reclaim expired leases, apply retention.
+    /// Background upkeep: promote due tasks, reclaim expired leases, apply retention, in
+    /// calls of up to 1000 each until nothing more is due (at most 100 calls).
     pub async fn q_reap(&self, q: &str) -> ApiResult<u64> {
-        Ok(super::v_u64(&self.qcall("q_reap", q, vec![]).await?))
+        let mut total = 0;
+        for _ in 0..100 {
+            let a = self.qcall("q_reap", q, vec![]).await?.into_array();
+            let (n, cleaned) = (
+                a.first().map(super::v_u64).unwrap_or(0),
+                a.get(1).map(super::v_u64).unwrap_or(0),
+            );
+            total += n;
+            if n < 1000 && cleaned < 1000 {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     pub async fn q_stats(&self, q: &str) -> ApiResult<QueueStats> {

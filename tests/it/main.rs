@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod errors;
 mod kv;
+mod locks;
 mod ops;
 mod queues;
 mod relay;

@@ -736,3 +736,64 @@ async fn queue_events_as_sse_and_queue_metrics() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_edge_cases_backoff_cap_far_run_at_delayed_wake_and_pause_listing() {
+    let app = Arc::new(TestApp::start().await);
+    // Backoff doubling is capped at one day.
+    let t = enqueue(&app, "cap", json!({"max_attempts": 50, "backoff_ms": 86_400_000})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let l = lease_one(&app, "cap").await.expect("leasable");
+        let r = app
+            .post(
+                &format!("/v1/queues/cap/tasks/{id}/nack"),
+                json!({"lease_token": l["lease_token"], "error": "x", "retry_delay_ms": 0}),
+            )
+            .await;
+        assert_eq!(r.json()["state"], "ready");
+    }
+    let l = lease_one(&app, "cap").await.unwrap();
+    let after = nack(&app, "cap", &l, "slow").await;
+    assert_eq!(after["state"], "failed");
+    let run_at = humantime::parse_rfc3339_weak(after["run_at"].as_str().unwrap()).unwrap();
+    let wait = run_at.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(wait <= Duration::from_secs(86_400), "{wait:?} (8 days uncapped)");
+    // run_at beyond ten years is refused before anything is stored.
+    app.post("/v1/queues/cap/tasks", json!({"run_at": 253_402_300_800_000u64}))
+        .await
+        .problem(400, "invalid_argument");
+    app.post("/v1/queues/cap/tasks", json!({"run_at": i64::MAX}))
+        .await
+        .problem(400, "invalid_argument");
+    // A delayed task enqueued while a lease waits is handed out when due, not at the next
+    // reaper tick.
+    let a = app.clone();
+    let poll = tokio::spawn(async move {
+        lease(
+            &a,
+            "soon",
+            json!({"worker": "w", "lease_ms": 1000, "wait_ms": 10000}),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    enqueue(&app, "soon", json!({"payload": 1, "delay_ms": 200})).await;
+    let got = poll.await.unwrap();
+    assert_eq!(got.len(), 1);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    // Pausing a queue nobody enqueued to yet still lists it.
+    app.post("/v1/queues/ghost/pause", json!({})).await;
+    let listed = app.get("/v1/queues").await.json();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["queue"] == "ghost" && q["paused"] == true),
+        "{listed}"
+    );
+}

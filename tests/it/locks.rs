@@ -1,0 +1,162 @@
+//! Locks with fencing tokens against real Redis.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::TestApp;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_contending_clients_never_hold_the_lock_together() {
+    let app = Arc::new(TestApp::start().await);
+    let inside = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let last_fence = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..20 {
+        let (a, inside, overlaps, last_fence) =
+            (app.clone(), inside.clone(), overlaps.clone(), last_fence.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let r = a
+                    .post(
+                        "/v1/ns/lk/locks/m",
+                        json!({"owner": format!("c{c}"), "ttl_ms": 10000, "wait_ms": 30000}),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                let g = r.json();
+                // Fencing tokens only go up, in grant order.
+                let f = g["fencing_token"].as_u64().unwrap();
+                assert!(f > last_fence.swap(f, Ordering::SeqCst));
+                if inside.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                // A read-modify-write that only the lock makes safe.
+                let cur = a.get("/v1/ns/lk/kv/n").await;
+                let n = if cur.status == 200 {
+                    cur.json()["value"].as_u64().unwrap()
+                } else {
+                    0
+                };
+                a.put("/v1/ns/lk/kv/n", json!({"value": n + 1})).await;
+                inside.store(false, Ordering::SeqCst);
+                let token = g["token"].as_str().unwrap().to_string();
+                let r = a
+                    .req("DELETE", "/v1/ns/lk/locks/m", &[("x-lock-token", &token)], None)
+                    .await;
+                assert_eq!(r.status, 204, "{}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0);
+    assert_eq!(app.get("/v1/ns/lk/kv/n").await.json()["value"], 100);
+    assert_eq!(last_fence.load(Ordering::SeqCst), 100);
+    app.get("/v1/ns/lk/locks/m").await.problem(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_holder_renews_or_releases_and_tokens_survive_expiry() {
+    let app = TestApp::start().await;
+    let g = app
+        .post("/v1/ns/lk2/locks/a", json!({"owner": "one", "ttl_ms": 400}))
+        .await
+        .json();
+    let token = g["token"].as_str().unwrap().to_string();
+    assert_eq!(g["fencing_token"], 1);
+    let info = app.get("/v1/ns/lk2/locks/a").await.json();
+    assert_eq!(
+        (info["owner"].as_str(), info["fencing_token"].as_u64()),
+        (Some("one"), Some(1))
+    );
+    assert!(
+        info.get("token").is_none(),
+        "GET must not reveal the token: {info}"
+    );
+    // Held: others get 409 at once, or after their wait.
+    let t0 = Instant::now();
+    app.post("/v1/ns/lk2/locks/a", json!({"owner": "two", "ttl_ms": 400}))
+        .await
+        .problem(409, "lock_held");
+    // Not the holder: renew and release refused.
+    app.post(
+        "/v1/ns/lk2/locks/a/renew",
+        json!({"token": "nope", "ttl_ms": 1000}),
+    )
+    .await
+    .problem(409, "lock_held");
+    app.req("DELETE", "/v1/ns/lk2/locks/a", &[("x-lock-token", "nope")], None)
+        .await
+        .problem(409, "lock_held");
+    app.req("DELETE", "/v1/ns/lk2/locks/a", &[], None)
+        .await
+        .problem(400, "invalid_argument");
+    // The holder renews.
+    let r = app
+        .post("/v1/ns/lk2/locks/a/renew", json!({"token": token, "ttl_ms": 400}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["fencing_token"], 1);
+    // It expires; a waiter gets it when it does, with a higher fencing token.
+    let r = app
+        .post(
+            "/v1/ns/lk2/locks/a",
+            json!({"owner": "two", "ttl_ms": 5000, "wait_ms": 5000}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+    assert_eq!(r.json()["fencing_token"], 2);
+    // The old holder can no longer renew or release.
+    app.post(
+        "/v1/ns/lk2/locks/a/renew",
+        json!({"token": token, "ttl_ms": 1000}),
+    )
+    .await
+    .problem(409, "lock_held");
+    // Released by its holder → a waiter is woken at once, not at the TTL.
+    let token2 = r.json()["token"].as_str().unwrap().to_string();
+    let a = Arc::new(app);
+    let a2 = a.clone();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        let r = a2
+            .post(
+                "/v1/ns/lk2/locks/a",
+                json!({"owner": "three", "ttl_ms": 5000, "wait_ms": 20000}),
+            )
+            .await;
+        (r.status, r.json()["fencing_token"].clone(), t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    assert_eq!(
+        a.req("DELETE", "/v1/ns/lk2/locks/a", &[("x-lock-token", &token2)], None)
+            .await
+            .status,
+        204
+    );
+    let (status, fence, waited) = waiter.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(fence, 3);
+    assert!(
+        waited < Duration::from_millis(3000),
+        "woken by the TTL, not the release: {waited:?}"
+    );
+    assert!(released.elapsed() < Duration::from_millis(1000));
+    // Bad input.
+    a.post("/v1/ns/lk2/locks/a", json!({"owner": "x", "ttl_ms": 0}))
+        .await
+        .problem(400, "invalid_argument");
+    a.post("/v1/ns/lk2/locks/B*d", json!({"owner": "x", "ttl_ms": 10}))
+        .await
+        .problem(400, "invalid_name");
+    a.post("/v1/ns/lk2/locks/a", json!({"owner": "x"}))
+        .await
+        .problem(422, "invalid_body");
+}
