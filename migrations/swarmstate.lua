@@ -20,11 +20,12 @@ record = ver \t crev \t mrev \t ct \t ut \t exp \t sz \t agent \t reason \n meta
   never hold control characters (the service refuses them), metadata is '' when absent.
 
 Every mutating function takes KEYS[1..5] = meta, idx, log, ttl, sz and
-ARGV[1..4] = log_maxlen, history_versions, agent id ('' = none), change reason ('' = none).
+ARGV[1..6] = log_maxlen, history_versions, agent id ('' = none), change reason ('' = none),
+fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '4'
+local LIBRARY_VERSION = '5'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -36,6 +37,7 @@ local function ctx_new(keys, args)
   return {
     meta = keys[1], idx = keys[2], log = keys[3], ttl = keys[4], sz = keys[5],
     maxlen = args[1], hist_n = tonumber(args[2]), agent = args[3], reason = args[4],
+    fence_name = args[5], fence_n = args[6],
     now = now_ms(),
   }
 end
@@ -214,27 +216,44 @@ local function parse_ttl(s)
 end
 
 -- KEYS: meta idx log ttl sz entry hist
--- ARGV: ctx(4), key, value, metadata ('' = none), ttl_ms ('' | '-1' keep | n), expect ('' | '0' | '-1' | n)
+-- ARGV: ctx(6), key, value, metadata ('' = none), ttl_ms ('' | '-1' keep | n), expect ('' | '0' | '-1' | n)
+-- x-fencing-token: the write carries lock `fence_name`'s token `fence_n`, which must still be
+-- the newest token that lock has granted. The lock lives in the same namespace (same slot), so
+-- the check is atomic with the write. Returns the refusal, or nil.
+local function fence_stale(ctx)
+  if ctx.fence_name == nil or ctx.fence_name == '' then return nil end
+  local fkey = string.sub(ctx.meta, 1, -5) .. 'fence'
+  local cur = tonumber(redis.call('HGET', fkey, ctx.fence_name) or '0')
+  if cur ~= tonumber(ctx.fence_n) then return {'stale_fencing_token', cur} end
+  return nil
+end
+
 local function kv_put(keys, args)
   local ctx = ctx_new(keys, args)
-  return put_core(ctx, args[5], keys[6], keys[7], args[6], args[7], parse_ttl(args[8]), parse_expect(args[9]))
+  local stale = fence_stale(ctx)
+  if stale then return stale end
+  return put_core(ctx, args[7], keys[6], keys[7], args[8], args[9], parse_ttl(args[10]), parse_expect(args[11]))
 end
 
 -- KEYS: meta idx log ttl sz entry hist
--- ARGV: ctx(4), key, expect ('' | n)
+-- ARGV: ctx(6), key, expect ('' | n)
 local function kv_delete(keys, args)
   local ctx = ctx_new(keys, args)
-  return delete_core(ctx, args[5], keys[6], keys[7], parse_expect(args[6]))
+  local stale = fence_stale(ctx)
+  if stale then return stale end
+  return delete_core(ctx, args[7], keys[6], keys[7], parse_expect(args[8]))
 end
 
 -- Writes a retained past version's value and metadata as a new version (TTL kept).
 -- KEYS: meta idx log ttl sz entry hist
--- ARGV: ctx(4), key, version
+-- ARGV: ctx(6), key, version
 -- Returns like kv_put, or {'not_found'} (no entry) / {'version_not_found'}.
 local function kv_rollback(keys, args)
   local ctx = ctx_new(keys, args)
-  local key, ekey, hkey = args[5], keys[6], keys[7]
-  local want = tonumber(args[6])
+  local stale = fence_stale(ctx)
+  if stale then return stale end
+  local key, ekey, hkey = args[7], keys[6], keys[7]
+  local want = tonumber(args[8])
   local cur = get_rec(ctx, key, ekey, hkey)
   local h = cur and head_of(cur)
   if not h then
@@ -254,12 +273,14 @@ local function kv_rollback(keys, args)
 end
 
 -- KEYS: meta idx log ttl sz entry hist
--- ARGV: ctx(4), key, by, ttl_ms ('' = none; applied only when the increment creates the counter)
+-- ARGV: ctx(6), key, by, ttl_ms ('' = none; applied only when the increment creates the counter)
 -- Returns {'ok', value, ver, crev, mrev, ct, ut, exp, created} | {'not_a_counter'} | {'overflow'}.
 local function kv_incr(keys, args)
   local ctx = ctx_new(keys, args)
-  local key, ekey, hkey = args[5], keys[6], keys[7]
-  local by = tonumber(args[6])
+  local stale = fence_stale(ctx)
+  if stale then return stale end
+  local key, ekey, hkey = args[7], keys[6], keys[7]
+  local by = tonumber(args[8])
   local cur = get_rec(ctx, key, ekey, hkey)
   local h = cur and head_of(cur)
   local n, meta, ttl
@@ -275,7 +296,7 @@ local function kv_incr(keys, args)
   else
     n = by
     meta = ''
-    ttl = parse_ttl(args[7])
+    ttl = parse_ttl(args[9])
   end
   if n > MAX_SAFE or n < -MAX_SAFE then return {'overflow'} end
   local text = fmt(n)
@@ -285,11 +306,11 @@ local function kv_incr(keys, args)
 end
 
 -- Reconcile one key whose entry may have been removed by Redis (expiry, eviction).
--- KEYS: meta idx log ttl sz entry hist; ARGV: ctx(4), key
+-- KEYS: meta idx log ttl sz entry hist; ARGV: ctx(6), key
 -- Returns 1 when an event was recorded, 0 otherwise.
 local function kv_forget(keys, args)
   local ctx = ctx_new(keys, args)
-  local key, ekey = args[5], keys[6]
+  local key, ekey = args[7], keys[6]
   if redis.call('EXISTS', ekey) == 1 then
     -- Due but still there: another client changed its TTL (PERSIST, EXPIRE). Track the real
     -- expiry so the reconciler does not come back for it every second.
@@ -325,14 +346,14 @@ end
 -- renamed away by a command) | 'written'. A missing entry that is still indexed is recorded
 -- (expire / evict / external); an entry holding something this library did not write is
 -- returned, and the caller adopts it with kv_adopt. Idempotent across replicas.
--- KEYS: meta idx log ttl sz, then entry_i, hist_i per key; ARGV: ctx(4), n, (key, hint) * n
+-- KEYS: meta idx log ttl sz, then entry_i, hist_i per key; ARGV: ctx(6), n, (key, hint) * n
 local function kv_observe(keys, args)
   local ctx = ctx_new(keys, args)
-  local n = tonumber(args[5])
+  local n = tonumber(args[7])
   local kinds = {expired = 'expire', evicted = 'evict', gone = 'external'}
   local foreign = {}
   for i = 1, n do
-    local key, hint = args[4 + 2 * i], args[5 + 2 * i]
+    local key, hint = args[6 + 2 * i], args[7 + 2 * i]
     local ekey, hkey = keys[4 + 2 * i], keys[5 + 2 * i]
     local t = redis.call('TYPE', ekey)['ok']
     if t == 'none' then
@@ -350,12 +371,12 @@ end
 -- Redis TTL the writer set is kept. mode 'drop' removes a value that cannot be adopted
 -- (not a string, or larger than `limit` bytes) and logs an external delete if it was indexed.
 -- KEYS: meta idx log ttl sz entry hist
--- ARGV: ctx(4), key, mode 'adopt'|'drop', sha1 of the contents the caller read, value, metadata, limit
+-- ARGV: ctx(6), key, mode 'adopt'|'drop', sha1 of the contents the caller read, value, metadata, limit
 -- Returns {'ok', revision} | {'own'} | {'gone'} | {'changed'} | {'dropped'}.
 local function kv_adopt(keys, args)
   local ctx = ctx_new(keys, args)
-  local key, ekey, hkey = args[5], keys[6], keys[7]
-  local mode, sha, value, meta, limit = args[6], args[7], args[8], args[9], tonumber(args[10])
+  local key, ekey, hkey = args[7], keys[6], keys[7]
+  local mode, sha, value, meta, limit = args[8], args[9], args[10], args[11], tonumber(args[12])
   local t = redis.call('TYPE', ekey)['ok']
   if t == 'none' then
     reconcile_missing(ctx, key, hkey, 'external')
@@ -395,7 +416,7 @@ end
 
 -- Compare-then-apply transaction, all-or-nothing.
 -- KEYS: meta idx log ttl sz, then entry_i, hist_i for each distinct key i (1-based)
--- ARGV: ctx(4), nkeys, key_1..key_n,
+-- ARGV: ctx(6), nkeys, key_1..key_n,
 --       ncmp, (ki, kind 'version'|'exists'|'value', arg) * ncmp,
 --       nsucc, (op 'put'|'delete'|'get', ki, value, metadata, ttl) * nsucc,
 --       nfail, (same) * nfail
@@ -403,7 +424,9 @@ end
 --   {'put', ver, mrev, created} | {'delete', found 0|1} | {'get', record or false}.
 local function kv_txn(keys, args)
   local ctx = ctx_new(keys, args)
-  local p = 5
+  local stale = fence_stale(ctx)
+  if stale then return stale end
+  local p = 7
   local nkeys = tonumber(args[p]); p = p + 1
   local names = {}
   for i = 1, nkeys do names[i] = args[p]; p = p + 1 end

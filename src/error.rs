@@ -42,6 +42,8 @@ pub enum ErrorCode {
     LeaseLost,
     /// The lock is held by someone else (or the token is not the holder's).
     LockHeld,
+    /// `x-fencing-token` is not the newest token the lock has granted.
+    StaleFencingToken,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -60,7 +62,7 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotACounter | Conflict | LeaseLost | LockHeld => StatusCode::CONFLICT,
+            NotACounter | Conflict | LeaseLost | LockHeld | StaleFencingToken => StatusCode::CONFLICT,
             CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,6 +87,7 @@ impl ErrorCode {
             Conflict => "Conflict",
             LeaseLost => "Lease lost",
             LockHeld => "Lock held",
+            StaleFencingToken => "Stale fencing token",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -108,6 +111,7 @@ impl ErrorCode {
             Conflict => "conflict",
             LeaseLost => "lease_lost",
             LockHeld => "lock_held",
+            StaleFencingToken => "stale_fencing_token",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }

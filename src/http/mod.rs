@@ -292,9 +292,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Provenance {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let fence = match header_text(&parts.headers, "x-fencing-token", 128)? {
+            None => None,
+            Some(v) => {
+                let bad = || {
+                    ApiError::bad_request(
+                        "x-fencing-token must be <lock>:<n> (a lock of this namespace and the fencing_token it granted)",
+                    )
+                };
+                let (lock, n) = v.rsplit_once(':').ok_or_else(bad)?;
+                validate_name("lock", lock).map_err(|_| bad())?;
+                Some((lock.to_string(), n.parse::<u64>().map_err(|_| bad())?))
+            }
+        };
         Ok(Provenance {
             agent: header_text(&parts.headers, "x-agent-id", 128)?,
             reason: header_text(&parts.headers, "x-change-reason", 1024)?,
+            fence,
         })
     }
 }

@@ -22,6 +22,9 @@ pub const MAX_VALUE_BYTES_PER_RESPONSE: u64 = 8 * 1024 * 1024;
 pub struct Provenance {
     pub agent: Option<String>,
     pub reason: Option<String>,
+    /// `x-fencing-token: <lock>:<n>`: the write is refused unless `n` is still the newest
+    /// token the namespace's lock `<lock>` has granted.
+    pub fence: Option<(String, u64)>,
 }
 
 /// One key's state as clients see it. `value` and `metadata` hold JSON text as stored.

@@ -261,7 +261,18 @@ impl Store {
                 }
             }
             crate::metrics::redis_command(name).record(start.elapsed().as_secs_f64());
-            res.map_err(|e| map_redis_error(name, e))
+            let v = res.map_err(|e| map_redis_error(name, e))?;
+            // Every KV write checks x-fencing-token first; a refusal has one shape for all.
+            if let Value::Array(a) = &v {
+                if a.first().and_then(v_str).as_deref() == Some("stale_fencing_token") {
+                    let cur = a.get(1).map(v_u64).unwrap_or(0);
+                    return Err(ApiError::new(
+                        crate::error::ErrorCode::StaleFencingToken,
+                        format!("the lock has granted fencing token {cur} since (or never granted this one); nothing was written"),
+                    ));
+                }
+            }
+            Ok(v)
         })
     }
 
@@ -299,6 +310,12 @@ impl Store {
             self.inner.history_versions.as_str().into(),
             prov.agent.as_deref().unwrap_or("").into(),
             prov.reason.as_deref().unwrap_or("").into(),
+            prov.fence.as_ref().map(|f| f.0.as_str()).unwrap_or("").into(),
+            prov.fence
+                .as_ref()
+                .map(|f| f.1.to_string())
+                .unwrap_or_default()
+                .into(),
         ]
     }
 }

@@ -160,3 +160,95 @@ async fn only_the_holder_renews_or_releases_and_tokens_survive_expiry() {
         .await
         .problem(422, "invalid_body");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_with_an_old_fencing_token_cannot_write_after_a_new_holder_took_over() {
+    let app = TestApp::start().await;
+    let old = app
+        .post("/v1/ns/fz/locks/leader", json!({"owner": "a", "ttl_ms": 300}))
+        .await
+        .json();
+    let old_fence = format!("leader:{}", old["fencing_token"]);
+    let r = app
+        .put_h(
+            "/v1/ns/fz/kv/config",
+            &[("x-fencing-token", &old_fence)],
+            json!({"value": "from a"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // `a` pauses past its TTL; `b` takes the lock.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = app
+        .post("/v1/ns/fz/locks/leader", json!({"owner": "b", "ttl_ms": 30000}))
+        .await
+        .json();
+    let new_fence = format!("leader:{}", new["fencing_token"]);
+    assert_eq!(new["fencing_token"], 2);
+    // a's late writes are refused inside the write's own function: nothing changes.
+    let before = app.get("/v1/ns/fz/kv/config").await.json();
+    app.put_h(
+        "/v1/ns/fz/kv/config",
+        &[("x-fencing-token", &old_fence)],
+        json!({"value": "late a"}),
+    )
+    .await
+    .problem(409, "stale_fencing_token");
+    app.req(
+        "DELETE",
+        "/v1/ns/fz/kv/config",
+        &[("x-fencing-token", &old_fence)],
+        None,
+    )
+    .await
+    .problem(409, "stale_fencing_token");
+    let txn = json!({"success": [{"op": "put", "key": "other", "value": 1}]});
+    app.req(
+        "POST",
+        "/v1/ns/fz/txn",
+        &[
+            ("x-fencing-token", &old_fence),
+            ("content-type", "application/json"),
+        ],
+        Some(txn.to_string().as_bytes()),
+    )
+    .await
+    .problem(409, "stale_fencing_token");
+    app.req(
+        "POST",
+        "/v1/ns/fz/counters/c/incr",
+        &[
+            ("x-fencing-token", &old_fence),
+            ("content-type", "application/json"),
+        ],
+        Some(br#"{"by": 1}"#),
+    )
+    .await
+    .problem(409, "stale_fencing_token");
+    assert_eq!(app.get("/v1/ns/fz/kv/config").await.json(), before);
+    app.get("/v1/ns/fz/kv/other").await.problem(404, "not_found");
+    // b's write with the new token succeeds; a token never granted is refused too.
+    let r = app
+        .put_h(
+            "/v1/ns/fz/kv/config",
+            &[("x-fencing-token", &new_fence)],
+            json!({"value": "from b"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    app.put_h(
+        "/v1/ns/fz/kv/config",
+        &[("x-fencing-token", "leader:99")],
+        json!({"value": "x"}),
+    )
+    .await
+    .problem(409, "stale_fencing_token");
+    app.put_h(
+        "/v1/ns/fz/kv/config",
+        &[("x-fencing-token", "nonsense")],
+        json!({"value": "x"}),
+    )
+    .await
+    .problem(400, "invalid_argument");
+    assert_eq!(app.get("/v1/ns/fz/kv/config").await.json()["value"], "from b");
+}
