@@ -25,7 +25,7 @@ fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '5'
+local LIBRARY_VERSION = '6'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -707,6 +707,7 @@ local function q_nack(keys, args)
   local id = args[3]
   local tk, err = q_check_lease(c, id, args[4])
   if not tk then return err end
+  local owner = redis.call('HGET', tk, 'lease_owner')
   redis.call('ZREM', c.leased, id)
   redis.call('HSET', tk, 'last_error', args[5])
   redis.call('HINCRBY', c.meta, 'failed', 1)
@@ -732,7 +733,7 @@ local function q_nack(keys, args)
     end
   end
   q_emit(c, id)
-  return {'ok', redis.call('HGETALL', tk)}
+  return {'ok', redis.call('HGETALL', tk), owner}
 end
 
 -- ARGV: prefix, channel, id, token, lease_ms
@@ -846,7 +847,101 @@ local function lock_release(keys, args)
   if cur[1] ~= args[1] then return {'held', cur[2]} end
   redis.call('DEL', keys[1])
   redis.call('PUBLISH', args[2], 'released')
-  return {'ok'}
+  return {'ok', cur[2]}
+end
+
+--[[ Agents. Per agent (`{ag:<id>}` slot): a hash with its record and a set `held` of resources
+it holds ("l\t<ns>\t<lock>\t<token>", "t\t<queue>\t<task>\t<token>") so they can be freed
+at once when it is marked lost. The global `<p>:agents` zset (id -> heartbeat deadline) is kept
+by the service next to these calls.
+Lifecycle: initializing -> ready <-> running <-> paused; ready|running|paused -> terminating ->
+terminated; any -> error; `lost` only by a missed heartbeat (register again to come back).
+]]
+
+local AGENT_NEXT = {
+  initializing = {ready = true},
+  ready = {running = true, terminating = true},
+  running = {ready = true, paused = true, terminating = true},
+  paused = {running = true, terminating = true},
+  terminating = {terminated = true},
+}
+
+-- KEYS: agent, held; ARGV: id, capabilities JSON, metadata JSON, heartbeat_ttl_ms
+-- Registering again resets the agent (state initializing, nothing held).
+local function agent_register(keys, args)
+  local now = now_ms()
+  local ttl = tonumber(args[4])
+  redis.call('DEL', keys[1], keys[2])
+  redis.call('HSET', keys[1], 'id', args[1], 'state', 'initializing', 'capabilities', args[2],
+             'metadata', args[3], 'heartbeat_ttl_ms', ttl, 'registered_at', now,
+             'last_heartbeat', now, 'deadline', now + ttl, 'state_changed_at', now)
+  return redis.call('HGETALL', keys[1])
+end
+
+-- KEYS: agent; ARGV: -. Returns {'ok', fields} | {'not_found'} | {'gone', state}
+local function agent_heartbeat(keys, args)
+  local f = redis.call('HMGET', keys[1], 'state', 'heartbeat_ttl_ms')
+  if not f[1] then return {'not_found'} end
+  if f[1] == 'lost' or f[1] == 'terminated' then return {'gone', f[1]} end
+  local now = now_ms()
+  redis.call('HSET', keys[1], 'last_heartbeat', now, 'deadline', now + tonumber(f[2]))
+  return {'ok', redis.call('HGETALL', keys[1])}
+end
+
+-- KEYS: agent; ARGV: new state. Returns {'ok', fields} | {'not_found'} | {'invalid', current}
+local function agent_state(keys, args)
+  local cur = redis.call('HGET', keys[1], 'state')
+  if not cur then return {'not_found'} end
+  local to = args[1]
+  local ok = (to == 'error' and cur ~= 'lost' and cur ~= 'terminated')
+             or (AGENT_NEXT[cur] and AGENT_NEXT[cur][to])
+  if not ok then return {'invalid', cur} end
+  local now = now_ms()
+  redis.call('HSET', keys[1], 'state', to, 'state_changed_at', now)
+  return {'ok', redis.call('HGETALL', keys[1])}
+end
+
+-- KEYS: agent, held; ARGV: now-check. Marks the agent lost if its deadline has passed.
+-- Returns {'lost', held members...} | {'alive'} | {'skip'}
+local function agent_lost(keys, args)
+  local f = redis.call('HMGET', keys[1], 'state', 'deadline')
+  if not f[1] or f[1] == 'lost' or f[1] == 'terminated' then return {'skip'} end
+  local now = now_ms()
+  if tonumber(f[2]) > now then return {'alive'} end
+  redis.call('HSET', keys[1], 'state', 'lost', 'state_changed_at', now)
+  local held = redis.call('SMEMBERS', keys[2])
+  redis.call('DEL', keys[2])
+  local out = {'lost'}
+  for _, m in ipairs(held) do out[#out + 1] = m end
+  return out
+end
+
+-- KEYS: agent, held; ARGV: members... Adds them if the agent exists and is not lost.
+local function agent_hold(keys, args)
+  local st = redis.call('HGET', keys[1], 'state')
+  if not st or st == 'lost' or st == 'terminated' then return 0 end
+  return redis.call('SADD', keys[2], unpack(args))
+end
+
+-- KEYS: lock; ARGV: token, channel. Frees the lock if `token` still holds it (lost agent).
+local function lock_free(keys, args)
+  if redis.call('HGET', keys[1], 'token') ~= args[1] then return 0 end
+  redis.call('DEL', keys[1])
+  redis.call('PUBLISH', args[2], 'released')
+  return 1
+end
+
+-- Queue function. ARGV: prefix, channel, id, token, error. The task goes back to the queue at
+-- once if `token` is still its lease (its holder is gone); the attempt counts.
+local function q_requeue(keys, args)
+  local c = q_ctx(keys, args)
+  local id = args[3]
+  local tk = c.tprefix .. id
+  local f = redis.call('HMGET', tk, 'state', 'lease_token')
+  if f[1] ~= 'leased' or f[2] ~= args[4] then return 0 end
+  q_expire_lease(c, id)
+  redis.call('HSET', tk, 'last_error', args[5])
+  return 1
 end
 
 local function swarmstate_version()
@@ -874,5 +969,12 @@ redis.register_function('q_pause', q_pause)
 redis.register_function('lock_acquire', lock_acquire)
 redis.register_function('lock_renew', lock_renew)
 redis.register_function('lock_release', lock_release)
+redis.register_function('agent_register', agent_register)
+redis.register_function('agent_heartbeat', agent_heartbeat)
+redis.register_function('agent_state', agent_state)
+redis.register_function('agent_lost', agent_lost)
+redis.register_function('agent_hold', agent_hold)
+redis.register_function('lock_free', lock_free)
+redis.register_function('q_requeue', q_requeue)
 redis.register_function{function_name = 'q_stats', callback = q_stats, flags = {'no-writes'}}
 redis.register_function{function_name = 'q_dead_list', callback = q_dead_list, flags = {'no-writes'}}

@@ -30,6 +30,8 @@ pub struct AppState {
     pub hub: Arc<crate::watch::Hub>,
     /// Pub/sub subscriptions shared by all sockets of this process.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// Known agents, and what they hold.
+    pub presence: Arc<crate::agents::Presence>,
     /// Lock-release wake-ups shared by all requests of this process.
     pub wakeups: Arc<crate::wake::Wakeups>,
     /// Queue wakeups and task events shared by all requests of this process.
@@ -86,6 +88,7 @@ impl Server {
             relay: Arc::new(crate::relay::Relay::default()),
             queues: Arc::new(crate::queues::QueueHub::default()),
             wakeups: Arc::new(crate::wake::Wakeups::default()),
+            presence: Arc::new(crate::agents::Presence::default()),
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = watch::channel(false);
@@ -109,6 +112,11 @@ impl Server {
                 stopped.clone(),
             ),
             tokio::spawn(crate::queues::reaper(state.store.clone(), stopped.clone())),
+            tokio::spawn(crate::agents::watcher(
+                state.presence.clone(),
+                state.store.clone(),
+                stopped.clone(),
+            )),
             tokio::spawn(metrics_upkeep(state.metrics.clone(), stopped)),
         ];
         tracing::info!(%addr, "swarmstate listening");

@@ -44,6 +44,8 @@ pub enum ErrorCode {
     LockHeld,
     /// `x-fencing-token` is not the newest token the lock has granted.
     StaleFencingToken,
+    /// An agent lifecycle transition that is not allowed (or a heartbeat from a lost agent).
+    InvalidTransition,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -62,7 +64,9 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotACounter | Conflict | LeaseLost | LockHeld | StaleFencingToken => StatusCode::CONFLICT,
+            NotACounter | Conflict | LeaseLost | LockHeld | StaleFencingToken | InvalidTransition => {
+                StatusCode::CONFLICT
+            }
             CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +92,7 @@ impl ErrorCode {
             LeaseLost => "Lease lost",
             LockHeld => "Lock held",
             StaleFencingToken => "Stale fencing token",
+            InvalidTransition => "Invalid transition",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -112,6 +117,7 @@ impl ErrorCode {
             LeaseLost => "lease_lost",
             LockHeld => "lock_held",
             StaleFencingToken => "stale_fencing_token",
+            InvalidTransition => "invalid_transition",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }

@@ -21,6 +21,7 @@
 //! Redis-side logic lives in `migrations/swarmstate.lua` (every state change, one atomic
 //! function each) and `migrations/schema/` (ordered key-schema migrations).
 
+pub mod agents;
 pub mod app;
 pub mod config;
 pub mod embedded;

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::{json_response, validate_name, JsonBody};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::agents::Held;
 use crate::store::locks::{Acquire, LockInfo};
 
 /// Longest lock TTL: one day.
@@ -110,6 +111,12 @@ pub async fn acquire(
             .await?
         {
             Acquire::Granted(fencing_token, exp) => {
+                let held = Held::Lock {
+                    ns: ns.clone(),
+                    name: name.clone(),
+                    token: token.clone(),
+                };
+                st.presence.hold(&st.store, &b.owner, vec![held]).await;
                 let body = Granted {
                     namespace: ns,
                     name,
@@ -193,7 +200,13 @@ pub async fn release(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::bad_request("the x-lock-token header is required"))?;
     text("x-lock-token", token, 64)?;
-    st.store.lock_release(&ns, &name, token).await?;
+    let owner = st.store.lock_release(&ns, &name, token).await?;
+    let held = Held::Lock {
+        ns,
+        name,
+        token: token.to_string(),
+    };
+    st.presence.unhold(&st.store, &owner, held).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

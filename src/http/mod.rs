@@ -3,6 +3,7 @@
 //! Handlers only extract, call the store, and map the result. Every failure, including axum's
 //! own rejections (bad JSON, bad query, 404, 405, 413), leaves as a problem document.
 
+pub mod agents;
 pub mod channels;
 pub mod kv;
 pub mod locks;
@@ -65,6 +66,7 @@ pub const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
         (name = "ops", description = "Health, status and metrics"),
         (name = "watch", description = "Change stream over WebSocket"),
         (name = "locks", description = "Locks with fencing tokens"),
+        (name = "agents", description = "Agent presence and lifecycle; a lost agent's locks and leased tasks are freed at once"),
         (name = "queues", description = "Task queues: at-least-once, priorities, delays, leases, retries, dead letters")
     )
 )]
@@ -87,6 +89,10 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(watch::watch_socket))
         .routes(routes!(watch::events_sse))
         .routes(routes!(channels::publish))
+        .routes(routes!(agents::register, agents::get_agent))
+        .routes(routes!(agents::heartbeat))
+        .routes(routes!(agents::set_state))
+        .routes(routes!(agents::list_agents))
         .routes(routes!(locks::acquire, locks::get_lock, locks::release))
         .routes(routes!(locks::renew))
         .routes(routes!(queues::enqueue))

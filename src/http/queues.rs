@@ -15,6 +15,7 @@ use super::kv::{canonical, present};
 use super::{json_response, validate_name, JsonBody, Q};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::store::agents::Held;
 use crate::store::queue::{NewTask, QueueStats, Task};
 
 /// Longest long-poll.
@@ -267,6 +268,7 @@ pub async fn lease(
     if wait == 0 {
         let r = st.store.q_lease(&q, &b.worker, &tokens(), b.lease_ms).await?;
         observe(&r.tasks);
+        hold_tasks(&st, &q, &b.worker, &r.tasks).await;
         return Ok(json_response(StatusCode::OK, &LeaseResult { tasks: r.tasks }));
     }
     // Only a lease that may wait needs the queue's wake-up channel.
@@ -300,7 +302,38 @@ pub async fn lease(
         }
     };
     observe(&tasks);
+    hold_tasks(&st, &q, &b.worker, &tasks).await;
     Ok(json_response(StatusCode::OK, &LeaseResult { tasks }))
+}
+
+/// Tasks leased by a registered agent are recorded against it, to be requeued at once if it
+/// is lost.
+async fn hold_tasks(st: &AppState, q: &str, worker: &str, tasks: &[Task]) {
+    let held = tasks
+        .iter()
+        .filter_map(|t| {
+            Some(Held::Task {
+                queue: q.to_string(),
+                id: t.id.clone(),
+                token: t.lease_token.clone()?,
+            })
+        })
+        .collect::<Vec<_>>();
+    if !held.is_empty() {
+        st.presence.hold(&st.store, worker, held).await;
+    }
+}
+
+/// Its lease is over: no longer held by its worker.
+async fn unhold_task(st: &AppState, q: &str, id: &str, owner: Option<String>, token: &str) {
+    if let Some(owner) = owner {
+        let held = Held::Task {
+            queue: q.to_string(),
+            id: id.to_string(),
+            token: token.to_string(),
+        };
+        st.presence.unhold(&st.store, &owner, held).await;
+    }
 }
 
 /// Hands a consumed wake-up on to the next waiter when dropped while still holding it.
@@ -335,7 +368,8 @@ pub async fn ack(
     let id = task_id(&id)?;
     text_field("lease_token", &b.lease_token, 64)?;
     let result = b.result.as_ref().map(canonical);
-    let t = st.store.q_ack(&q, id, &b.lease_token, result.as_deref()).await?;
+    let (t, owner) = st.store.q_ack(&q, id, &b.lease_token, result.as_deref()).await?;
+    unhold_task(&st, &q, &t.id, owner, &b.lease_token).await;
     Ok(json_response(StatusCode::OK, &t))
 }
 
@@ -365,10 +399,11 @@ pub async fn nack(
     if let Some(d) = b.retry_delay_ms {
         range("retry_delay_ms", d, 0, MAX_LEASE_MS)?;
     }
-    let t = st
+    let (t, owner) = st
         .store
         .q_nack(&q, id, &b.lease_token, &b.error, b.retry_delay_ms)
         .await?;
+    unhold_task(&st, &q, &t.id, owner, &b.lease_token).await;
     Ok(json_response(StatusCode::OK, &t))
 }
 

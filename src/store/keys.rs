@@ -78,6 +78,19 @@ impl Keys {
         format!("{}:lk:{ns}:{name}", self.prefix)
     }
 
+    /// An agent's record and the set of resources it holds (`{ag:<id>}` slot).
+    pub fn agent(&self, id: &str) -> (String, String) {
+        (
+            format!("{}:{{ag:{id}}}:a", self.prefix),
+            format!("{}:{{ag:{id}}}:held", self.prefix),
+        )
+    }
+
+    /// Every registered agent: id -> heartbeat deadline (+inf once lost or terminated).
+    pub fn agents(&self) -> String {
+        format!("{}:agents", self.prefix)
+    }
+
     /// Every queue ever enqueued to (listing, background upkeep).
     pub fn queues(&self) -> String {
         format!("{}:queues", self.prefix)

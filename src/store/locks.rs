@@ -83,7 +83,8 @@ impl Store {
         }
     }
 
-    pub async fn lock_release(&self, ns: &str, name: &str, token: &str) -> ApiResult<()> {
+    /// Returns the owner it had.
+    pub async fn lock_release(&self, ns: &str, name: &str, token: &str) -> ApiResult<String> {
         let keys = vec![self.keys().ns(ns).lock(name)];
         let channel = self.keys().lock_channel(ns, name);
         let a = self
@@ -91,7 +92,7 @@ impl Store {
             .await?
             .into_array();
         match a.first().and_then(v_str).as_deref() {
-            Some("ok") => Ok(()),
+            Some("ok") => Ok(a.get(1).and_then(v_str).unwrap_or_default()),
             Some("none") => Err(ApiError::not_found("the lock is not held (released or expired)")),
             _ => Err(held(a.get(1).and_then(v_str))),
         }

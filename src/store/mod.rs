@@ -5,6 +5,7 @@
 //! Every call is timed into `redis_command_duration_seconds{command}`; failures count into
 //! `redis_errors_total{kind}`.
 
+pub mod agents;
 pub mod keys;
 pub mod kv;
 pub mod locks;

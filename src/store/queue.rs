@@ -212,17 +212,37 @@ impl Store {
         })
     }
 
-    async fn q_leased_op(&self, name: &'static str, q: &str, extra: Vec<Value>) -> ApiResult<Task> {
+    /// The task after the change, and who held the lease (for nack, whose answer has none).
+    async fn q_leased_op(
+        &self,
+        name: &'static str,
+        q: &str,
+        extra: Vec<Value>,
+    ) -> ApiResult<(Task, Option<String>)> {
         let a = self.qcall(name, q, extra).await?.into_array();
         match a.first().and_then(v_str).as_deref() {
-            Some("ok") => task_of(q, a.get(1).unwrap_or(&Value::Null), false),
+            Some("ok") => {
+                let t = task_of(q, a.get(1).unwrap_or(&Value::Null), false)?;
+                let owner = a
+                    .get(2)
+                    .and_then(v_str)
+                    .filter(|o| !o.is_empty())
+                    .or_else(|| t.lease_owner.clone());
+                Ok((t, owner))
+            }
             Some("not_found") => Err(ApiError::not_found("no such task")),
             Some("lease_lost") => Err(lease_lost(a.get(1).and_then(v_str))),
             _ => Err(ApiError::internal(format!("unexpected reply from {name}: {a:?}"))),
         }
     }
 
-    pub async fn q_ack(&self, q: &str, id: &str, token: &str, result: Option<&str>) -> ApiResult<Task> {
+    pub async fn q_ack(
+        &self,
+        q: &str,
+        id: &str,
+        token: &str,
+        result: Option<&str>,
+    ) -> ApiResult<(Task, Option<String>)> {
         self.q_leased_op(
             "q_ack",
             q,
@@ -238,7 +258,7 @@ impl Store {
         token: &str,
         error: &str,
         retry_delay_ms: Option<u64>,
-    ) -> ApiResult<Task> {
+    ) -> ApiResult<(Task, Option<String>)> {
         let delay = retry_delay_ms.map(|d| d.to_string()).unwrap_or_default();
         self.q_leased_op(
             "q_nack",
@@ -255,6 +275,7 @@ impl Store {
             vec![id.into(), token.into(), (lease_ms as i64).into()],
         )
         .await
+        .map(|(t, _)| t)
     }
 
     pub async fn q_retry_dead(&self, q: &str, id: &str) -> ApiResult<Task> {

@@ -1,5 +1,6 @@
 //! The single integration-test binary (one link, one shared redis-server per run).
 
+mod agents;
 mod cli;
 mod common;
 mod errors;
