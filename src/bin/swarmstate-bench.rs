@@ -49,7 +49,7 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Scenarios to run, comma-separated: get, put, watch.
+    /// Scenarios to run, comma-separated: get, put, watch, queue, lock.
     #[arg(long, default_value = "get,put")]
     scenarios: String,
     /// watch scenario: WebSocket watchers on one namespace.
@@ -356,6 +356,10 @@ async fn main() {
             }
             "queue" => {
                 queue_scenario(addr, &args).await;
+                continue;
+            }
+            "lock" => {
+                lock_scenario(addr, &args).await;
                 continue;
             }
             other => panic!("unknown scenario {other}"),
@@ -733,5 +737,52 @@ async fn queue_scenario(addr: SocketAddr, args: &Args) {
         ms(hist.value_at_quantile(0.5)),
         ms(hist.value_at_quantile(0.99)),
         ms(hist.max())
+    );
+}
+
+/// `--concurrency` clients, each acquiring and releasing its own lock in a loop (acquire →
+/// 200 with token → DELETE with x-lock-token → 204): pairs per second and the pair's latency.
+async fn lock_scenario(addr: SocketAddr, args: &Args) {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let mut handles = Vec::new();
+    for c in 0..args.concurrency {
+        handles.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).ok();
+            let mut buf = Vec::new();
+            let path = format!("/v1/ns/lockbench/locks/l{c}");
+            let acquire = request("POST", &path, Some(&format!(r#"{{"owner":"c{c}","ttl_ms":10000}}"#)));
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let (st, body) = call(&mut s, &mut buf, &acquire).await;
+                assert_eq!(st, 200, "acquire answered {st}");
+                let token = body["token"].as_str().unwrap_or("").to_string();
+                let release = format!("DELETE {path} HTTP/1.1\r\nhost: bench\r\nx-lock-token: {token}\r\n\r\n");
+                let (st, _) = call(&mut s, &mut buf, release.as_bytes()).await;
+                assert_eq!(st, 204, "release answered {st}");
+                let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                n += 1;
+            }
+            (n, hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut total = 0;
+    for h in handles {
+        let (n, h) = h.await.expect("client");
+        total += n;
+        hist.add(h).expect("merge");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "LOCK {} clients: {:.0} acquire+release pairs/s ({:.0} requests/s)  pair p50 {:.3} ms  p99 {:.3} ms",
+        args.concurrency,
+        total as f64 / secs,
+        2.0 * total as f64 / secs,
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99))
     );
 }
