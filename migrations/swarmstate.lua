@@ -25,7 +25,7 @@ fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '6'
+local LIBRARY_VERSION = '7'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -44,6 +44,16 @@ end
 
 local function fmt(n)
   return string.format('%d', n)
+end
+
+-- Partition limits of the namespace (meta fields qb = quota bytes, qk = max keys, dttl =
+-- default TTL ms), read once per call. Plain namespaces have none.
+local function limits(ctx)
+  if not ctx.lim then
+    local f = redis.call('HMGET', ctx.meta, 'qb', 'qk', 'dttl')
+    ctx.lim = {qb = tonumber(f[1]), qk = tonumber(f[2]), dttl = tonumber(f[3])}
+  end
+  return ctx.lim
 end
 
 local function bump(ctx)
@@ -140,6 +150,22 @@ local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
   if expect ~= nil then
     if (expect == 0 and ver) or (expect == -1 and not ver) or (expect > 0 and ver ~= expect) then
       return {'version_mismatch', ver or 0}
+    end
+  end
+  local lim = limits(ctx)
+  if ttl == nil and lim.dttl then ttl = lim.dttl end
+  if (lim.qb or lim.qk) and not ctx.quota_checked then
+    -- A write into a partition may not pass its quota (growth only: a write that shrinks usage
+    -- is allowed even when a lowered quota is already passed).
+    local oldsz = h and h.sz or 0
+    local size = #key + #value + #meta
+    if lim.qb and size > oldsz then
+      local used = tonumber(redis.call('HGET', ctx.meta, 'bytes') or '0')
+      if used + size - oldsz > lim.qb then return {'quota_exceeded', 'bytes', used, lim.qb} end
+    end
+    if lim.qk and not h then
+      local n = redis.call('ZCARD', ctx.idx)
+      if n + 1 > lim.qk then return {'quota_exceeded', 'keys', n, lim.qk} end
     end
   end
   local rev = bump(ctx)
@@ -470,6 +496,34 @@ local function kv_txn(keys, args)
   local fail = read_ops()
   local ops = fail
   if ok then ops = succ end
+
+  -- Partition quota: the transaction's end state may not pass it; checked before any write.
+  local lim = limits(ctx)
+  if lim.qb or lim.qk then
+    local bytes0 = tonumber(redis.call('HGET', ctx.meta, 'bytes') or '0')
+    local keys0 = redis.call('ZCARD', ctx.idx)
+    local bytes, nkeys, cur = bytes0, keys0, {}
+    for _, op in ipairs(ops) do
+      local ki = op[2]
+      if cur[ki] == nil then
+        local sz = redis.call('HGET', ctx.sz, names[ki])
+        cur[ki] = sz and tonumber(sz) or false
+      end
+      if op[1] == 'put' then
+        local size = #names[ki] + #op[3] + #op[4]
+        if cur[ki] then bytes = bytes - cur[ki] else nkeys = nkeys + 1 end
+        bytes = bytes + size
+        cur[ki] = size
+      elseif op[1] == 'delete' and cur[ki] then
+        bytes = bytes - cur[ki]
+        nkeys = nkeys - 1
+        cur[ki] = false
+      end
+    end
+    if lim.qb and bytes > lim.qb and bytes > bytes0 then return {'quota_exceeded', 'bytes', bytes0, lim.qb} end
+    if lim.qk and nkeys > lim.qk and nkeys > keys0 then return {'quota_exceeded', 'keys', keys0, lim.qk} end
+    ctx.quota_checked = true
+  end
 
   local results = {}
   for i, op in ipairs(ops) do
@@ -944,6 +998,70 @@ local function q_requeue(keys, args)
   return 1
 end
 
+--[[ Memory partitions: a namespace with an owner, a tier and a quota. `part` hash (same
+`{ns}` slot) holds the partition; its limits are copied into the namespace meta (qb, qk, dttl)
+where every write checks them. The pool (`<p>:pool` hash: allocated; `<p>:partitions` set) is
+in another slot and kept by pool_alloc. ]]
+
+-- KEYS: part, meta; ARGV: name, owner, tier, quota_bytes, max_keys ('' none), default_ttl_ms ('' none)
+local function part_create(keys, args)
+  if redis.call('EXISTS', keys[1]) == 1 then return {'exists'} end
+  local now = now_ms()
+  redis.call('HSET', keys[1], 'name', args[1], 'owner_agent', args[2], 'tier', args[3],
+             'quota_bytes', args[4], 'max_keys', args[5], 'default_ttl_ms', args[6],
+             'created_at', now, 'updated_at', now)
+  redis.call('HSET', keys[2], 'qb', args[4])
+  if args[5] ~= '' then redis.call('HSET', keys[2], 'qk', args[5]) else redis.call('HDEL', keys[2], 'qk') end
+  if args[6] ~= '' then redis.call('HSET', keys[2], 'dttl', args[6]) else redis.call('HDEL', keys[2], 'dttl') end
+  return {'ok'}
+end
+
+-- KEYS: part, meta; ARGV: quota_bytes ('' keep), max_keys ('' keep, '0' none)
+-- Returns {'ok', old quota} | {'not_found'}
+local function part_update(keys, args)
+  local old = redis.call('HGET', keys[1], 'quota_bytes')
+  if not old then return {'not_found'} end
+  if args[1] ~= '' then
+    redis.call('HSET', keys[1], 'quota_bytes', args[1])
+    redis.call('HSET', keys[2], 'qb', args[1])
+  end
+  if args[2] == '0' then
+    redis.call('HSET', keys[1], 'max_keys', '')
+    redis.call('HDEL', keys[2], 'qk')
+  elseif args[2] ~= '' then
+    redis.call('HSET', keys[1], 'max_keys', args[2])
+    redis.call('HSET', keys[2], 'qk', args[2])
+  end
+  redis.call('HSET', keys[1], 'updated_at', now_ms())
+  return {'ok', old}
+end
+
+-- Remove a partition's data, up to 500 entries per call.
+-- KEYS: meta idx log ttl sz part fence; ARGV: entry key prefix (<p>:{ns}:)
+-- Returns entries left (0 = everything, partition included, is gone).
+local function ns_drop(keys, args)
+  local names = redis.call('ZRANGE', keys[2], 0, 499)
+  for _, k in ipairs(names) do
+    redis.call('DEL', args[1] .. 'e:' .. k, args[1] .. 'h:' .. k)
+    redis.call('ZREM', keys[2], k)
+  end
+  local left = redis.call('ZCARD', keys[2])
+  if left == 0 then redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]) end
+  return left
+end
+
+-- KEYS: pool, partitions; ARGV: name, delta bytes, capacity, 'add' | 'remove' | ''
+-- Returns {'ok', allocated} | {'exhausted', allocated}
+local function pool_alloc(keys, args)
+  local allocated = tonumber(redis.call('HGET', keys[1], 'allocated') or '0')
+  local delta = tonumber(args[2])
+  if delta > 0 and allocated + delta > tonumber(args[3]) then return {'exhausted', allocated} end
+  allocated = redis.call('HINCRBY', keys[1], 'allocated', delta)
+  if args[4] == 'add' then redis.call('SADD', keys[2], args[1]) end
+  if args[4] == 'remove' then redis.call('SREM', keys[2], args[1]) end
+  return {'ok', allocated}
+end
+
 local function swarmstate_version()
   return LIBRARY_VERSION
 end
@@ -976,5 +1094,9 @@ redis.register_function('agent_lost', agent_lost)
 redis.register_function('agent_hold', agent_hold)
 redis.register_function('lock_free', lock_free)
 redis.register_function('q_requeue', q_requeue)
+redis.register_function('part_create', part_create)
+redis.register_function('part_update', part_update)
+redis.register_function('ns_drop', ns_drop)
+redis.register_function('pool_alloc', pool_alloc)
 redis.register_function{function_name = 'q_stats', callback = q_stats, flags = {'no-writes'}}
 redis.register_function{function_name = 'q_dead_list', callback = q_dead_list, flags = {'no-writes'}}

@@ -46,6 +46,12 @@ pub enum ErrorCode {
     StaleFencingToken,
     /// An agent lifecycle transition that is not allowed (or a heartbeat from a lost agent).
     InvalidTransition,
+    /// A partition, or something else that must be unique, exists already.
+    AlreadyExists,
+    /// The write would pass the partition's quota_bytes or max_keys; nothing was written.
+    QuotaExceeded,
+    /// The pool has no room for this allocation.
+    PoolExhausted,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -64,10 +70,10 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotACounter | Conflict | LeaseLost | LockHeld | StaleFencingToken | InvalidTransition => {
-                StatusCode::CONFLICT
-            }
+            NotACounter | Conflict | LeaseLost | LockHeld | StaleFencingToken | InvalidTransition
+            | AlreadyExists => StatusCode::CONFLICT,
             CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+            QuotaExceeded | PoolExhausted => StatusCode::INSUFFICIENT_STORAGE,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,6 +99,9 @@ impl ErrorCode {
             LockHeld => "Lock held",
             StaleFencingToken => "Stale fencing token",
             InvalidTransition => "Invalid transition",
+            AlreadyExists => "Already exists",
+            QuotaExceeded => "Quota exceeded",
+            PoolExhausted => "Pool exhausted",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -118,6 +127,9 @@ impl ErrorCode {
             LockHeld => "lock_held",
             StaleFencingToken => "stale_fencing_token",
             InvalidTransition => "invalid_transition",
+            AlreadyExists => "already_exists",
+            QuotaExceeded => "quota_exceeded",
+            PoolExhausted => "pool_exhausted",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }

@@ -753,14 +753,19 @@ async fn lock_scenario(addr: SocketAddr, args: &Args) {
             s.set_nodelay(true).ok();
             let mut buf = Vec::new();
             let path = format!("/v1/ns/lockbench/locks/l{c}");
-            let acquire = request("POST", &path, Some(&format!(r#"{{"owner":"c{c}","ttl_ms":10000}}"#)));
+            let acquire = request(
+                "POST",
+                &path,
+                Some(&format!(r#"{{"owner":"c{c}","ttl_ms":10000}}"#)),
+            );
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 let (st, body) = call(&mut s, &mut buf, &acquire).await;
                 assert_eq!(st, 200, "acquire answered {st}");
                 let token = body["token"].as_str().unwrap_or("").to_string();
-                let release = format!("DELETE {path} HTTP/1.1\r\nhost: bench\r\nx-lock-token: {token}\r\n\r\n");
+                let release =
+                    format!("DELETE {path} HTTP/1.1\r\nhost: bench\r\nx-lock-token: {token}\r\n\r\n");
                 let (st, _) = call(&mut s, &mut buf, release.as_bytes()).await;
                 assert_eq!(st, 204, "release answered {st}");
                 let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);

@@ -8,6 +8,7 @@ pub mod channels;
 pub mod kv;
 pub mod locks;
 pub mod ops;
+pub mod partitions;
 pub mod queues;
 pub mod watch;
 
@@ -66,6 +67,7 @@ pub const MAX_SAFE_INT: i64 = 9_007_199_254_740_991;
         (name = "ops", description = "Health, status and metrics"),
         (name = "watch", description = "Change stream over WebSocket"),
         (name = "locks", description = "Locks with fencing tokens"),
+        (name = "partitions", description = "Quota-bounded namespaces allocated from a pool"),
         (name = "agents", description = "Agent presence and lifecycle; a lost agent's locks and leased tasks are freed at once"),
         (name = "queues", description = "Task queues: at-least-once, priorities, delays, leases, retries, dead letters")
     )
@@ -93,6 +95,13 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::set_state))
         .routes(routes!(agents::list_agents))
+        .routes(routes!(partitions::create, partitions::list))
+        .routes(routes!(
+            partitions::get_partition,
+            partitions::patch,
+            partitions::delete
+        ))
+        .routes(routes!(partitions::pool))
         .routes(routes!(locks::acquire, locks::get_lock, locks::release))
         .routes(routes!(locks::renew))
         .routes(routes!(queues::enqueue))

@@ -86,6 +86,16 @@ impl Keys {
         )
     }
 
+    /// The partition pool: `allocated` bytes.
+    pub fn pool(&self) -> String {
+        format!("{}:pool", self.prefix)
+    }
+
+    /// Every partition's name.
+    pub fn partitions(&self) -> String {
+        format!("{}:partitions", self.prefix)
+    }
+
     /// Every registered agent: id -> heartbeat deadline (+inf once lost or terminated).
     pub fn agents(&self) -> String {
         format!("{}:agents", self.prefix)
@@ -157,6 +167,16 @@ impl NsKeys {
     /// A lock of the namespace (hash, expires with the lease).
     pub fn lock(&self, name: &str) -> String {
         self.derived("lock:", name)
+    }
+
+    /// The namespace's partition record (when it is one).
+    pub fn part(&self) -> String {
+        format!("{}part", self.base)
+    }
+
+    /// The namespace's key prefix (`<p>:{ns}:`).
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// name -> last fencing token granted, for every lock of the namespace.

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod kv;
 pub mod locks;
 pub mod migrate;
+pub mod partitions;
 pub mod queue;
 
 use std::collections::HashSet;
@@ -265,6 +266,18 @@ impl Store {
             let v = res.map_err(|e| map_redis_error(name, e))?;
             // Every KV write checks x-fencing-token first; a refusal has one shape for all.
             if let Value::Array(a) = &v {
+                if a.first().and_then(v_str).as_deref() == Some("quota_exceeded") {
+                    let what = a.get(1).and_then(v_str).unwrap_or_default();
+                    let (used, limit) = (a.get(2).map(v_u64).unwrap_or(0), a.get(3).map(v_u64).unwrap_or(0));
+                    return Err(ApiError::new(
+                        crate::error::ErrorCode::QuotaExceeded,
+                        if what == "keys" {
+                            format!("the partition holds {used} of at most {limit} keys; nothing was written")
+                        } else {
+                            format!("the partition uses {used} of {limit} quota bytes and this write would pass it; nothing was written")
+                        },
+                    ));
+                }
                 if a.first().and_then(v_str).as_deref() == Some("stale_fencing_token") {
                     let cur = a.get(1).map(v_u64).unwrap_or(0);
                     return Err(ApiError::new(

@@ -7,6 +7,7 @@ mod errors;
 mod kv;
 mod locks;
 mod ops;
+mod partitions;
 mod queues;
 mod relay;
 mod resilience;

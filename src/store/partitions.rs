@@ -1,0 +1,252 @@
+//! Memory partitions and the pool: wrappers of `part_*`, `ns_drop` and `pool_alloc`.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{v_str, v_u64, Store};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+
+/// A partition with its usage.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Partition {
+    pub name: String,
+    pub owner_agent: String,
+    /// short_term, working, long_term or shared.
+    pub tier: String,
+    pub quota_bytes: u64,
+    pub max_keys: Option<u64>,
+    /// Applied to writes without ttl_ms (null = none).
+    pub default_ttl_ms: Option<u64>,
+    /// Bytes of live keys, values and metadata (as accounted by every write).
+    pub used_bytes: u64,
+    pub key_count: u64,
+    /// used_bytes / quota_bytes.
+    pub utilization: f64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `GET /v1/pool`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Pool {
+    pub capacity_bytes: u64,
+    /// Sum of the partitions' quotas.
+    pub allocated_bytes: u64,
+    /// Sum of the partitions' used bytes.
+    pub used_bytes: u64,
+    /// allocated_bytes / capacity_bytes.
+    pub utilization: f64,
+    pub partitions: u64,
+}
+
+impl Store {
+    async fn pool_alloc(&self, name: &str, delta: i64, capacity: u64, op: &str) -> ApiResult<u64> {
+        let keys = vec![self.keys().pool(), self.keys().partitions()];
+        let a = self
+            .fcall(
+                "pool_alloc",
+                keys,
+                vec![name.into(), delta.into(), (capacity as i64).into(), op.into()],
+            )
+            .await?
+            .into_array();
+        let allocated = a.get(1).map(v_u64).unwrap_or(0);
+        match a.first().and_then(v_str).as_deref() {
+            Some("ok") => Ok(allocated),
+            _ => Err(ApiError::new(
+                ErrorCode::PoolExhausted,
+                format!("the pool has {allocated} of {capacity} bytes allocated; {delta} more do not fit"),
+            )),
+        }
+    }
+
+    /// Create; the name is claimed first, then the pool allocation (undone on failure).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn part_create(
+        &self,
+        name: &str,
+        owner: &str,
+        tier: &str,
+        quota: u64,
+        max_keys: Option<u64>,
+        default_ttl_ms: Option<u64>,
+        capacity: u64,
+    ) -> ApiResult<Partition> {
+        let nk = self.keys().ns(name);
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let a = self
+            .fcall(
+                "part_create",
+                vec![nk.part(), nk.meta.clone()],
+                vec![
+                    name.into(),
+                    owner.into(),
+                    tier.into(),
+                    (quota as i64).into(),
+                    opt(max_keys).into(),
+                    opt(default_ttl_ms).into(),
+                ],
+            )
+            .await?
+            .into_array();
+        if a.first().and_then(v_str).as_deref() == Some("exists") {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("partition `{name}` exists"),
+            ));
+        }
+        if let Err(e) = self.pool_alloc(name, quota as i64, capacity, "add").await {
+            let _: i64 = self
+                .timed("del", self.client().del(vec![nk.part()]))
+                .await
+                .unwrap_or(0);
+            let _: i64 = self
+                .timed(
+                    "hdel",
+                    self.client().hdel(nk.meta.clone(), vec!["qb", "qk", "dttl"]),
+                )
+                .await
+                .unwrap_or(0);
+            return Err(e);
+        }
+        self.register_namespace(name).await?;
+        self.part_get(name)
+            .await?
+            .ok_or_else(|| ApiError::internal("partition vanished after create"))
+    }
+
+    pub async fn part_get(&self, name: &str) -> ApiResult<Option<Partition>> {
+        let nk = self.keys().ns(name);
+        let m: HashMap<String, String> = self.timed("hgetall", self.client().hgetall(nk.part())).await?;
+        if m.is_empty() {
+            return Ok(None);
+        }
+        let used: Option<u64> = self
+            .timed("hget", self.client().hget(nk.meta.clone(), "bytes"))
+            .await?;
+        let keys: u64 = self.timed("zcard", self.client().zcard(nk.idx.clone())).await?;
+        let num = |k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok());
+        let quota = num("quota_bytes").unwrap_or(0);
+        let used = used.unwrap_or(0);
+        let time = |k: &str| super::kv::rfc3339(m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0));
+        Ok(Some(Partition {
+            name: name.to_string(),
+            owner_agent: m.get("owner_agent").cloned().unwrap_or_default(),
+            tier: m.get("tier").cloned().unwrap_or_default(),
+            quota_bytes: quota,
+            max_keys: num("max_keys"),
+            default_ttl_ms: num("default_ttl_ms"),
+            used_bytes: used,
+            key_count: keys,
+            utilization: if quota == 0 {
+                0.0
+            } else {
+                used as f64 / quota as f64
+            },
+            created_at: time("created_at"),
+            updated_at: time("updated_at"),
+        }))
+    }
+
+    pub async fn part_names(&self) -> ApiResult<Vec<String>> {
+        self.timed("smembers", self.client().smembers(self.keys().partitions()))
+            .await
+    }
+
+    /// Change the quota (pool first when it grows) and/or max_keys (0 = none).
+    pub async fn part_update(
+        &self,
+        name: &str,
+        quota: Option<u64>,
+        max_keys: Option<u64>,
+        capacity: u64,
+    ) -> ApiResult<Partition> {
+        let cur = self
+            .part_get(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such partition"))?;
+        let delta = quota.map(|q| q as i64 - cur.quota_bytes as i64).unwrap_or(0);
+        if delta != 0 {
+            self.pool_alloc(name, delta, capacity, "").await?;
+        }
+        let nk = self.keys().ns(name);
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let a = self
+            .fcall(
+                "part_update",
+                vec![nk.part(), nk.meta.clone()],
+                vec![opt(quota).into(), opt(max_keys).into()],
+            )
+            .await?
+            .into_array();
+        if a.first().and_then(v_str).as_deref() != Some("ok") {
+            if delta != 0 {
+                let _ = self.pool_alloc(name, -delta, capacity, "").await;
+            }
+            return Err(ApiError::not_found("no such partition"));
+        }
+        self.part_get(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such partition"))
+    }
+
+    /// Delete the partition and all its data, then give its quota back to the pool.
+    pub async fn part_delete(&self, name: &str, capacity: u64) -> ApiResult<()> {
+        let cur = self
+            .part_get(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such partition"))?;
+        let nk = self.keys().ns(name);
+        let keys = vec![
+            nk.meta.clone(),
+            nk.idx.clone(),
+            nk.log.clone(),
+            nk.ttl.clone(),
+            nk.sz.clone(),
+            nk.part(),
+            nk.fence(),
+        ];
+        loop {
+            let left = v_u64(
+                &self
+                    .fcall("ns_drop", keys.clone(), vec![nk.base().into()])
+                    .await?,
+            );
+            if left == 0 {
+                break;
+            }
+        }
+        self.pool_alloc(name, -(cur.quota_bytes as i64), capacity, "remove")
+            .await?;
+        Ok(())
+    }
+
+    pub async fn pool_status(&self, capacity: u64) -> ApiResult<Pool> {
+        let allocated: Option<u64> = self
+            .timed("hget", self.client().hget(self.keys().pool(), "allocated"))
+            .await?;
+        let names = self.part_names().await?;
+        let mut used = 0;
+        for n in &names {
+            let b: Option<u64> = self
+                .timed("hget", self.client().hget(self.keys().ns(n).meta, "bytes"))
+                .await?;
+            used += b.unwrap_or(0);
+        }
+        let allocated = allocated.unwrap_or(0);
+        Ok(Pool {
+            capacity_bytes: capacity,
+            allocated_bytes: allocated,
+            used_bytes: used,
+            utilization: if capacity == 0 {
+                0.0
+            } else {
+                allocated as f64 / capacity as f64
+            },
+            partitions: names.len() as u64,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! Memory partitions: atomic quotas under concurrency, TTL freeing quota, the pool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{shared_redis_url, test_config, TestApp};
+
+async fn create(app: &TestApp, body: Value) -> crate::common::Resp {
+    app.post("/v1/partitions", body).await
+}
+
+/// What the partition's keys really take: key + canonical value (+ metadata) bytes, listed.
+async fn recount(app: &TestApp, ns: &str) -> (u64, u64) {
+    let mut cursor: Option<String> = None;
+    let (mut bytes, mut keys) = (0u64, 0u64);
+    loop {
+        let mut path = format!("/v1/ns/{ns}/kv?values=true&limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = app.get(&path).await.json();
+        for e in page["items"].as_array().unwrap() {
+            keys += 1;
+            bytes += e["key"].as_str().unwrap().len() as u64 + e["value"].to_string().len() as u64;
+            if !e["metadata"].is_null() {
+                bytes += e["metadata"].to_string().len() as u64;
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return (bytes, keys),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_racing_writers_never_pass_the_quota_by_one_byte() {
+    use rand::{Rng, SeedableRng};
+    let app = Arc::new(TestApp::start().await);
+    let r = create(
+        &app,
+        json!({"name": "fill", "owner_agent": "a1", "quota_bytes": 20000, "tier": "shared"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        let a = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+            let (mut ok, mut refused) = (0, 0);
+            for _ in 0..60 {
+                let key = format!("k{}", rng.random_range(0..40));
+                if rng.random_bool(0.15) {
+                    a.delete(&format!("/v1/ns/fill/kv/{key}")).await;
+                    continue;
+                }
+                let value = "v".repeat(rng.random_range(10..900));
+                let r = a
+                    .put(&format!("/v1/ns/fill/kv/{key}"), json!({"value": value}))
+                    .await;
+                match r.status {
+                    200 | 201 => ok += 1,
+                    507 => {
+                        r.problem(507, "quota_exceeded");
+                        refused += 1
+                    }
+                    s => panic!("unexpected {s}: {}", r.text()),
+                }
+                let p = a.get("/v1/partitions/fill").await.json();
+                assert!(p["used_bytes"].as_u64().unwrap() <= 20000, "{p}");
+            }
+            (ok, refused)
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    assert!(refused > 0, "the quota was never reached ({ok} writes)");
+    let p = app.get("/v1/partitions/fill").await.json();
+    let (bytes, keys) = recount(&app, "fill").await;
+    assert_eq!(p["used_bytes"], bytes, "{p}");
+    assert_eq!(p["key_count"], keys, "{p}");
+    assert!(bytes <= 20000);
+    eprintln!("{ok} writes accepted, {refused} refused, {bytes} of 20000 bytes used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_change_nothing_and_expiry_frees_quota() {
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"name": "tight", "owner_agent": "a", "quota_bytes": 100, "max_keys": 3, "tier": "shared"}),
+    )
+    .await;
+    app.put("/v1/ns/tight/kv/a", json!({"value": "x".repeat(40)}))
+        .await;
+    let before = app.get("/v1/ns/tight/kv/a").await.json();
+    let ns_before = app.get("/v1/namespaces").await.json();
+    // Growing a past the quota: refused, nothing changes (not even the revision).
+    app.put("/v1/ns/tight/kv/a", json!({"value": "x".repeat(120)}))
+        .await
+        .problem(507, "quota_exceeded");
+    let txn = json!({"success": [{"op": "put", "key": "b", "value": "y".repeat(30)}, {"op": "put", "key": "c", "value": "z".repeat(30)}]});
+    app.post("/v1/ns/tight/txn", txn)
+        .await
+        .problem(507, "quota_exceeded");
+    assert_eq!(app.get("/v1/ns/tight/kv/a").await.json(), before);
+    assert_eq!(app.get("/v1/namespaces").await.json(), ns_before);
+    app.get("/v1/ns/tight/kv/b").await.problem(404, "not_found");
+    // A txn that frees room as it writes fits.
+    let txn = json!({"success": [{"op": "delete", "key": "a"}, {"op": "put", "key": "b", "value": "y".repeat(60)}]});
+    assert_eq!(app.post("/v1/ns/tight/txn", txn).await.status, 200);
+    // max_keys.
+    app.put("/v1/ns/tight/kv/c", json!({"value": 1})).await;
+    app.put("/v1/ns/tight/kv/d", json!({"value": 1})).await;
+    app.put("/v1/ns/tight/kv/e", json!({"value": 1}))
+        .await
+        .problem(507, "quota_exceeded");
+    // Expiry frees quota: a TTL'd key fills it, and once expired the space is usable again.
+    app.delete("/v1/ns/tight/kv/b").await;
+    app.delete("/v1/ns/tight/kv/c").await;
+    let r = app
+        .put(
+            "/v1/ns/tight/kv/t",
+            json!({"value": "t".repeat(80), "ttl_ms": 300}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    app.put("/v1/ns/tight/kv/u", json!({"value": "u".repeat(40)}))
+        .await
+        .problem(507, "quota_exceeded");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = app
+            .put("/v1/ns/tight/kv/u", json!({"value": "u".repeat(40)}))
+            .await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expiry never freed the quota: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = app.get("/v1/partitions/tight").await.json();
+    assert_eq!(p["used_bytes"], recount(&app, "tight").await.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_bounds_allocations_and_tiers_give_default_ttls() {
+    let mut cfg = test_config(&shared_redis_url());
+    cfg.pool_capacity_bytes = 10_000;
+    let app = TestApp::with_config(cfg).await;
+    let r = create(
+        &app,
+        json!({"name": "p1", "owner_agent": "a", "quota_bytes": 6000, "tier": "short_term"}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["default_ttl_ms"], 1_800_000);
+    create(
+        &app,
+        json!({"name": "p2", "owner_agent": "a", "quota_bytes": 5000, "tier": "working"}),
+    )
+    .await
+    .problem(507, "pool_exhausted");
+    create(
+        &app,
+        json!({"name": "p1", "owner_agent": "b", "quota_bytes": 10, "tier": "working"}),
+    )
+    .await
+    .problem(409, "already_exists");
+    app.get("/v1/partitions/p2").await.problem(404, "not_found");
+    let pool = app.get("/v1/pool").await.json();
+    assert_eq!(
+        (pool["capacity_bytes"].as_u64(), pool["allocated_bytes"].as_u64()),
+        (Some(10_000), Some(6000))
+    );
+    // Growing p1 past the pool is refused; shrinking gives room.
+    app.req(
+        "PATCH",
+        "/v1/partitions/p1",
+        &[("content-type", "application/json")],
+        Some(br#"{"quota_bytes": 11000}"#),
+    )
+    .await
+    .problem(507, "pool_exhausted");
+    let r = app
+        .req(
+            "PATCH",
+            "/v1/partitions/p1",
+            &[("content-type", "application/json")],
+            Some(br#"{"quota_bytes": 4000}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = create(&app, json!({"name": "p2", "owner_agent": "a", "quota_bytes": 5000, "tier": "long_term", "default_ttl_ms": 0})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A write without ttl_ms into a short_term partition gets the tier's TTL.
+    let e = app.put("/v1/ns/p1/kv/note", json!({"value": 1})).await.json();
+    assert!(e["expires_at"].is_string(), "{e}");
+    let e = app.put("/v1/ns/p2/kv/note", json!({"value": 1})).await.json();
+    assert!(e["expires_at"].is_null(), "{e}");
+    // Deleting a partition frees its data and its allocation.
+    assert_eq!(app.delete("/v1/partitions/p1").await.status, 204);
+    app.get("/v1/ns/p1/kv/note").await.problem(404, "not_found");
+    let pool = app.get("/v1/pool").await.json();
+    assert_eq!(pool["allocated_bytes"], 5000, "{pool}");
+    assert_eq!(pool["partitions"], 1);
+    let list = app.get("/v1/partitions").await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
