@@ -1050,6 +1050,18 @@ local function ns_drop(keys, args)
   return left
 end
 
+-- Exact recount of a namespace's accounted bytes from its per-key sizes (one slot, so a
+-- consistent snapshot), correcting `bytes` if it drifted. KEYS: meta, sz. Returns the drift
+-- (stored minus recounted). Meant for partitions, whose size hash is bounded by max_keys/quota.
+local function ns_recount(keys, args)
+  local total = 0
+  local vals = redis.call('HVALS', keys[2])
+  for _, v in ipairs(vals) do total = total + tonumber(v) end
+  local stored = tonumber(redis.call('HGET', keys[1], 'bytes') or '0')
+  if stored ~= total then redis.call('HSET', keys[1], 'bytes', total) end
+  return stored - total
+end
+
 -- KEYS: pool, partitions; ARGV: name, delta bytes, capacity, 'add' | 'remove' | ''
 -- Returns {'ok', allocated} | {'exhausted', allocated}
 local function pool_alloc(keys, args)
@@ -1098,5 +1110,6 @@ redis.register_function('part_create', part_create)
 redis.register_function('part_update', part_update)
 redis.register_function('ns_drop', ns_drop)
 redis.register_function('pool_alloc', pool_alloc)
+redis.register_function('ns_recount', ns_recount)
 redis.register_function{function_name = 'q_stats', callback = q_stats, flags = {'no-writes'}}
 redis.register_function{function_name = 'q_dead_list', callback = q_dead_list, flags = {'no-writes'}}

@@ -112,6 +112,10 @@ impl Server {
                 stopped.clone(),
             ),
             tokio::spawn(crate::queues::reaper(state.store.clone(), stopped.clone())),
+            tokio::spawn(crate::queues::partition_upkeep(
+                state.store.clone(),
+                stopped.clone(),
+            )),
             tokio::spawn(crate::agents::watcher(
                 state.presence.clone(),
                 state.store.clone(),

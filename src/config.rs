@@ -88,7 +88,7 @@ pub struct Config {
     pub backup_dir: Option<PathBuf>,
     /// Backup encryption key (backups issue).
     pub backup_key: Option<String>,
-    /// Total bytes memory partitions may allocate (partitions issue).
+    /// Total bytes memory partitions may allocate (sum of their quotas).
     pub pool_capacity_bytes: u64,
 }
 

@@ -49,7 +49,7 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Scenarios to run, comma-separated: get, put, watch, queue, lock.
+    /// Scenarios to run, comma-separated: get, put, putq (PUT into a partition), watch, queue, lock.
     #[arg(long, default_value = "get,put")]
     scenarios: String,
     /// watch scenario: WebSocket watchers on one namespace.
@@ -322,6 +322,7 @@ async fn main() {
     };
     let value = format!("\"{}\"", "x".repeat(args.value_size.saturating_sub(2)));
     let body = format!("{{\"value\":{value}}}");
+    let body_put = body.clone();
     let paths: Vec<String> = (0..args.keys)
         .map(|i| format!("/v1/ns/bench/kv/key:{i:06}"))
         .collect();
@@ -350,6 +351,18 @@ async fn main() {
         let reqs = match sc {
             "get" => gets.clone(),
             "put" => puts.clone(),
+            "putq" => {
+                // The same PUTs into a partition (quota checked inside every write).
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                let mut buf = Vec::new();
+                let body =
+                    r#"{"name":"benchq","owner_agent":"bench","quota_bytes":1073741824,"tier":"shared"}"#;
+                let (st, _) = call(&mut s, &mut buf, &request("POST", "/v1/partitions", Some(body))).await;
+                assert!(st == 201 || st == 409, "partition create answered {st}");
+                (0..args.keys)
+                    .map(|i| request("PUT", &format!("/v1/ns/benchq/kv/key:{i:06}"), Some(&body_put)))
+                    .collect()
+            }
             "watch" => {
                 watch_scenario(addr, &args, service_pid).await;
                 continue;
@@ -385,6 +398,14 @@ async fn main() {
             o.errors
         );
         results.push((sc.to_string(), rps));
+    }
+    let rate = |n: &str| results.iter().find(|(s, _)| s == n).map(|(_, r)| *r);
+    if let (Some(put), Some(putq)) = (rate("put"), rate("putq")) {
+        println!(
+            "quota-checked PUT / plain PUT = {:.2}  (cost of quota checking {:.0} %, target < 15 %)",
+            putq / put,
+            (1.0 - putq / put) * 100.0
+        );
     }
     if args.no_redis_benchmark {
         return;

@@ -224,6 +224,15 @@ impl Store {
         Ok(())
     }
 
+    /// Recount the partition's bytes from its per-key sizes; returns the drift corrected.
+    pub async fn part_recount(&self, name: &str) -> ApiResult<i64> {
+        let nk = self.keys().ns(name);
+        let v = self
+            .fcall("ns_recount", vec![nk.meta.clone(), nk.sz.clone()], vec![])
+            .await?;
+        Ok(super::v_i64(&v))
+    }
+
     pub async fn pool_status(&self, capacity: u64) -> ApiResult<Pool> {
         let allocated: Option<u64> = self
             .timed("hget", self.client().hget(self.keys().pool(), "allocated"))

@@ -218,3 +218,28 @@ async fn the_pool_bounds_allocations_and_tiers_give_default_ttls() {
     let list = app.get("/v1/partitions").await.json();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recount_corrects_drift_and_reports_it() {
+    use fred::prelude::*;
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"name": "rc", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+    )
+    .await;
+    app.put("/v1/ns/rc/kv/a", json!({"value": "x".repeat(50)})).await;
+    let exact = app.get("/v1/partitions/rc").await.json()["used_bytes"]
+        .as_u64()
+        .unwrap();
+    // Something outside the functions corrupts the running total.
+    let r = app.redis().await;
+    let _: () = r
+        .hset(format!("{}:{{rc}}:meta", app.prefix), ("bytes", 7))
+        .await
+        .unwrap();
+    let store = &app.server.as_ref().unwrap().state.store;
+    assert_eq!(store.part_recount("rc").await.unwrap(), 7 - exact as i64);
+    assert_eq!(app.get("/v1/partitions/rc").await.json()["used_bytes"], exact);
+    assert_eq!(store.part_recount("rc").await.unwrap(), 0);
+}
