@@ -25,7 +25,7 @@ fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '7'
+local LIBRARY_VERSION = '8'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -743,8 +743,20 @@ local function q_check_lease(c, id, token)
 end
 
 -- ARGV: prefix, channel, id, token, result ('' none)
+-- x-fencing-token on an ack/nack: KEYS[10] is the lock namespace's fence hash (another slot:
+-- standalone and Sentinel only). Returns the refusal, or nil.
+local function q_fence(keys, name, n)
+  if not name or name == '' then return nil end
+  local cur = tonumber(redis.call('HGET', keys[10], name) or '0')
+  if cur ~= tonumber(n) then return {'stale_fencing_token', cur} end
+  return nil
+end
+
+-- ARGV: prefix, channel, id, token, result ('' none), [fence lock, fence token]
 local function q_ack(keys, args)
   local c = q_ctx(keys, args)
+  local stale = q_fence(keys, args[6], args[7])
+  if stale then return stale end
   local id = args[3]
   local tk, err = q_check_lease(c, id, args[4])
   if not tk then return err end
@@ -758,6 +770,8 @@ end
 -- ARGV: prefix, channel, id, token, error, retry_delay_ms ('' = backoff)
 local function q_nack(keys, args)
   local c = q_ctx(keys, args)
+  local stale = q_fence(keys, args[7], args[8])
+  if stale then return stale end
   local id = args[3]
   local tk, err = q_check_lease(c, id, args[4])
   if not tk then return err end

@@ -311,6 +311,7 @@ pub async fn get_entry(
         ("If-None-Match" = Option<String>, Header, description = "`*`: create only"),
         ("x-agent-id" = Option<String>, Header, description = "Who writes (stored with the version)"),
         ("x-change-reason" = Option<String>, Header, description = "Why (stored with the version)"),
+        ("x-fencing-token" = Option<String>, Header, description = "`<lock>:<n>` (a lock of this namespace): refused with 409 stale_fencing_token unless n is the lock's newest token"),
     ),
     request_body = PutBody,
     responses(

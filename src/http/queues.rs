@@ -336,6 +336,35 @@ async fn unhold_task(st: &AppState, q: &str, id: &str, owner: Option<String>, to
     }
 }
 
+/// `x-fencing-token` on ack/nack: `<lock>:<n>` names a lock of the namespace called like the
+/// queue, `<ns>/<lock>:<n>` one of any namespace. Checked inside the ack's function, which
+/// then touches two slots: standalone and Sentinel only.
+fn ack_fence(
+    st: &AppState,
+    q: &str,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Option<(String, String, u64)>> {
+    let Some(v) = headers.get("x-fencing-token") else {
+        return Ok(None);
+    };
+    let bad = || ApiError::bad_request("x-fencing-token must be [<namespace>/]<lock>:<n>");
+    let v = v.to_str().map_err(|_| bad())?.trim();
+    let (target, n) = v.rsplit_once(':').ok_or_else(bad)?;
+    let (ns, lock) = match target.split_once('/') {
+        Some((ns, lock)) => (ns, lock),
+        None => (q, target),
+    };
+    validate_name("namespace", ns).map_err(|_| bad())?;
+    validate_name("lock", lock).map_err(|_| bad())?;
+    let n = n.parse::<u64>().map_err(|_| bad())?;
+    if matches!(st.store.mode(), crate::config::RedisMode::Cluster) {
+        return Err(ApiError::bad_request(
+            "x-fencing-token on task acks is not available with Redis Cluster (the lock and the queue live in different slots)",
+        ));
+    }
+    Ok(Some((ns.to_string(), lock.to_string(), n)))
+}
+
 /// Hands a consumed wake-up on to the next waiter when dropped while still holding it.
 struct PassOn<'a>(&'a tokio::sync::Notify, bool);
 
@@ -350,7 +379,8 @@ impl Drop for PassOn<'_> {
 /// Complete a leased task.
 #[utoipa::path(
     post, path = "/v1/queues/{queue}/tasks/{id}/ack", tag = "queues",
-    params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
+    params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id"),
+           ("x-fencing-token" = Option<String>, Header, description = "[<namespace>/]<lock>:<n>: refused with 409 stale_fencing_token unless n is that lock's newest token (lock namespace defaults to the queue's name; not with Redis Cluster)")),
     request_body = AckBody,
     responses(
         (status = 200, description = "Completed", body = Task),
@@ -362,13 +392,18 @@ impl Drop for PassOn<'_> {
 pub async fn ack(
     State(st): State<AppState>,
     Path((q, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     JsonBody(b): JsonBody<AckBody>,
 ) -> ApiResult<Response> {
     validate_name("queue", &q)?;
     let id = task_id(&id)?;
     text_field("lease_token", &b.lease_token, 64)?;
     let result = b.result.as_ref().map(canonical);
-    let (t, owner) = st.store.q_ack(&q, id, &b.lease_token, result.as_deref()).await?;
+    let fence = ack_fence(&st, &q, &headers)?;
+    let (t, owner) = st
+        .store
+        .q_ack(&q, id, &b.lease_token, result.as_deref(), fence.as_ref())
+        .await?;
     unhold_task(&st, &q, &t.id, owner, &b.lease_token).await;
     Ok(json_response(StatusCode::OK, &t))
 }
@@ -376,7 +411,8 @@ pub async fn ack(
 /// Fail a leased task: retried after its backoff, or dead-lettered after max_attempts.
 #[utoipa::path(
     post, path = "/v1/queues/{queue}/tasks/{id}/nack", tag = "queues",
-    params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
+    params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id"),
+           ("x-fencing-token" = Option<String>, Header, description = "[<namespace>/]<lock>:<n>: refused with 409 stale_fencing_token unless n is that lock's newest token (lock namespace defaults to the queue's name; not with Redis Cluster)")),
     request_body = NackBody,
     responses(
         (status = 200, description = "Recorded; the task is `failed` (waiting to retry), `ready` or `dead`", body = Task),
@@ -388,6 +424,7 @@ pub async fn ack(
 pub async fn nack(
     State(st): State<AppState>,
     Path((q, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     JsonBody(b): JsonBody<NackBody>,
 ) -> ApiResult<Response> {
     validate_name("queue", &q)?;
@@ -401,7 +438,14 @@ pub async fn nack(
     }
     let (t, owner) = st
         .store
-        .q_nack(&q, id, &b.lease_token, &b.error, b.retry_delay_ms)
+        .q_nack(
+            &q,
+            id,
+            &b.lease_token,
+            &b.error,
+            b.retry_delay_ms,
+            ack_fence(&st, &q, &headers)?.as_ref(),
+        )
         .await?;
     unhold_task(&st, &q, &t.id, owner, &b.lease_token).await;
     Ok(json_response(StatusCode::OK, &t))

@@ -147,10 +147,28 @@ fn lease_lost(state: Option<String>) -> ApiError {
 
 impl Store {
     async fn qcall(&self, name: &'static str, q: &str, extra: Vec<Value>) -> ApiResult<Value> {
+        self.qcall_fenced(name, q, extra, None).await
+    }
+
+    /// With `fence` = (lock namespace, lock, token): the function also checks the token
+    /// against that namespace's fence hash (passed as KEYS[10]).
+    async fn qcall_fenced(
+        &self,
+        name: &'static str,
+        q: &str,
+        extra: Vec<Value>,
+        fence: Option<&(String, String, u64)>,
+    ) -> ApiResult<Value> {
         let qk = self.keys().queue(q);
+        let mut keys = qk.keys;
         let mut args: Vec<Value> = vec![qk.task_prefix.into(), qk.channel.into()];
         args.extend(extra);
-        self.fcall(name, qk.keys, args).await
+        if let Some((ns, lock, n)) = fence {
+            keys.push(self.keys().ns(ns).fence());
+            args.push(lock.as_str().into());
+            args.push(n.to_string().into());
+        }
+        self.fcall(name, keys, args).await
     }
 
     /// Record a queue in the registry (once per process per queue).
@@ -218,8 +236,9 @@ impl Store {
         name: &'static str,
         q: &str,
         extra: Vec<Value>,
+        fence: Option<&(String, String, u64)>,
     ) -> ApiResult<(Task, Option<String>)> {
-        let a = self.qcall(name, q, extra).await?.into_array();
+        let a = self.qcall_fenced(name, q, extra, fence).await?.into_array();
         match a.first().and_then(v_str).as_deref() {
             Some("ok") => {
                 let t = task_of(q, a.get(1).unwrap_or(&Value::Null), false)?;
@@ -242,11 +261,13 @@ impl Store {
         id: &str,
         token: &str,
         result: Option<&str>,
+        fence: Option<&(String, String, u64)>,
     ) -> ApiResult<(Task, Option<String>)> {
         self.q_leased_op(
             "q_ack",
             q,
             vec![id.into(), token.into(), result.unwrap_or("").into()],
+            fence,
         )
         .await
     }
@@ -258,12 +279,14 @@ impl Store {
         token: &str,
         error: &str,
         retry_delay_ms: Option<u64>,
+        fence: Option<&(String, String, u64)>,
     ) -> ApiResult<(Task, Option<String>)> {
         let delay = retry_delay_ms.map(|d| d.to_string()).unwrap_or_default();
         self.q_leased_op(
             "q_nack",
             q,
             vec![id.into(), token.into(), error.into(), delay.into()],
+            fence,
         )
         .await
     }
@@ -273,6 +296,7 @@ impl Store {
             "q_extend",
             q,
             vec![id.into(), token.into(), (lease_ms as i64).into()],
+            None,
         )
         .await
         .map(|(t, _)| t)

@@ -252,3 +252,56 @@ async fn a_paused_holder_with_an_old_fencing_token_cannot_write_after_a_new_hold
     .problem(400, "invalid_argument");
     assert_eq!(app.get("/v1/ns/fz/kv/config").await.json()["value"], "from b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_acks_check_fencing_tokens_too() {
+    let app = TestApp::start().await;
+    // The lock lives in the namespace named like the queue ("fq"), or is named with ns/lock.
+    let old = app
+        .post("/v1/ns/fq/locks/owner", json!({"owner": "a", "ttl_ms": 200}))
+        .await
+        .json();
+    app.post("/v1/queues/fq/tasks", json!({"payload": 1})).await;
+    let t = app
+        .post("/v1/queues/fq/lease", json!({"worker": "a", "lease_ms": 60000}))
+        .await
+        .json()["tasks"][0]
+        .clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = app
+        .post("/v1/ns/fq/locks/owner", json!({"owner": "b", "ttl_ms": 60000}))
+        .await
+        .json();
+    assert_eq!(new["fencing_token"], 2);
+    let id = t["id"].as_str().unwrap();
+    let body = json!({"lease_token": t["lease_token"]}).to_string();
+    let stale = format!("owner:{}", old["fencing_token"]);
+    for fence in [stale.as_str(), "fq/owner:1"] {
+        app.req(
+            "POST",
+            &format!("/v1/queues/fq/tasks/{id}/ack"),
+            &[("x-fencing-token", fence), ("content-type", "application/json")],
+            Some(body.as_bytes()),
+        )
+        .await
+        .problem(409, "stale_fencing_token");
+    }
+    // Refused inside the function: the task is still leased.
+    assert_eq!(
+        app.get(&format!("/v1/queues/fq/tasks/{id}")).await.json()["state"],
+        "leased"
+    );
+    let r = app
+        .req(
+            "POST",
+            &format!("/v1/queues/fq/tasks/{id}/ack"),
+            &[
+                ("x-fencing-token", "fq/owner:2"),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "completed");
+}
