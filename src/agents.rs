@@ -49,13 +49,13 @@ impl Presence {
 
 /// Announce an agent's state change on `agents.<id>`.
 pub async fn announce(store: &Store, id: &str, state: &str, extra: serde_json::Value) {
-    let mut msg = serde_json::json!({"agent": id, "state": state, "time": crate::store::kv::rfc3339(crate::store::kv::now_ms())});
+    let mut msg = serde_json::json!({"agent": id, "state": state});
     if let (Some(m), Some(x)) = (msg.as_object_mut(), extra.as_object()) {
         for (k, v) in x {
             m.insert(k.clone(), v.clone());
         }
     }
-    let _ = crate::pubsub::publish(store, &format!("agents.{id}"), &msg.to_string()).await;
+    crate::pubsub::event(store, &format!("agents.{id}"), msg).await;
 }
 
 /// Free what an agent held and announce why.

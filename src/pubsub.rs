@@ -169,6 +169,20 @@ impl PubSub {
     }
 }
 
+/// Publish a service event (agents, locks, partitions) on `channel`: `msg` plus `time`.
+/// Fire-and-forget like all pub/sub; a failure only loses the notification.
+pub async fn event(store: &Store, channel: &str, mut msg: serde_json::Value) {
+    if let Some(m) = msg.as_object_mut() {
+        m.insert(
+            "time".into(),
+            crate::store::kv::rfc3339(crate::store::kv::now_ms()).into(),
+        );
+    }
+    if let Err(e) = publish(store, channel, &msg.to_string()).await {
+        tracing::debug!(channel, error = %e.detail, "event not published");
+    }
+}
+
 /// PUBLISH a JSON message; returns how many Redis subscriptions (one per pattern per service
 /// process) received it.
 pub async fn publish(store: &Store, channel: &str, message: &str) -> ApiResult<u64> {

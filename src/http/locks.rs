@@ -117,6 +117,13 @@ pub async fn acquire(
                     token: token.clone(),
                 };
                 st.presence.hold(&st.store, &b.owner, vec![held]).await;
+                metrics::counter!("locks_acquired_total").increment(1);
+                crate::pubsub::event(
+                    &st.store,
+                    &format!("locks.{ns}.{name}"),
+                    serde_json::json!({"event": "acquired", "namespace": ns, "lock": name, "owner": b.owner, "fencing_token": fencing_token}),
+                )
+                .await;
                 let body = Granted {
                     namespace: ns,
                     name,
@@ -130,6 +137,7 @@ pub async fn acquire(
             Acquire::Held(owner, exp) => {
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
+                    metrics::counter!("locks_contended_total").increment(1);
                     return Err(ApiError::new(
                         ErrorCode::LockHeld,
                         format!("held by `{owner}` until {}", crate::store::kv::rfc3339(exp)),
@@ -201,12 +209,25 @@ pub async fn release(
         .ok_or_else(|| ApiError::bad_request("the x-lock-token header is required"))?;
     text("x-lock-token", token, 64)?;
     let owner = st.store.lock_release(&ns, &name, token).await?;
+    let held_ref = Held::Lock {
+        ns: ns.clone(),
+        name: name.clone(),
+        token: String::new(),
+    };
     let held = Held::Lock {
         ns,
         name,
         token: token.to_string(),
     };
     st.presence.unhold(&st.store, &owner, held).await;
+    if let Held::Lock { ns, name, .. } = &held_ref {
+        crate::pubsub::event(
+            &st.store,
+            &format!("locks.{ns}.{name}"),
+            serde_json::json!({"event": "released", "namespace": ns, "lock": name, "owner": owner}),
+        )
+        .await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -98,6 +98,12 @@ pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody
             st.cfg.pool_capacity_bytes,
         )
         .await?;
+    crate::pubsub::event(
+        &st.store,
+        &format!("partitions.{}", p.name),
+        serde_json::json!({"event": "created", "partition": p.name, "owner_agent": p.owner_agent, "quota_bytes": p.quota_bytes}),
+    )
+    .await;
     Ok(json_response(StatusCode::CREATED, &p))
 }
 
@@ -165,6 +171,12 @@ pub async fn patch(
         .store
         .part_update(&name, b.quota_bytes, b.max_keys, st.cfg.pool_capacity_bytes)
         .await?;
+    crate::pubsub::event(
+        &st.store,
+        &format!("partitions.{name}"),
+        serde_json::json!({"event": "updated", "partition": name, "quota_bytes": p.quota_bytes, "max_keys": p.max_keys}),
+    )
+    .await;
     Ok(json_response(StatusCode::OK, &p))
 }
 
@@ -180,6 +192,12 @@ pub async fn patch(
 pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     validate_name("partition", &name)?;
     st.store.part_delete(&name, st.cfg.pool_capacity_bytes).await?;
+    crate::pubsub::event(
+        &st.store,
+        &format!("partitions.{name}"),
+        serde_json::json!({"event": "deleted", "partition": name}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

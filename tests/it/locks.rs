@@ -305,3 +305,54 @@ async fn task_acks_check_fencing_tokens_too() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["state"], "completed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_partition_events_reach_the_watch_socket() {
+    let app = TestApp::start().await;
+    let mut ws = crate::watch::connect(&app).await;
+    crate::watch::send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "l", "channel": "locks.*"}),
+    )
+    .await;
+    crate::watch::send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "p", "channel": "partitions.*"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let g = app
+        .post("/v1/ns/ev/locks/door", json!({"owner": "a", "ttl_ms": 5000}))
+        .await
+        .json();
+    let token = g["token"].as_str().unwrap().to_string();
+    app.req(
+        "DELETE",
+        "/v1/ns/ev/locks/door",
+        &[("x-lock-token", &token)],
+        None,
+    )
+    .await;
+    app.post(
+        "/v1/partitions",
+        json!({"name": "evp", "owner_agent": "a", "quota_bytes": 100, "tier": "shared"}),
+    )
+    .await;
+    let mut got = Vec::new();
+    while let Some(m) = crate::watch::next(&mut ws, Duration::from_millis(700)).await {
+        if m["type"] == "message" {
+            got.push((
+                m["channel"].as_str().unwrap().to_string(),
+                m["payload"]["event"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            ("locks.ev.door".to_string(), "acquired".to_string()),
+            ("locks.ev.door".to_string(), "released".to_string()),
+            ("partitions.evp".to_string(), "created".to_string())
+        ]
+    );
+}
