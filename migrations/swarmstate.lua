@@ -25,7 +25,7 @@ fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '8'
+local LIBRARY_VERSION = '9'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -153,7 +153,9 @@ local function put_core(ctx, key, ekey, hkey, value, meta, ttl, expect)
     end
   end
   local lim = limits(ctx)
-  if ttl == nil and lim.dttl then ttl = lim.dttl end
+  -- A new key gets the partition's default TTL unless the write set one ('keep' has nothing
+  -- to keep on a new key).
+  if (ttl == nil or (ttl == -1 and not h)) and lim.dttl then ttl = lim.dttl end
   if (lim.qb or lim.qk) and not ctx.quota_checked then
     -- A write into a partition may not pass its quota (growth only: a write that shrinks usage
     -- is allowed even when a lowered quota is already passed).
@@ -935,11 +937,12 @@ local AGENT_NEXT = {
 }
 
 -- KEYS: agent, held; ARGV: id, capabilities JSON, metadata JSON, heartbeat_ttl_ms
--- Registering again resets the agent (state initializing, nothing held).
+-- Registering again resets the agent's record (state initializing) but keeps what it holds,
+-- so a restarted agent that then goes silent still has its resources freed.
 local function agent_register(keys, args)
   local now = now_ms()
   local ttl = tonumber(args[4])
-  redis.call('DEL', keys[1], keys[2])
+  redis.call('DEL', keys[1])
   redis.call('HSET', keys[1], 'id', args[1], 'state', 'initializing', 'capabilities', args[2],
              'metadata', args[3], 'heartbeat_ttl_ms', ttl, 'registered_at', now,
              'last_heartbeat', now, 'deadline', now + ttl, 'state_changed_at', now)
@@ -1007,8 +1010,15 @@ local function q_requeue(keys, args)
   local tk = c.tprefix .. id
   local f = redis.call('HMGET', tk, 'state', 'lease_token')
   if f[1] ~= 'leased' or f[2] ~= args[4] then return 0 end
-  q_expire_lease(c, id)
+  redis.call('ZREM', c.leased, id)
   redis.call('HSET', tk, 'last_error', args[5])
+  local a = redis.call('HMGET', tk, 'attempts', 'max_attempts')
+  if tonumber(a[1]) >= tonumber(a[2]) then
+    q_finish(c, id, 'dead', c.dead)
+  else
+    q_make_ready(c, id)
+  end
+  q_emit(c, id)
   return 1
 end
 
@@ -1050,17 +1060,28 @@ local function part_update(keys, args)
   return {'ok', old}
 end
 
--- Remove a partition's data, up to 500 entries per call.
--- KEYS: meta idx log ttl sz part fence; ARGV: entry key prefix (<p>:{ns}:)
--- Returns entries left (0 = everything, partition included, is gone).
+-- Remove a partition's data, up to 500 entries per call: each key is deleted like a DELETE
+-- (unindexed, accounted, logged as a `delete` with its own revision, so watchers see it). The
+-- revision counter, the change log and the fence hash stay (fencing tokens keep increasing;
+-- resumes stay gap-free). When nothing is left the partition record and its limits go.
+-- KEYS: meta idx log ttl sz part; ARGV: ctx(6), entry key prefix (<p>:{ns}:)
+-- Returns entries left (0 = done).
 local function ns_drop(keys, args)
-  local names = redis.call('ZRANGE', keys[2], 0, 499)
-  for _, k in ipairs(names) do
-    redis.call('DEL', args[1] .. 'e:' .. k, args[1] .. 'h:' .. k)
-    redis.call('ZREM', keys[2], k)
+  local ctx = ctx_new(keys, args)
+  local prefix = args[7]
+  for _, k in ipairs(redis.call('ZRANGE', ctx.idx, 0, 499)) do
+    local ekey, hkey = prefix .. 'e:' .. k, prefix .. 'h:' .. k
+    local ver = redis.pcall('GETRANGE', ekey, 0, 24)
+    if type(ver) == 'string' then ver = tonumber(string.match(ver, '^(%d+)\t')) else ver = nil end
+    redis.call('DEL', ekey)
+    unindex(ctx, k, hkey)
+    log_event(ctx, bump(ctx), 'delete', k, ver or 0, nil)
   end
-  local left = redis.call('ZCARD', keys[2])
-  if left == 0 then redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]) end
+  local left = redis.call('ZCARD', ctx.idx)
+  if left == 0 then
+    redis.call('DEL', keys[6])
+    redis.call('HDEL', ctx.meta, 'qb', 'qk', 'dttl')
+  end
   return left
 end
 
@@ -1076,17 +1097,30 @@ local function ns_recount(keys, args)
   return stored - total
 end
 
--- KEYS: pool, partitions; ARGV: name, delta bytes, capacity, 'add' | 'remove' | ''
+-- The pool keeps a ledger: field <name> = bytes allocated to that partition, `allocated` =
+-- their sum. Setting an allocation is absolute (not a delta), so a repeated or concurrent call
+-- cannot count twice. KEYS: pool, partitions; ARGV: name, bytes (0 = release), capacity,
+-- 'check' | 'force' (force: no capacity check; upkeep repairing the ledger).
 -- Returns {'ok', allocated} | {'exhausted', allocated}
-local function pool_alloc(keys, args)
+local function pool_set(keys, args)
+  local name, want, cap = args[1], tonumber(args[2]), tonumber(args[3])
+  local old = tonumber(redis.call('HGET', keys[1], name) or '0')
   local allocated = tonumber(redis.call('HGET', keys[1], 'allocated') or '0')
-  local delta = tonumber(args[2])
-  if delta > 0 and allocated + delta > tonumber(args[3]) then return {'exhausted', allocated} end
+  local delta = want - old
+  if delta > 0 and args[4] ~= 'force' and allocated + delta > cap then
+    return {'exhausted', allocated}
+  end
+  if want == 0 then
+    redis.call('HDEL', keys[1], name)
+    redis.call('SREM', keys[2], name)
+  else
+    redis.call('HSET', keys[1], name, want)
+    redis.call('SADD', keys[2], name)
+  end
   allocated = redis.call('HINCRBY', keys[1], 'allocated', delta)
-  if args[4] == 'add' then redis.call('SADD', keys[2], args[1]) end
-  if args[4] == 'remove' then redis.call('SREM', keys[2], args[1]) end
   return {'ok', allocated}
 end
+
 
 local function swarmstate_version()
   return LIBRARY_VERSION
@@ -1123,7 +1157,7 @@ redis.register_function('q_requeue', q_requeue)
 redis.register_function('part_create', part_create)
 redis.register_function('part_update', part_update)
 redis.register_function('ns_drop', ns_drop)
-redis.register_function('pool_alloc', pool_alloc)
+redis.register_function('pool_set', pool_set)
 redis.register_function('ns_recount', ns_recount)
 redis.register_function{function_name = 'q_stats', callback = q_stats, flags = {'no-writes'}}
 redis.register_function{function_name = 'q_dead_list', callback = q_dead_list, flags = {'no-writes'}}

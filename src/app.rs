@@ -114,6 +114,7 @@ impl Server {
             tokio::spawn(crate::queues::reaper(state.store.clone(), stopped.clone())),
             tokio::spawn(crate::queues::partition_upkeep(
                 state.store.clone(),
+                state.cfg.pool_capacity_bytes,
                 stopped.clone(),
             )),
             tokio::spawn(crate::agents::watcher(

@@ -183,13 +183,18 @@ pub async fn reaper(store: Store, mut stopped: watch::Receiver<bool>) {
 
 /// Every 10 s: partition usage metrics, and an exact recount of each partition's bytes
 /// (the drift it corrects is exported; it should stay 0).
-pub async fn partition_upkeep(store: Store, mut stopped: watch::Receiver<bool>) {
+pub async fn partition_upkeep(store: Store, capacity: u64, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopped.wait_for(|s| *s) => return,
+        }
+        match store.pool_reconcile(capacity).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(n, "pool ledger corrected"),
+            Err(e) => tracing::debug!(error = %e.detail, "pool reconcile failed"),
         }
         let Ok(names) = store.part_names().await else {
             continue;

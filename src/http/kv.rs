@@ -715,12 +715,16 @@ pub struct BatchPutBody {
 #[derive(Serialize, ToSchema)]
 pub struct BatchPutItemResult {
     key: String,
-    /// 201 created, 200 updated, 412 version mismatch.
+    /// 201 created, 200 updated, 412 version mismatch, 507 quota_exceeded (partition),
+    /// 409 stale_fencing_token.
     status: u16,
     /// The new entry on success.
     entry: Option<EntryDoc>,
     /// The current version on 412.
     current_version: Option<u64>,
+    /// The error code on 507 / 409.
+    code: Option<String>,
+    detail: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -780,7 +784,16 @@ pub async fn batch_put(
         let calls = chunk.iter().map(|(k, v, m, ttl, ex)| {
             let (store, ns, prov) = (&store, &ns, &prov);
             async move {
-                let out = store.kv_put(ns, k, v.clone(), m.clone(), *ttl, *ex, prov).await?;
+                // Refusals that concern this item alone become its status; the rest still apply.
+                let out = match store.kv_put(ns, k, v.clone(), m.clone(), *ttl, *ex, prov).await {
+                    Err(e) if matches!(e.code, ErrorCode::QuotaExceeded | ErrorCode::StaleFencingToken) => {
+                        return Ok(serde_json::json!({
+                            "key": k, "status": e.code.status().as_u16(), "entry": null,
+                            "current_version": null, "code": e.code.as_str(), "detail": e.detail
+                        }));
+                    }
+                    r => r?,
+                };
                 Ok::<_, ApiError>(match out {
                     PutOutcome::Written { entry, created } => serde_json::json!({
                         "key": k, "status": if created { 201 } else { 200 }, "entry": entry, "current_version": null

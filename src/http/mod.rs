@@ -317,7 +317,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Provenance {
                 };
                 let (lock, n) = v.rsplit_once(':').ok_or_else(bad)?;
                 validate_name("lock", lock).map_err(|_| bad())?;
-                Some((lock.to_string(), n.parse::<u64>().map_err(|_| bad())?))
+                let n = n.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(bad)?;
+                Some((lock.to_string(), n))
             }
         };
         Ok(Provenance {

@@ -356,7 +356,7 @@ fn ack_fence(
     };
     validate_name("namespace", ns).map_err(|_| bad())?;
     validate_name("lock", lock).map_err(|_| bad())?;
-    let n = n.parse::<u64>().map_err(|_| bad())?;
+    let n = n.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(bad)?;
     if matches!(st.store.mode(), crate::config::RedisMode::Cluster) {
         return Err(ApiError::bad_request(
             "x-fencing-token on task acks is not available with Redis Cluster (the lock and the queue live in different slots)",

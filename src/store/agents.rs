@@ -291,10 +291,16 @@ impl Store {
                 Held::Lock { ns, name, token } => {
                     let keys = vec![self.keys().ns(ns).lock(name)];
                     let channel = self.keys().lock_channel(ns, name);
-                    let v = self
+                    // One failure must not leave the rest to their TTLs.
+                    match self
                         .fcall("lock_free", keys, vec![token.as_str().into(), channel.into()])
-                        .await?;
-                    locks += super::v_u64(&v);
+                        .await
+                    {
+                        Ok(v) => locks += super::v_u64(&v),
+                        Err(e) => {
+                            tracing::warn!(ns, name, error = %e.detail, "could not free a lost agent's lock")
+                        }
+                    }
                 }
                 Held::Task { queue, id, token } => {
                     let qk = self.keys().queue(queue);
@@ -305,8 +311,12 @@ impl Store {
                         token.as_str().into(),
                         why.into(),
                     ];
-                    let v = self.fcall("q_requeue", qk.keys, args).await?;
-                    tasks += super::v_u64(&v);
+                    match self.fcall("q_requeue", qk.keys, args).await {
+                        Ok(v) => tasks += super::v_u64(&v),
+                        Err(e) => {
+                            tracing::warn!(queue, id, error = %e.detail, "could not requeue a lost agent's task")
+                        }
+                    }
                 }
             }
         }

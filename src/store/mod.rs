@@ -264,8 +264,18 @@ impl Store {
             }
             crate::metrics::redis_command(name).record(start.elapsed().as_secs_f64());
             let v = res.map_err(|e| map_redis_error(name, e))?;
-            // Every KV write checks x-fencing-token first; a refusal has one shape for all.
-            if let Value::Array(a) = &v {
+            // KV writes and task acks check x-fencing-token and partition quotas first; a
+            // refusal has one shape for all of them (and only their replies are read so).
+            const CHECKED: &[&str] = &[
+                "kv_put",
+                "kv_delete",
+                "kv_rollback",
+                "kv_incr",
+                "kv_txn",
+                "q_ack",
+                "q_nack",
+            ];
+            if let (true, Value::Array(a)) = (CHECKED.contains(&name), &v) {
                 if a.first().and_then(v_str).as_deref() == Some("quota_exceeded") {
                     let what = a.get(1).and_then(v_str).unwrap_or_default();
                     let (used, limit) = (a.get(2).map(v_u64).unwrap_or(0), a.get(3).map(v_u64).unwrap_or(0));

@@ -43,13 +43,21 @@ pub struct Pool {
 }
 
 impl Store {
-    async fn pool_alloc(&self, name: &str, delta: i64, capacity: u64, op: &str) -> ApiResult<u64> {
+    /// Set the pool's ledger entry for partition `name` to `bytes` (0 = release). Absolute,
+    /// so repeating it or racing it cannot count twice. `force` skips the capacity check.
+    pub async fn pool_set(&self, name: &str, bytes: u64, capacity: u64, force: bool) -> ApiResult<u64> {
         let keys = vec![self.keys().pool(), self.keys().partitions()];
+        let mode = if force { "force" } else { "check" };
         let a = self
             .fcall(
-                "pool_alloc",
+                "pool_set",
                 keys,
-                vec![name.into(), delta.into(), (capacity as i64).into(), op.into()],
+                vec![
+                    name.into(),
+                    (bytes as i64).into(),
+                    (capacity as i64).into(),
+                    mode.into(),
+                ],
             )
             .await?
             .into_array();
@@ -58,7 +66,9 @@ impl Store {
             Some("ok") => Ok(allocated),
             _ => Err(ApiError::new(
                 ErrorCode::PoolExhausted,
-                format!("the pool has {allocated} of {capacity} bytes allocated; {delta} more do not fit"),
+                format!(
+                    "the pool has {allocated} of {capacity} bytes allocated; {bytes} for `{name}` do not fit"
+                ),
             )),
         }
     }
@@ -98,7 +108,7 @@ impl Store {
                 format!("partition `{name}` exists"),
             ));
         }
-        if let Err(e) = self.pool_alloc(name, quota as i64, capacity, "add").await {
+        if let Err(e) = self.pool_set(name, quota, capacity, false).await {
             let _: i64 = self
                 .timed("del", self.client().del(vec![nk.part()]))
                 .await
@@ -168,9 +178,8 @@ impl Store {
             .part_get(name)
             .await?
             .ok_or_else(|| ApiError::not_found("no such partition"))?;
-        let delta = quota.map(|q| q as i64 - cur.quota_bytes as i64).unwrap_or(0);
-        if delta != 0 {
-            self.pool_alloc(name, delta, capacity, "").await?;
+        if let Some(q) = quota {
+            self.pool_set(name, q, capacity, false).await?;
         }
         let nk = self.keys().ns(name);
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -183,22 +192,23 @@ impl Store {
             .await?
             .into_array();
         if a.first().and_then(v_str).as_deref() != Some("ok") {
-            if delta != 0 {
-                let _ = self.pool_alloc(name, -delta, capacity, "").await;
-            }
+            // Deleted meanwhile: it has no allocation.
+            let _ = self.pool_set(name, 0, capacity, true).await;
             return Err(ApiError::not_found("no such partition"));
         }
+        let _ = cur;
         self.part_get(name)
             .await?
             .ok_or_else(|| ApiError::not_found("no such partition"))
     }
 
-    /// Delete the partition and all its data, then give its quota back to the pool.
+    /// Delete the partition and all its data (each key logged as a delete), then give its
+    /// quota back to the pool. Safe to retry after an interruption: the partition record goes
+    /// last, and the upkeep repairs the pool ledger if the process stopped in between.
     pub async fn part_delete(&self, name: &str, capacity: u64) -> ApiResult<()> {
-        let cur = self
-            .part_get(name)
-            .await?
-            .ok_or_else(|| ApiError::not_found("no such partition"))?;
+        if self.part_get(name).await?.is_none() {
+            return Err(ApiError::not_found("no such partition"));
+        }
         let nk = self.keys().ns(name);
         let keys = vec![
             nk.meta.clone(),
@@ -207,21 +217,38 @@ impl Store {
             nk.ttl.clone(),
             nk.sz.clone(),
             nk.part(),
-            nk.fence(),
         ];
         loop {
-            let left = v_u64(
-                &self
-                    .fcall("ns_drop", keys.clone(), vec![nk.base().into()])
-                    .await?,
-            );
+            let mut args = self.ctx_args(&super::kv::Provenance::default());
+            args.push(nk.base().into());
+            let left = v_u64(&self.fcall("ns_drop", keys.clone(), args).await?);
             if left == 0 {
                 break;
             }
         }
-        self.pool_alloc(name, -(cur.quota_bytes as i64), capacity, "remove")
-            .await?;
+        self.pool_set(name, 0, capacity, true).await?;
         Ok(())
+    }
+
+    /// Make the pool ledger match the partitions that exist (after interrupted deletes or
+    /// racing quota changes). Returns how many entries were corrected.
+    pub async fn pool_reconcile(&self, capacity: u64) -> ApiResult<u64> {
+        let ledger: HashMap<String, u64> = self
+            .timed("hgetall", self.client().hgetall(self.keys().pool()))
+            .await?;
+        let mut names: std::collections::BTreeSet<String> =
+            self.namespace_names().await?.into_iter().collect();
+        names.extend(ledger.keys().filter(|k| k.as_str() != "allocated").cloned());
+        let mut fixed = 0;
+        for n in names {
+            let want = self.part_get(&n).await?.map(|p| p.quota_bytes).unwrap_or(0);
+            let have = ledger.get(&n).copied().unwrap_or(0);
+            if want != have {
+                self.pool_set(&n, want, capacity, true).await?;
+                fixed += 1;
+            }
+        }
+        Ok(fixed)
     }
 
     /// Recount the partition's bytes from its per-key sizes; returns the drift corrected.

@@ -41,7 +41,7 @@ async fn sixteen_racing_writers_never_pass_the_quota_by_one_byte() {
     let app = Arc::new(TestApp::start().await);
     let r = create(
         &app,
-        json!({"name": "fill", "owner_agent": "a1", "quota_bytes": 20000, "tier": "shared"}),
+        json!({"name": "fill", "owner_agent": "a1", "quota_bytes": 12000, "tier": "shared"}),
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -70,7 +70,7 @@ async fn sixteen_racing_writers_never_pass_the_quota_by_one_byte() {
                     s => panic!("unexpected {s}: {}", r.text()),
                 }
                 let p = a.get("/v1/partitions/fill").await.json();
-                assert!(p["used_bytes"].as_u64().unwrap() <= 20000, "{p}");
+                assert!(p["used_bytes"].as_u64().unwrap() <= 12000, "{p}");
             }
             (ok, refused)
         }));
@@ -86,8 +86,8 @@ async fn sixteen_racing_writers_never_pass_the_quota_by_one_byte() {
     let (bytes, keys) = recount(&app, "fill").await;
     assert_eq!(p["used_bytes"], bytes, "{p}");
     assert_eq!(p["key_count"], keys, "{p}");
-    assert!(bytes <= 20000);
-    eprintln!("{ok} writes accepted, {refused} refused, {bytes} of 20000 bytes used");
+    assert!(bytes <= 12000);
+    eprintln!("{ok} writes accepted, {refused} refused, {bytes} of 12000 bytes used");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,4 +242,135 @@ async fn the_recount_corrects_drift_and_reports_it() {
     assert_eq!(store.part_recount("rc").await.unwrap(), 7 - exact as i64);
     assert_eq!(app.get("/v1/partitions/rc").await.json()["used_bytes"], exact);
     assert_eq!(store.part_recount("rc").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() {
+    let app = Arc::new(TestApp::start().await);
+    create(
+        &app,
+        json!({"name": "bq", "owner_agent": "a", "quota_bytes": 100, "tier": "short_term"}),
+    )
+    .await;
+    // A batch reports quota refusals per item; earlier items stay written.
+    let items: Vec<Value> = (0..5)
+        .map(|i| json!({"key": format!("k{i}"), "value": "x".repeat(28)}))
+        .collect();
+    let r = app.post("/v1/ns/bq/batch/put", json!({"items": items})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let st: Vec<u64> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(st, [201, 201, 201, 507, 507]);
+    assert_eq!(r.json()["items"][3]["code"], "quota_exceeded");
+    // A merge that creates a key gets the tier's default TTL too.
+    app.delete("/v1/ns/bq/kv/k2").await;
+    let e = app
+        .put("/v1/ns/bq/kv/m?on_conflict=merge", json!({"value": {"a": 1}}))
+        .await
+        .json();
+    assert!(e["expires_at"].is_string(), "{e}");
+    // Fencing tokens survive a partition delete; watchers see the dropped keys as deletes.
+    let g = app
+        .post("/v1/ns/bq/locks/l", json!({"owner": "a", "ttl_ms": 60000}))
+        .await
+        .json();
+    assert_eq!(g["fencing_token"], 1);
+    app.req(
+        "DELETE",
+        "/v1/ns/bq/locks/l",
+        &[("x-lock-token", g["token"].as_str().unwrap())],
+        None,
+    )
+    .await;
+    let rev_before = app.get("/v1/namespaces").await.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == "bq")
+        .unwrap()["revision"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(app.delete("/v1/partitions/bq").await.status, 204);
+    let r = app.redis().await;
+    let log: Vec<(String, std::collections::HashMap<String, String>)> =
+        fred::prelude::StreamsInterface::xrange(
+            &r,
+            format!("{}:{{bq}}:log", app.prefix),
+            format!("0-{}", rev_before + 1),
+            "+",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 3, "one delete per dropped key: {log:?}");
+    assert!(log.iter().all(|(_, f)| f["k"] == "delete"));
+    create(
+        &app,
+        json!({"name": "bq", "owner_agent": "a", "quota_bytes": 100, "tier": "shared"}),
+    )
+    .await;
+    assert_eq!(
+        app.post("/v1/ns/bq/locks/l", json!({"owner": "b", "ttl_ms": 1000}))
+            .await
+            .json()["fencing_token"],
+        2
+    );
+    app.put_h(
+        "/v1/ns/bq/kv/z",
+        &[("x-fencing-token", "never:0")],
+        json!({"value": 1}),
+    )
+    .await
+    .problem(400, "invalid_argument");
+    // Concurrent deletes and patches cannot make the pool ledger drift.
+    create(
+        &app,
+        json!({"name": "pa", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+    )
+    .await;
+    create(
+        &app,
+        json!({"name": "pb", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for q in [2000u64, 3000, 4000, 5000, 6000, 7000] {
+        let a = app.clone();
+        tasks.push(tokio::spawn(async move {
+            a.req(
+                "PATCH",
+                "/v1/partitions/pa",
+                &[("content-type", "application/json")],
+                Some(json!({"quota_bytes": q}).to_string().as_bytes()),
+            )
+            .await
+            .status
+        }));
+    }
+    for _ in 0..4 {
+        let a = app.clone();
+        tasks.push(tokio::spawn(
+            async move { a.delete("/v1/partitions/pb").await.status },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Racing PATCHes may leave the ledger a step behind the record; the upkeep's reconcile
+    // (run here directly) settles it, and deletes never free twice.
+    let store = &app.server.as_ref().unwrap().state.store;
+    store.pool_reconcile(10 * 1024 * 1024 * 1024).await.unwrap();
+    let pa = app.get("/v1/partitions/pa").await.json()["quota_bytes"]
+        .as_u64()
+        .unwrap();
+    let bq = app.get("/v1/partitions/bq").await.json()["quota_bytes"]
+        .as_u64()
+        .unwrap();
+    let pool = app.get("/v1/pool").await.json();
+    assert_eq!(pool["allocated_bytes"].as_u64().unwrap(), pa + bq, "{pool}");
+    assert_eq!(pool["partitions"], 2, "{pool}");
 }
