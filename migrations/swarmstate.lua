@@ -25,7 +25,7 @@ fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '9'
+local LIBRARY_VERSION = '10'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -987,6 +987,17 @@ local function agent_lost(keys, args)
   return out
 end
 
+-- KEYS: agents zset; ARGV: id. Stop heartbeat checks for an agent that was found lost or
+-- gone, unless it registered or heartbeat again meanwhile (its deadline moved to the future).
+local function agent_untrack(keys, args)
+  local s = redis.call('ZSCORE', keys[1], args[1])
+  if s and tonumber(s) <= now_ms() then
+    redis.call('ZADD', keys[1], 'inf', args[1])
+    return 1
+  end
+  return 0
+end
+
 -- KEYS: agent, held; ARGV: members... Adds them if the agent exists and is not lost.
 local function agent_hold(keys, args)
   local st = redis.call('HGET', keys[1], 'state')
@@ -1152,6 +1163,7 @@ redis.register_function('agent_heartbeat', agent_heartbeat)
 redis.register_function('agent_state', agent_state)
 redis.register_function('agent_lost', agent_lost)
 redis.register_function('agent_hold', agent_hold)
+redis.register_function('agent_untrack', agent_untrack)
 redis.register_function('lock_free', lock_free)
 redis.register_function('q_requeue', q_requeue)
 redis.register_function('part_create', part_create)

@@ -100,7 +100,7 @@ pub async fn watcher(presence: std::sync::Arc<Presence>, store: Store, mut stopp
         for id in overdue {
             match store.agent_mark_lost(&id).await {
                 Ok(Some(held)) => {
-                    let _ = store.agent_untrack(&id).await;
+                    let _ = store.agent_untrack_if_due(&id).await;
                     metrics::counter!("agents_lost_total").increment(1);
                     tracing::info!(id, held = held.len(), "agent missed its heartbeat: lost");
                     release(&store, &id, "lost", held).await;

@@ -112,6 +112,10 @@ pub async fn register(
 pub async fn heartbeat(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     validate_name("agent", &id)?;
     let agent = st.store.agent_heartbeat(&id).await?;
+    // Keep what the agent is recorded as holding bounded (expired locks and leases drop out).
+    if let Err(e) = st.store.agent_prune_held(&id, 256).await {
+        tracing::debug!(id, error = %e.detail, "pruning an agent's held set failed");
+    }
     Ok(json_response(StatusCode::OK, &agent))
 }
 

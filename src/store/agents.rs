@@ -157,6 +157,7 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Stop heartbeat checks (terminated: unconditionally).
     pub async fn agent_untrack(&self, id: &str) -> ApiResult<()> {
         self.timed(
             "zadd",
@@ -171,6 +172,13 @@ impl Store {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Stop heartbeat checks for an agent found lost, unless its deadline moved meanwhile.
+    pub async fn agent_untrack_if_due(&self, id: &str) -> ApiResult<()> {
+        self.fcall("agent_untrack", vec![self.keys().agents()], vec![id.into()])
+            .await
+            .map(|_| ())
     }
 
     pub async fn agent_heartbeat(&self, id: &str) -> ApiResult<Agent> {
@@ -259,7 +267,7 @@ impl Store {
                     .collect(),
             )),
             Some("skip") => {
-                self.agent_untrack(id).await?;
+                self.agent_untrack_if_due(id).await?;
                 Ok(None)
             }
             _ => Ok(None),
@@ -281,6 +289,51 @@ impl Store {
         self.timed("srem", self.client().srem::<i64, _, _>(h, held.member()))
             .await
             .map(|_| ())
+    }
+
+    /// Drop entries of the agent's held set whose resource it no longer holds (lock released
+    /// or expired, lease acked, expired or re-leased) once the set has grown past `keep`, so the
+    /// set stays bounded for long-lived agents. Returns how many were dropped.
+    pub async fn agent_prune_held(&self, id: &str, keep: u64) -> ApiResult<u64> {
+        let (_, h) = self.keys().agent(id);
+        let n: u64 = self.timed("scard", self.client().scard(h.clone())).await?;
+        if n <= keep {
+            return Ok(0);
+        }
+        let members: Vec<String> = self.timed("smembers", self.client().smembers(h.clone())).await?;
+        let mut stale = Vec::new();
+        for m in members {
+            let live = match Held::parse_member(&m) {
+                Some(Held::Lock { ns, name, token }) => {
+                    let t: Option<String> = self
+                        .timed(
+                            "hget",
+                            self.client().hget(self.keys().ns(&ns).lock(&name), "token"),
+                        )
+                        .await?;
+                    t.as_deref() == Some(token.as_str())
+                }
+                Some(Held::Task { queue, id, token }) => {
+                    let key = format!("{}{id}", self.keys().queue(&queue).task_prefix);
+                    let f: Vec<Option<String>> = self
+                        .timed("hmget", self.client().hmget(key, vec!["state", "lease_token"]))
+                        .await?;
+                    f.first().cloned().flatten().as_deref() == Some("leased")
+                        && f.get(1).cloned().flatten().as_deref() == Some(token.as_str())
+                }
+                None => false,
+            };
+            if !live {
+                stale.push(m);
+            }
+        }
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let n = stale.len() as u64;
+        self.timed("srem", self.client().srem::<i64, _, _>(h, stale))
+            .await?;
+        Ok(n)
     }
 
     /// Free whatever a lost agent held; returns (locks freed, tasks requeued).

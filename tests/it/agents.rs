@@ -178,3 +178,38 @@ async fn a_silent_agent_is_marked_lost_and_its_lock_and_leased_task_are_freed_at
     assert_eq!(lost["released_locks"], 1, "{lost}");
     assert_eq!(lost["requeued_tasks"], 1, "{lost}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_agent_holds_stays_bounded() {
+    use fred::prelude::*;
+    let app = TestApp::start().await;
+    app.req(
+        "PUT",
+        "/v1/agents/busy",
+        &[("content-type", "application/json")],
+        Some(br#"{"heartbeat_ttl_ms": 60000}"#),
+    )
+    .await;
+    for i in 0..300 {
+        let r = app
+            .post(
+                &format!("/v1/ns/hb/locks/l{i}"),
+                json!({"owner": "busy", "ttl_ms": 50}),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let keep = app
+        .post("/v1/ns/hb/locks/kept", json!({"owner": "busy", "ttl_ms": 60000}))
+        .await;
+    assert_eq!(keep.status, 200);
+    let held = format!("{}:{{ag:busy}}:held", app.prefix);
+    let r = app.redis().await;
+    assert_eq!(r.scard::<u64, _>(&held).await.unwrap(), 301);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app.post("/v1/agents/busy/heartbeat", json!({})).await.status, 200);
+    // Only the lock it still holds is left.
+    let left: Vec<String> = r.smembers(&held).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("kept"), "{left:?}");
+}
