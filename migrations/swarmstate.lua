@@ -25,7 +25,7 @@ fencing lock name and token ('' = none; from `x-fencing-token: <lock>:<n>`).
 Checks come first; nothing is written until every check has passed.
 ]]
 
-local LIBRARY_VERSION = '10'
+local LIBRARY_VERSION = '11'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()
@@ -886,11 +886,12 @@ increasing across expiries and restarts). A release PUBLISHes on ARGV channel to
 ]]
 
 -- KEYS: lock, fence; ARGV: name, owner, token, ttl_ms
--- Returns {'ok', fencing, expires_at} | {'held', owner, expires_at}
+-- Returns {'ok', fencing, expires_at} | {'held', owner, expires_at, ms left}
 local function lock_acquire(keys, args)
   local now = now_ms()
   local cur = redis.call('HMGET', keys[1], 'owner', 'expires_at')
-  if cur[1] then return {'held', cur[1], cur[2]} end
+  -- Held: also say how long it has left on Redis' clock, so waiters need not trust their own.
+  if cur[1] then return {'held', cur[1], cur[2], math.max(tonumber(cur[2]) - now, 0)} end
   local f = redis.call('HINCRBY', keys[2], args[1], 1)
   local exp = now + tonumber(args[4])
   redis.call('HSET', keys[1], 'owner', args[2], 'token', args[3], 'fencing', f,

@@ -134,7 +134,7 @@ pub async fn acquire(
                 };
                 return Ok(json_response(StatusCode::OK, &body));
             }
-            Acquire::Held(owner, exp) => {
+            Acquire::Held(owner, exp, left_ms) => {
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
                     metrics::counter!("locks_contended_total").increment(1);
@@ -144,8 +144,7 @@ pub async fn acquire(
                     ));
                 }
                 // Until released (any replica), expired, or the deadline.
-                let in_ms = (exp - crate::store::kv::now_ms()).max(0) as u64 + 1;
-                let until = deadline.min(now + Duration::from_millis(in_ms));
+                let until = deadline.min(now + Duration::from_millis(left_ms.saturating_add(1)));
                 tokio::select! {
                     _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } } => {}
                     _ = tokio::time::sleep_until(until) => {}

@@ -24,8 +24,8 @@ pub struct LockInfo {
 pub enum Acquire {
     /// fencing token, expires_at (unix ms)
     Granted(u64, i64),
-    /// holder, expires_at (unix ms)
-    Held(String, i64),
+    /// holder, expires_at (unix ms), ms it has left (Redis' clock)
+    Held(String, i64, u64),
 }
 
 fn held(owner: Option<String>) -> ApiError {
@@ -59,7 +59,11 @@ impl Store {
         };
         match a.first().and_then(v_str).as_deref() {
             Some("ok") => Ok(Acquire::Granted(a.get(1).map(v_u64).unwrap_or(0), ms(2))),
-            Some("held") => Ok(Acquire::Held(a.get(1).and_then(v_str).unwrap_or_default(), ms(2))),
+            Some("held") => Ok(Acquire::Held(
+                a.get(1).and_then(v_str).unwrap_or_default(),
+                ms(2),
+                ms(3).max(0) as u64,
+            )),
             _ => Err(ApiError::internal(format!(
                 "unexpected reply from lock_acquire: {a:?}"
             ))),

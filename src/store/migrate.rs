@@ -17,7 +17,7 @@ use fred::types::Value;
 use super::Store;
 
 /// Version of `migrations/swarmstate.lua`; must equal its `LIBRARY_VERSION`.
-pub const LIBRARY_VERSION: &str = "10";
+pub const LIBRARY_VERSION: &str = "11";
 /// The functions library source, compiled into the binary.
 pub const LIBRARY: &str = include_str!("../../migrations/swarmstate.lua");
 
