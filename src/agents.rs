@@ -77,15 +77,10 @@ pub async fn release(store: &Store, id: &str, state: &str, held: Vec<Held>) {
 
 /// Every 250 ms: agents past their heartbeat deadline become lost. Every 2 s: refresh the set of
 /// known agent ids. Idempotent across replicas (the function marks an agent lost once).
-pub async fn watcher(presence: std::sync::Arc<Presence>, store: Store, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+pub async fn watcher(presence: std::sync::Arc<Presence>, store: Store, stopped: watch::Receiver<bool>) {
+    let mut every = crate::app::Every::new(Duration::from_millis(250), stopped);
     let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+    while every.tick().await {
         n += 1;
         if n % 8 == 1 {
             if let Ok(ids) = store.agent_ids().await {

@@ -147,17 +147,35 @@ impl Server {
 
 use crate::store::kv::now_ms;
 
+/// The clock of a background task: ticks every `period` (the first at once; late ticks are
+/// delayed, not bunched) until the service stops.
+pub struct Every {
+    tick: tokio::time::Interval,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Every {
+    pub fn new(period: Duration, stopped: watch::Receiver<bool>) -> Every {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { tick, stopped }
+    }
+
+    /// Waits for the next tick; false once the service is stopping.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = self.stopped.wait_for(|s| *s) => false,
+        }
+    }
+}
+
 /// Records expiries of keys with a TTL (removes them from the index and accounting and
 /// appends an `expire` event with its own revision) about once a second. Idempotent across
 /// replicas: the function records a key only while it is still indexed.
-async fn expiry_reconciler(store: Store, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(1000));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+async fn expiry_reconciler(store: Store, stopped: watch::Receiver<bool>) {
+    let mut every = Every::new(Duration::from_millis(1000), stopped);
+    while every.tick().await {
         let Ok(names) = store.namespace_names().await else {
             continue;
         };
@@ -174,12 +192,10 @@ async fn expiry_reconciler(store: Store, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-async fn metrics_upkeep(handle: PrometheusHandle, mut stopped: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+async fn metrics_upkeep(handle: PrometheusHandle, stopped: watch::Receiver<bool>) {
+    let mut every = Every::new(Duration::from_secs(5), stopped);
+    while every.tick().await {
+        handle.run_upkeep();
     }
 }
 

@@ -141,14 +141,9 @@ fn event_json(q: &str, text: &str) -> Option<Arc<str>> {
 
 /// Every second: upkeep of each queue (promotions, expired leases, retention) and its metrics.
 /// Idempotent across replicas (each step is one atomic function that acts only on what is due).
-pub async fn reaper(store: Store, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(1000));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+pub async fn reaper(store: Store, stopped: watch::Receiver<bool>) {
+    let mut every = crate::app::Every::new(Duration::from_millis(1000), stopped);
+    while every.tick().await {
         let Ok(names) = store.queue_names().await else {
             continue;
         };
@@ -183,14 +178,9 @@ pub async fn reaper(store: Store, mut stopped: watch::Receiver<bool>) {
 
 /// Every 10 s: partition usage metrics, and an exact recount of each partition's bytes
 /// (the drift it corrects is exported; it should stay 0).
-pub async fn partition_upkeep(store: Store, capacity: u64, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+pub async fn partition_upkeep(store: Store, capacity: u64, stopped: watch::Receiver<bool>) {
+    let mut every = crate::app::Every::new(Duration::from_secs(10), stopped);
+    while every.tick().await {
         match store.pool_reconcile(capacity).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(n, "pool ledger corrected"),

@@ -144,16 +144,11 @@ pub fn spawn(
     })
 }
 
-async fn run(relay: Arc<Relay>, store: Store, limit: u64, mut stopped: watch::Receiver<bool>) {
+async fn run(relay: Arc<Relay>, store: Store, limit: u64, stopped: watch::Receiver<bool>) {
     let worker = tokio::spawn(worker(relay.clone(), store.clone(), limit));
     let mut subs: Vec<(String, SubscriberClient, JoinHandle<()>)> = Vec::new();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.wait_for(|s| *s) => break,
-        }
+    let mut every = crate::app::Every::new(CHECK_EVERY, stopped);
+    while every.tick().await {
         let flags = ensure_flags(&store).await;
         let want: Vec<String> = store
             .primaries()

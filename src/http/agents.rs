@@ -145,22 +145,7 @@ pub async fn set_state(
     if agent.state == "terminated" {
         // Gone for good: no more heartbeat checks, and what it still holds is freed.
         st.store.agent_untrack(&id).await?;
-        let (_, h) = st.store.keys().agent(&id);
-        let members: Vec<String> = st
-            .store
-            .timed(
-                "smembers",
-                fred::prelude::SetsInterface::smembers(st.store.client(), h.clone()),
-            )
-            .await?;
-        let _: i64 = st
-            .store
-            .timed("del", fred::prelude::KeysInterface::del(st.store.client(), h))
-            .await?;
-        let held = members
-            .iter()
-            .filter_map(|m| crate::store::agents::Held::parse_member(m))
-            .collect();
+        let held = st.store.agent_take_held(&id).await?;
         crate::agents::release(&st.store, &id, "terminated", held).await;
     } else {
         crate::agents::announce(&st.store, &id, &agent.state, serde_json::json!({})).await;

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{json_response, validate_name, JsonBody};
+use super::{json_response, validate_name, validate_text, JsonBody};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::agents::Held;
@@ -60,15 +60,6 @@ fn check(ns: &str, name: &str, ttl_ms: u64) -> ApiResult<()> {
     Ok(())
 }
 
-fn text(name: &str, v: &str, max: usize) -> ApiResult<()> {
-    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{name} must be 1 to {max} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
 /// Acquire a lock, optionally waiting for it.
 #[utoipa::path(
     post, path = "/v1/ns/{ns}/locks/{name}", tag = "locks",
@@ -85,7 +76,7 @@ pub async fn acquire(
     JsonBody(b): JsonBody<AcquireBody>,
 ) -> ApiResult<Response> {
     check(&ns, &name, b.ttl_ms)?;
-    text("owner", &b.owner, 128)?;
+    validate_text("owner", &b.owner, 128)?;
     let wait = b.wait_ms.unwrap_or(0);
     if wait > MAX_WAIT_MS {
         return Err(ApiError::bad_request(format!(
@@ -171,7 +162,7 @@ pub async fn renew(
     JsonBody(b): JsonBody<RenewBody>,
 ) -> ApiResult<Response> {
     check(&ns, &name, b.ttl_ms)?;
-    text("token", &b.token, 64)?;
+    validate_text("token", &b.token, 64)?;
     let (fencing_token, exp) = st.store.lock_renew(&ns, &name, &b.token, b.ttl_ms).await?;
     let info = st.store.lock_get(&ns, &name).await?;
     let body = Granted {
@@ -206,27 +197,20 @@ pub async fn release(
         .get("x-lock-token")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::bad_request("the x-lock-token header is required"))?;
-    text("x-lock-token", token, 64)?;
+    validate_text("x-lock-token", token, 64)?;
     let owner = st.store.lock_release(&ns, &name, token).await?;
-    let held_ref = Held::Lock {
-        ns: ns.clone(),
-        name: name.clone(),
-        token: String::new(),
-    };
+    crate::pubsub::event(
+        &st.store,
+        &format!("locks.{ns}.{name}"),
+        serde_json::json!({"event": "released", "namespace": ns, "lock": name, "owner": owner}),
+    )
+    .await;
     let held = Held::Lock {
         ns,
         name,
         token: token.to_string(),
     };
     st.presence.unhold(&st.store, &owner, held).await;
-    if let Held::Lock { ns, name, .. } = &held_ref {
-        crate::pubsub::event(
-            &st.store,
-            &format!("locks.{ns}.{name}"),
-            serde_json::json!({"event": "released", "namespace": ns, "lock": name, "owner": owner}),
-        )
-        .await;
-    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -345,6 +345,17 @@ fn header_text(h: &HeaderMap, name: &str, max: usize) -> Result<Option<String>, 
     Ok(Some(s.to_string()))
 }
 
+/// Free-text identifiers in bodies and headers (workers, owners, tokens, keys of idempotency):
+/// 1 to `max` bytes without control characters.
+pub fn validate_text(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{name} must be 1 to {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Namespace (and queue, lock, channel, partition) names: `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
     let b = name.as_bytes();

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{json_response, validate_name, JsonBody};
+use super::{json_response, validate_name, validate_text, JsonBody};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::partitions::{Partition, Pool};
@@ -68,9 +68,7 @@ const MAX_QUOTA: u64 = 1 << 50;
 )]
 pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody>) -> ApiResult<Response> {
     validate_name("partition", &b.name)?;
-    if b.owner_agent.is_empty() || b.owner_agent.len() > 128 || b.owner_agent.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("owner_agent must be 1 to 128 characters"));
-    }
+    validate_text("owner_agent", &b.owner_agent, 128)?;
     if !(1..=MAX_QUOTA).contains(&b.quota_bytes) {
         return Err(ApiError::bad_request(format!(
             "quota_bytes must be between 1 and {MAX_QUOTA}"

@@ -12,7 +12,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::kv::{canonical, present};
-use super::{json_response, validate_name, JsonBody, Q};
+use super::{json_response, validate_name, validate_text, JsonBody, Q};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::agents::Held;
@@ -123,15 +123,6 @@ pub struct PageQuery {
     limit: Option<u64>,
 }
 
-fn text_field(name: &str, v: &str, max: usize) -> ApiResult<()> {
-    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{name} must be 1 to {max} bytes without control characters"
-        )));
-    }
-    Ok(())
-}
-
 fn range(name: &str, v: u64, lo: u64, hi: u64) -> ApiResult<()> {
     if v < lo || v > hi {
         return Err(ApiError::bad_request(format!(
@@ -200,7 +191,7 @@ pub async fn enqueue(
     let retention_ms = b.retention_ms.unwrap_or(DEFAULT_RETENTION_MS);
     range("retention_ms", retention_ms, 0, MAX_RETENTION_MS)?;
     if let Some(k) = &b.idempotency_key {
-        text_field("idempotency_key", k, 256)?;
+        validate_text("idempotency_key", k, 256)?;
     }
     let payload = canonical(&b.payload.unwrap_or(Value::Null));
     st.store.register_queue(&q).await?;
@@ -245,7 +236,7 @@ pub async fn lease(
     JsonBody(b): JsonBody<LeaseBody>,
 ) -> ApiResult<Response> {
     validate_name("queue", &q)?;
-    text_field("worker", &b.worker, 128)?;
+    validate_text("worker", &b.worker, 128)?;
     let max = b.max_tasks.unwrap_or(1);
     range("max_tasks", max as u64, 1, 100)?;
     range("lease_ms", b.lease_ms, 1, MAX_LEASE_MS)?;
@@ -397,7 +388,7 @@ pub async fn ack(
 ) -> ApiResult<Response> {
     validate_name("queue", &q)?;
     let id = task_id(&id)?;
-    text_field("lease_token", &b.lease_token, 64)?;
+    validate_text("lease_token", &b.lease_token, 64)?;
     let result = b.result.as_ref().map(canonical);
     let fence = ack_fence(&st, &q, &headers)?;
     let (t, owner) = st
@@ -429,7 +420,7 @@ pub async fn nack(
 ) -> ApiResult<Response> {
     validate_name("queue", &q)?;
     let id = task_id(&id)?;
-    text_field("lease_token", &b.lease_token, 64)?;
+    validate_text("lease_token", &b.lease_token, 64)?;
     if b.error.len() > 8192 {
         return Err(ApiError::bad_request("error must be at most 8192 bytes"));
     }
@@ -470,7 +461,7 @@ pub async fn extend(
 ) -> ApiResult<Response> {
     validate_name("queue", &q)?;
     let id = task_id(&id)?;
-    text_field("lease_token", &b.lease_token, 64)?;
+    validate_text("lease_token", &b.lease_token, 64)?;
     range("lease_ms", b.lease_ms, 1, MAX_LEASE_MS)?;
     let t = st.store.q_extend(&q, id, &b.lease_token, b.lease_ms).await?;
     Ok(json_response(StatusCode::OK, &t))

@@ -57,20 +57,9 @@ impl Agent {
     }
 }
 
-fn fields(v: &Value) -> HashMap<String, String> {
-    let mut m = HashMap::new();
-    if let Value::Array(a) = v {
-        for pair in a.chunks(2) {
-            if let (Some(k), Some(v)) = (pair.first().and_then(v_str), pair.get(1).and_then(v_str)) {
-                m.insert(k, v);
-            }
-        }
-    }
-    m
-}
-
 fn agent_of(v: &Value) -> ApiResult<Agent> {
-    Agent::from_fields(&fields(v)).ok_or_else(|| ApiError::internal(format!("unreadable agent: {v:?}")))
+    Agent::from_fields(&super::hash_fields(v))
+        .ok_or_else(|| ApiError::internal(format!("unreadable agent: {v:?}")))
 }
 
 /// A resource a lost agent held.
@@ -135,23 +124,17 @@ impl Store {
             )
             .await?;
         let agent = agent_of(&v)?;
-        self.agent_track(id, crate::store::kv::now_ms() + ttl_ms as i64)
+        self.agent_track(id, (crate::store::kv::now_ms() + ttl_ms as i64) as f64)
             .await?;
         Ok(agent)
     }
 
-    /// Index the agent's heartbeat deadline (`None` = never check again).
-    async fn agent_track(&self, id: &str, deadline: i64) -> ApiResult<()> {
+    /// Index the agent's heartbeat deadline (unix ms; +inf = never check again).
+    async fn agent_track(&self, id: &str, deadline: f64) -> ApiResult<()> {
         self.timed(
             "zadd",
-            self.client().zadd::<i64, _, _>(
-                self.keys().agents(),
-                None,
-                None,
-                false,
-                false,
-                (deadline as f64, id),
-            ),
+            self.client()
+                .zadd::<i64, _, _>(self.keys().agents(), None, None, false, false, (deadline, id)),
         )
         .await
         .map(|_| ())
@@ -159,19 +142,15 @@ impl Store {
 
     /// Stop heartbeat checks (terminated: unconditionally).
     pub async fn agent_untrack(&self, id: &str) -> ApiResult<()> {
-        self.timed(
-            "zadd",
-            self.client().zadd::<i64, _, _>(
-                self.keys().agents(),
-                None,
-                None,
-                false,
-                false,
-                (f64::INFINITY, id),
-            ),
-        )
-        .await
-        .map(|_| ())
+        self.agent_track(id, f64::INFINITY).await
+    }
+
+    /// Take (and forget) everything the agent is recorded as holding.
+    pub async fn agent_take_held(&self, id: &str) -> ApiResult<Vec<Held>> {
+        let (_, h) = self.keys().agent(id);
+        let members: Vec<String> = self.timed("smembers", self.client().smembers(h.clone())).await?;
+        let _: i64 = self.timed("del", self.client().del(h)).await?;
+        Ok(members.iter().filter_map(|m| Held::parse_member(m)).collect())
     }
 
     /// Stop heartbeat checks for an agent found lost, unless its deadline moved meanwhile.
@@ -188,7 +167,7 @@ impl Store {
             Some("ok") => {
                 let agent = agent_of(r.get(1).unwrap_or(&Value::Null))?;
                 let deadline = crate::store::kv::now_ms() + agent.heartbeat_ttl_ms as i64;
-                self.agent_track(id, deadline).await?;
+                self.agent_track(id, deadline as f64).await?;
                 Ok(agent)
             }
             Some("not_found") => Err(ApiError::not_found("no such agent")),

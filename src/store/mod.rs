@@ -133,7 +133,16 @@ impl Store {
         &self,
         capacity: usize,
     ) -> ApiResult<fred::clients::SubscriberClient> {
-        let sub = Builder::from_config(self.inner.fred_cfg.clone())
+        self.subscriber_from(self.inner.fred_cfg.clone(), capacity).await
+    }
+
+    /// A connected subscriber for `cfg` that re-subscribes by itself after reconnecting.
+    async fn subscriber_from(
+        &self,
+        cfg: fred::prelude::Config,
+        capacity: usize,
+    ) -> ApiResult<SubscriberClient> {
+        let sub = Builder::from_config(cfg)
             .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
             .build_subscriber_client()
@@ -167,15 +176,7 @@ impl Store {
         }
         let mut out = Vec::new();
         for (name, c) in configs {
-            let sub = Builder::from_config(c)
-                .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
-                .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
-                .build_subscriber_client()
-                .map_err(|e| map_redis_error("connect", e))?;
-            self.timed("connect", async { sub.init().await.map(|_| ()) })
-                .await?;
-            drop(sub.manage_subscriptions());
-            out.push((name, sub));
+            out.push((name, self.subscriber_from(c, capacity).await?));
         }
         Ok(out)
     }
@@ -392,6 +393,19 @@ pub(crate) fn v_str(v: &Value) -> Option<String> {
 
 pub(crate) fn v_u64(v: &Value) -> u64 {
     v.as_i64().unwrap_or(0).max(0) as u64
+}
+
+/// A flattened HGETALL reply (as returned from a function) as a map.
+pub(crate) fn hash_fields(v: &Value) -> std::collections::HashMap<String, String> {
+    let mut m = std::collections::HashMap::new();
+    if let Value::Array(a) = v {
+        for pair in a.chunks(2) {
+            if let (Some(k), Some(v)) = (pair.first().and_then(v_str), pair.get(1).and_then(v_str)) {
+                m.insert(k, v);
+            }
+        }
+    }
+    m
 }
 
 pub(crate) fn v_i64(v: &Value) -> i64 {

@@ -42,6 +42,11 @@ pub struct Pool {
     pub partitions: u64,
 }
 
+/// An optional number as a function argument ('' = none).
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
 impl Store {
     /// Set the pool's ledger entry for partition `name` to `bytes` (0 = release). Absolute,
     /// so repeating it or racing it cannot count twice. `force` skips the capacity check.
@@ -86,7 +91,6 @@ impl Store {
         capacity: u64,
     ) -> ApiResult<Partition> {
         let nk = self.keys().ns(name);
-        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let a = self
             .fcall(
                 "part_create",
@@ -174,15 +178,13 @@ impl Store {
         max_keys: Option<u64>,
         capacity: u64,
     ) -> ApiResult<Partition> {
-        let cur = self
-            .part_get(name)
-            .await?
-            .ok_or_else(|| ApiError::not_found("no such partition"))?;
+        if self.part_get(name).await?.is_none() {
+            return Err(ApiError::not_found("no such partition"));
+        }
         if let Some(q) = quota {
             self.pool_set(name, q, capacity, false).await?;
         }
         let nk = self.keys().ns(name);
-        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let a = self
             .fcall(
                 "part_update",
@@ -196,7 +198,6 @@ impl Store {
             let _ = self.pool_set(name, 0, capacity, true).await;
             return Err(ApiError::not_found("no such partition"));
         }
-        let _ = cur;
         self.part_get(name)
             .await?
             .ok_or_else(|| ApiError::not_found("no such partition"))

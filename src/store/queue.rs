@@ -119,20 +119,8 @@ pub struct Leased {
     pub paused: bool,
 }
 
-fn fields(v: &Value) -> HashMap<String, String> {
-    let mut m = HashMap::new();
-    if let Value::Array(a) = v {
-        for pair in a.chunks(2) {
-            if let (Some(k), Some(v)) = (pair.first().and_then(v_str), pair.get(1).and_then(v_str)) {
-                m.insert(k, v);
-            }
-        }
-    }
-    m
-}
-
 fn task_of(queue: &str, v: &Value, with_token: bool) -> ApiResult<Task> {
-    Task::from_fields(queue, &fields(v), with_token)
+    Task::from_fields(queue, &super::hash_fields(v), with_token)
         .ok_or_else(|| ApiError::internal(format!("unreadable task in queue {queue}: {v:?}")))
 }
 

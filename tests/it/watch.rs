@@ -34,6 +34,21 @@ pub async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
     }
 }
 
+/// Read past whatever is buffered to the server's close frame (within 30 s); its code.
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within 30 s")
+}
+
 /// Event messages of watch `id` until `until_rev` has been seen.
 async fn events_until(ws: &mut Ws, id: &str, until_rev: u64) -> Vec<Value> {
     let mut out = Vec::new();
@@ -291,18 +306,7 @@ async fn a_consumer_that_never_reads_is_closed_with_4008() {
         );
     }
     // Now read: buffered frames, then a close frame with 4008.
-    let code = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed within 30 s");
-    assert_eq!(code, Some(4008));
+    assert_eq!(close_code(&mut ws).await, Some(4008));
     let m = app.get("/metrics").await.text();
     assert!(
         m.lines()
@@ -589,18 +593,7 @@ async fn many_consumers_that_never_read_are_closed_and_memory_stays_bounded() {
     let grown = rss_mib().saturating_sub(before);
     assert!(grown < 600, "server memory grew by {grown} MiB");
     for (i, mut ws) in sockets.into_iter().enumerate() {
-        let code = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
-                    Some(Ok(_)) => continue,
-                    _ => return None,
-                }
-            }
-        })
-        .await
-        .expect("closed within 30 s");
-        assert_eq!(code, Some(4008), "socket {i}");
+        assert_eq!(close_code(&mut ws).await, Some(4008), "socket {i}");
     }
     assert_eq!(app.get("/healthz").await.status, 200);
 }
