@@ -84,8 +84,10 @@ pub async fn watcher(presence: std::sync::Arc<Presence>, store: Store, stopped: 
         n += 1;
         if n % 8 == 1 {
             if let Ok(ids) = store.agent_ids().await {
+                // Merged, not replaced: an agent registered here while the read was in flight
+                // must not drop out (agents are never removed from the index, so nothing is lost).
                 if let Ok(mut k) = presence.known.write() {
-                    *k = ids.into_iter().collect();
+                    k.extend(ids);
                 }
             }
         }
