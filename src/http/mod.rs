@@ -153,12 +153,15 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(TraceLayer::new_for_http())
+                // Outside `observe`: the problem documents it writes are compressed like every
+                // other body (inside it, they kept the `content-encoding: gzip` of the body they
+                // replaced and no client could decode them).
+                .layer(CompressionLayer::new())
                 .layer(middleware::from_fn(observe))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
                     request_timeout,
                 ))
-                .layer(CompressionLayer::new())
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
 }
@@ -240,6 +243,8 @@ fn finish_problem(mut res: Response, path: &str, rid: Option<&str>) -> Response 
         .headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
+    // The new body is plain JSON whatever encoding the one it replaces had.
+    parts.headers.remove(header::CONTENT_ENCODING);
     Response::from_parts(parts, Body::from(err.to_body(path, rid)))
 }
 

@@ -179,3 +179,104 @@ async fn slow_and_vanishing_clients_are_cut_off() {
     assert_eq!(app.get("/healthz").await.status, 200);
     app.stop().await;
 }
+
+/// The body as a client that sent `Accept-Encoding: gzip` reads it (browsers, SDKs, curl
+/// --compressed): gunzipped when the response says so, an error when it cannot be.
+fn decoded(r: &crate::common::Resp) -> Result<serde_json::Value, String> {
+    use std::io::Read;
+    let raw = match r.header("content-encoding").as_deref() {
+        Some("gzip") => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&r.body[..])
+                .read_to_end(&mut out)
+                .map_err(|e| format!("labelled gzip but does not gunzip: {e}"))?;
+            out
+        }
+        None => r.body.to_vec(),
+        Some(other) => return Err(format!("unexpected content-encoding {other}")),
+    };
+    serde_json::from_slice(&raw).map_err(|e| format!("not JSON once decoded: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_decodes_for_a_client_that_accepts_gzip() {
+    let app = TestApp::start().await;
+    let gz = ("accept-encoding", "gzip, deflate, br");
+    let json_ct = ("content-type", "application/json");
+    let value = json!({"value": "x".repeat(2000)}).to_string();
+    // method, path, headers, body, status, problem code
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a [u8],
+        u16,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "PUT",
+            "/v1/ns/gz/kv/k",
+            vec![gz, json_ct],
+            value.as_bytes(),
+            201,
+            None,
+        ),
+        ("GET", "/v1/ns/gz/kv/k", vec![gz], b"", 200, None),
+        (
+            "GET",
+            "/v1/ns/gz/kv/absent",
+            vec![gz],
+            b"",
+            404,
+            Some("not_found"),
+        ),
+        (
+            "PUT",
+            "/v1/ns/gz/kv/k",
+            vec![gz, json_ct],
+            b"{bad",
+            400,
+            Some("malformed_json"),
+        ),
+        (
+            "PUT",
+            "/v1/ns/gz/kv/k",
+            vec![gz, json_ct, ("if-match", "\"9\"")],
+            value.as_bytes(),
+            412,
+            Some("version_mismatch"),
+        ),
+        (
+            "DELETE",
+            "/v1/queues/q",
+            vec![gz],
+            b"",
+            405,
+            Some("method_not_allowed"),
+        ),
+        ("GET", "/no/such/route", vec![gz], b"", 404, Some("not_found")),
+        ("GET", "/v1/ns/BAD/kv/k", vec![gz], b"", 400, Some("invalid_name")),
+    ];
+    let mut compressed_problems = 0;
+    for (method, path, headers, body, status, code) in cases {
+        let r = app.req(method, path, &headers, Some(body)).await;
+        assert_eq!(r.status, status, "{method} {path}");
+        let doc = decoded(&r).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        if let Some(code) = code {
+            assert_eq!(doc["code"], code, "{method} {path}: {doc}");
+            assert_eq!(doc["instance"], path, "{method} {path}: {doc}");
+            assert!(r
+                .header("content-type")
+                .unwrap()
+                .starts_with("application/problem+json"));
+            compressed_problems += usize::from(r.header("content-encoding").is_some());
+        }
+    }
+    // Problem documents are large enough to be compressed: the check above saw gzip bodies.
+    assert!(
+        compressed_problems >= 5,
+        "only {compressed_problems} problem documents were gzip-encoded"
+    );
+    app.stop().await;
+}
