@@ -1,9 +1,8 @@
 //! One error type for the whole API and one table mapping each stable `code` to its HTTP
 //! status and title. Errors leave as RFC 9457 `application/problem+json` documents; 5xx
-//! bodies are generic, the details go to the log.
+//! bodies are generic, the details go to the log. (The HTTP rendering is `http::problem`.)
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -236,19 +235,3 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-impl IntoResponse for ApiError {
-    /// The body is rendered without `instance`; the problem middleware (http::problem_layer)
-    /// re-renders it with the request path and id, finding the error in the extensions.
-    fn into_response(self) -> Response {
-        let mut res = (self.code.status(), self.to_body("", None)).into_response();
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(s) = self.retry_after {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        res.extensions_mut().insert(self);
-        res
-    }
-}

@@ -1,36 +1,63 @@
 //! swarmstate: coordination state for multi-agent systems, served over HTTP from Redis.
 //!
 //! # Layout
-//! - [`config`]: layered configuration (defaults → TOML → `SWARMSTATE_*` env → flags), validated.
-//! - [`app`]: application state, start-up (embedded Redis, connect, migrate), serving, shutdown,
-//!   and the background expiry reconciler.
-//! - [`http`]: router, middleware (request ids, tracing, metrics, problem documents), extractors;
-//!   [`http::kv`] key/value handlers, [`http::ops`] health/status/metrics, [`http::watch`] the
-//!   watch WebSocket.
-//! - [`pubsub`]: one Redis pattern subscription per pattern per process, fanned out to sockets.
-//! - [`queues`]: queue wakeups and events (one subscription per process) and the queue reaper.
-//! - [`relay`]: keyspace notifications (expired, evicted, written by other clients) → change log.
-//! - [`watch`]: per-namespace change-log readers shared by all watchers, and log replay.
-//! - [`store`]: Redis access. [`store::keys`] builds every key name; [`store::kv`] wraps the
-//!   key/value functions; [`store::migrate`] loads the functions library and runs key-schema
-//!   migrations.
-//! - [`embedded`]: the supervised `redis-server` child used when no Redis is configured.
 //! - [`error`]: the one error type and its code → status table.
-//! - [`metrics`]: the Prometheus recorder.
+//! - [`config`]: layered configuration (defaults → TOML → `SWARMSTATE_*` env → flags), validated.
+//! - [`metrics`]: the Prometheus recorder and cached metric handles.
+//! - [`shutdown`]: the stop signal and [`shutdown::Every`], the clock of background tasks.
+//! - [`domain`]: names and limits, canonical JSON, time, and the request / result types of
+//!   every area (kv, txn, queue, lock, agent, partition, watch) — validation, no I/O.
+//! - [`store`]: Redis access. [`store::keys`] builds every key and channel name;
+//!   [`store::fcall`] calls the functions library with declared arities and refusals; one file
+//!   per area wraps its functions; [`store::log`] reads change logs; [`store::channels`]
+//!   publishes and subscribes; [`store::admin`] reads INFO / CONFIG; [`store::migrate`] loads
+//!   the library and runs key-schema migrations.
+//! - [`embedded`]: the supervised `redis-server` child used when no Redis is configured.
+//! - [`live`]: per-process state fed by Redis subscriptions and readers — pub/sub fan-out,
+//!   lock wake-ups, queue wake-ups and events, change-log readers, the keyspace relay, agent
+//!   presence — all drained by one dispatcher loop.
+//! - [`ops`]: every operation of the API, shared by all transports (HTTP, WebSocket, SSE):
+//!   merge-CAS, batches, transactions, the lease long-poll, lock waits, the watch session.
+//! - [`state`]: [`state::AppState`], what HTTP handlers get (ops, config, metrics).
+//! - [`http`]: the HTTP transport — one `router()` per resource, extractors, problem documents,
+//!   the WebSocket and SSE transports of the watch session, health and metrics.
+//! - [`app`]: start-up, serving, shutdown, and the background tasks ([`app::tasks`]).
 //!
-//! Redis-side logic lives in `migrations/swarmstate.lua` (every state change, one atomic
-//! function each) and `migrations/schema/` (ordered key-schema migrations).
+//! Redis-side logic lives in `migrations/functions/*.lua` (every state change, one atomic
+//! function each, concatenated into one library) and `migrations/schema/` (ordered key-schema
+//! migrations).
+//!
+//! # Layering
+//! Each module may use only modules of a lower layer (and its own submodules):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | 0 | `error` |
+//! | 1 | `config`, `metrics`, `shutdown`, `domain` |
+//! | 2 | `store`, `embedded` |
+//! | 3 | `live` |
+//! | 4 | `ops` |
+//! | 5 | `state` |
+//! | 6 | `http` |
+//! | 7 | `app` |
+//!
+//! So `http → ops → live → store → domain`; nothing but `app` (the composition root) uses
+//! `http`; `domain` uses only `error`. A unit test (`layering`, below) reads every file and
+//! fails on an upward or sideways `crate::` path and on any cycle among the files, and on a
+//! Redis key or channel name built outside `store/keys.rs`.
 
-pub mod agents;
 pub mod app;
 pub mod config;
+pub mod domain;
 pub mod embedded;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod metrics;
-pub mod pubsub;
-pub mod queues;
-pub mod relay;
+pub mod ops;
+pub mod shutdown;
+pub mod state;
 pub mod store;
-pub mod wake;
-pub mod watch;
+
+#[cfg(test)]
+mod layering;

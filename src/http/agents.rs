@@ -1,36 +1,26 @@
-//! Agents (DESIGN.md "Coordination primitives"): register, heartbeat, lifecycle, list.
+//! Agent routes (DESIGN.md "Coordination primitives"): register, heartbeat, lifecycle, list.
+//! Transport only: parse, call `ops`, map.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::kv::canonical;
-use super::{json_response, validate_name, JsonBody, Q};
-use crate::app::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::store::agents::Agent;
+use super::extract::{JsonBody, Q};
+use super::problem::json_response;
+use crate::domain::agent::{Agent, AgentFilter, AgentList, RegisterBody, StateBody};
+use crate::error::ApiResult;
+use crate::state::AppState;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterBody {
-    /// What the agent can do (strings), used by `GET /v1/agents?capability=`.
-    #[serde(default)]
-    capabilities: Vec<String>,
-    /// Any JSON object.
-    #[schema(value_type = Object)]
-    metadata: Option<Value>,
-    /// Marked `lost` when no heartbeat arrives for this long (1000..=3600000, default 30000).
-    heartbeat_ttl_ms: Option<u64>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StateBody {
-    /// ready, running, paused, terminating, terminated or error.
-    state: String,
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, get_agent))
+        .routes(routes!(heartbeat))
+        .routes(routes!(set_state))
+        .routes(routes!(list_agents))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -39,22 +29,6 @@ pub struct ListQuery {
     state: Option<String>,
     capability: Option<String>,
 }
-
-#[derive(Serialize, ToSchema)]
-pub struct AgentList {
-    items: Vec<Agent>,
-}
-
-const STATES: &[&str] = &[
-    "initializing",
-    "ready",
-    "running",
-    "paused",
-    "terminating",
-    "terminated",
-    "error",
-    "lost",
-];
 
 /// Register (or re-register) an agent; it starts `initializing`.
 #[utoipa::path(
@@ -71,32 +45,10 @@ pub async fn register(
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RegisterBody>,
 ) -> ApiResult<Response> {
-    validate_name("agent", &id)?;
-    let ttl = b.heartbeat_ttl_ms.unwrap_or(30_000);
-    if !(1000..=3_600_000).contains(&ttl) {
-        return Err(ApiError::bad_request(
-            "heartbeat_ttl_ms must be between 1000 and 3600000",
-        ));
-    }
-    if b.capabilities.len() > 64
-        || b.capabilities
-            .iter()
-            .any(|c| c.is_empty() || c.len() > 64 || c.chars().any(char::is_control))
-    {
-        return Err(ApiError::bad_request(
-            "at most 64 capabilities of 1 to 64 characters",
-        ));
-    }
-    let metadata = match b.metadata {
-        None => "{}".to_string(),
-        Some(v @ Value::Object(_)) => canonical(&v),
-        Some(_) => return Err(ApiError::bad_request("metadata must be a JSON object")),
-    };
-    let caps = serde_json::to_string(&b.capabilities).unwrap_or_else(|_| "[]".into());
-    let agent = st.store.agent_register(&id, &caps, &metadata, ttl).await?;
-    st.presence.add(&id);
-    crate::agents::announce(&st.store, &id, "initializing", serde_json::json!({})).await;
-    Ok(json_response(StatusCode::OK, &agent))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.agent_register(&id, b).await?,
+    ))
 }
 
 /// Heartbeat: the agent stays alive for another heartbeat_ttl_ms.
@@ -110,13 +62,7 @@ pub async fn register(
     )
 )]
 pub async fn heartbeat(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    validate_name("agent", &id)?;
-    let agent = st.store.agent_heartbeat(&id).await?;
-    // Keep what the agent is recorded as holding bounded (expired locks and leases drop out).
-    if let Err(e) = st.store.agent_prune_held(&id, 256).await {
-        tracing::debug!(id, error = %e.detail, "pruning an agent's held set failed");
-    }
-    Ok(json_response(StatusCode::OK, &agent))
+    Ok(json_response(StatusCode::OK, &st.ops.agent_heartbeat(&id).await?))
 }
 
 /// Lifecycle transition.
@@ -135,22 +81,10 @@ pub async fn set_state(
     Path(id): Path<String>,
     JsonBody(b): JsonBody<StateBody>,
 ) -> ApiResult<Response> {
-    validate_name("agent", &id)?;
-    if !STATES.contains(&b.state.as_str()) || b.state == "lost" || b.state == "initializing" {
-        return Err(ApiError::bad_request(
-            "state must be one of ready, running, paused, terminating, terminated, error",
-        ));
-    }
-    let agent = st.store.agent_set_state(&id, &b.state).await?;
-    if agent.state == "terminated" {
-        // Gone for good: no more heartbeat checks, and what it still holds is freed.
-        st.store.agent_untrack(&id).await?;
-        let held = st.store.agent_take_held(&id).await?;
-        crate::agents::release(&st.store, &id, "terminated", held).await;
-    } else {
-        crate::agents::announce(&st.store, &id, &agent.state, serde_json::json!({})).await;
-    }
-    Ok(json_response(StatusCode::OK, &agent))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.agent_set_state(&id, &b).await?,
+    ))
 }
 
 /// One agent.
@@ -163,13 +97,7 @@ pub async fn set_state(
     )
 )]
 pub async fn get_agent(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    validate_name("agent", &id)?;
-    let a = st
-        .store
-        .agent_get(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such agent"))?;
-    Ok(json_response(StatusCode::OK, &a))
+    Ok(json_response(StatusCode::OK, &st.ops.agent(&id).await?))
 }
 
 /// Registered agents, optionally filtered by state and capability.
@@ -179,22 +107,10 @@ pub async fn get_agent(State(st): State<AppState>, Path(id): Path<String>) -> Ap
     responses((status = 200, description = "Agents, by id", body = AgentList))
 )]
 pub async fn list_agents(State(st): State<AppState>, Q(q): Q<ListQuery>) -> ApiResult<Response> {
-    if let Some(s) = &q.state {
-        if !STATES.contains(&s.as_str()) {
-            return Err(ApiError::bad_request(format!("unknown state `{s}`")));
-        }
-    }
-    let mut ids = st.store.agent_ids().await?;
-    ids.sort();
-    let mut items = Vec::new();
-    for id in ids {
-        if let Some(a) = st.store.agent_get(&id).await? {
-            if q.state.as_deref().is_none_or(|s| a.state == s)
-                && q.capability.as_deref().is_none_or(|c| a.can(c))
-            {
-                items.push(a);
-            }
-        }
-    }
+    let filter = AgentFilter {
+        state: q.state,
+        capability: q.capability,
+    };
+    let items = st.ops.agents(&filter).await?;
     Ok(json_response(StatusCode::OK, &AgentList { items }))
 }

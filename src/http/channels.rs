@@ -1,32 +1,20 @@
 //! Pub/sub publishing (`POST /v1/channels/{channel}/publish`); subscribing is the watch
-//! socket's `subscribe` op.
+//! socket's `subscribe` op. Transport only.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::kv::{canonical, present};
-use super::{json_response, validate_name, JsonBody};
-use crate::app::AppState;
-use crate::error::{ApiError, ApiResult, ErrorCode};
+use super::extract::JsonBody;
+use super::problem::json_response;
+use crate::domain::watch::{PublishBody, PublishResult};
+use crate::error::ApiResult;
+use crate::state::AppState;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PublishBody {
-    /// Any JSON value.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Value)]
-    message: Option<Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct PublishResult {
-    /// Redis subscriptions that received it: one per matching pattern per service process
-    /// (not per socket). Pub/sub is fire-and-forget; use watches for guaranteed delivery.
-    receivers: u64,
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(publish))
 }
 
 /// Publish a message to a channel.
@@ -44,10 +32,8 @@ pub async fn publish(
     Path(channel): Path<String>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Response> {
-    validate_name("channel", &channel)?;
-    let message = body
-        .message
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidBody, "missing field `message`"))?;
-    let receivers = crate::pubsub::publish(&st.store, &channel, &canonical(&message)).await?;
-    Ok(json_response(StatusCode::OK, &PublishResult { receivers }))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.publish(&channel, body).await?,
+    ))
 }

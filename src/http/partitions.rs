@@ -1,60 +1,24 @@
-//! Memory partitions (DESIGN.md "Memory partitions"): quota-bounded namespaces owned by an
-//! agent, allocated from a pool of `pool_capacity_bytes`.
+//! Partition and pool routes (DESIGN.md "Memory partitions"). Transport only: parse, call
+//! `ops`, map.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{json_response, validate_name, validate_text, JsonBody};
-use crate::app::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::store::partitions::{Partition, Pool};
+use super::extract::JsonBody;
+use super::problem::json_response;
+use crate::domain::partition::{CreateBody, Partition, PartitionList, PatchBody, Pool};
+use crate::error::ApiResult;
+use crate::state::AppState;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    /// The partition's namespace name.
-    name: String,
-    owner_agent: String,
-    /// Bytes of keys + values + metadata it may hold (≥ 1).
-    quota_bytes: u64,
-    max_keys: Option<u64>,
-    /// short_term (default TTL 30 min), working (2 h), long_term (24 h) or shared (none).
-    tier: String,
-    /// Overrides the tier's default TTL (0 = none).
-    default_ttl_ms: Option<u64>,
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_partition, patch, delete))
+        .routes(routes!(pool))
 }
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchBody {
-    quota_bytes: Option<u64>,
-    /// 0 removes the limit.
-    max_keys: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct PartitionList {
-    items: Vec<Partition>,
-}
-
-fn tier_ttl(tier: &str) -> ApiResult<Option<u64>> {
-    Ok(match tier {
-        "short_term" => Some(30 * 60_000),
-        "working" => Some(2 * 3_600_000),
-        "long_term" => Some(24 * 3_600_000),
-        "shared" => None,
-        _ => {
-            return Err(ApiError::bad_request(
-                "tier must be short_term, working, long_term or shared",
-            ))
-        }
-    })
-}
-
-const MAX_QUOTA: u64 = 1 << 50;
 
 /// Create a partition (allocated from the pool).
 #[utoipa::path(
@@ -67,42 +31,10 @@ const MAX_QUOTA: u64 = 1 << 50;
     )
 )]
 pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody>) -> ApiResult<Response> {
-    validate_name("partition", &b.name)?;
-    validate_text("owner_agent", &b.owner_agent, 128)?;
-    if !(1..=MAX_QUOTA).contains(&b.quota_bytes) {
-        return Err(ApiError::bad_request(format!(
-            "quota_bytes must be between 1 and {MAX_QUOTA}"
-        )));
-    }
-    if matches!(b.max_keys, Some(0)) || b.max_keys.is_some_and(|k| k > 1 << 40) {
-        return Err(ApiError::bad_request("max_keys must be at least 1"));
-    }
-    let mut ttl = tier_ttl(&b.tier)?;
-    if let Some(t) = b.default_ttl_ms {
-        if t > super::MAX_TTL_MS {
-            return Err(ApiError::bad_request("default_ttl_ms is too large"));
-        }
-        ttl = (t > 0).then_some(t);
-    }
-    let p = st
-        .store
-        .part_create(
-            &b.name,
-            &b.owner_agent,
-            &b.tier,
-            b.quota_bytes,
-            b.max_keys,
-            ttl,
-            st.cfg.pool_capacity_bytes,
-        )
-        .await?;
-    crate::pubsub::event(
-        &st.store,
-        &format!("partitions.{}", p.name),
-        serde_json::json!({"event": "created", "partition": p.name, "owner_agent": p.owner_agent, "quota_bytes": p.quota_bytes}),
-    )
-    .await;
-    Ok(json_response(StatusCode::CREATED, &p))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &st.ops.partition_create(b).await?,
+    ))
 }
 
 /// Every partition with its usage.
@@ -111,14 +43,7 @@ pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody
     responses((status = 200, description = "Partitions", body = PartitionList))
 )]
 pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
-    let mut names = st.store.part_names().await?;
-    names.sort();
-    let mut items = Vec::new();
-    for n in names {
-        if let Some(p) = st.store.part_get(&n).await? {
-            items.push(p);
-        }
-    }
+    let items = st.ops.partitions().await?;
     Ok(json_response(StatusCode::OK, &PartitionList { items }))
 }
 
@@ -132,13 +57,7 @@ pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
     )
 )]
 pub async fn get_partition(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    validate_name("partition", &name)?;
-    let p = st
-        .store
-        .part_get(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such partition"))?;
-    Ok(json_response(StatusCode::OK, &p))
+    Ok(json_response(StatusCode::OK, &st.ops.partition(&name).await?))
 }
 
 /// Change the quota or key limit (lowering below usage only stops growth).
@@ -157,25 +76,10 @@ pub async fn patch(
     Path(name): Path<String>,
     JsonBody(b): JsonBody<PatchBody>,
 ) -> ApiResult<Response> {
-    validate_name("partition", &name)?;
-    if let Some(q) = b.quota_bytes {
-        if !(1..=MAX_QUOTA).contains(&q) {
-            return Err(ApiError::bad_request(format!(
-                "quota_bytes must be between 1 and {MAX_QUOTA}"
-            )));
-        }
-    }
-    let p = st
-        .store
-        .part_update(&name, b.quota_bytes, b.max_keys, st.cfg.pool_capacity_bytes)
-        .await?;
-    crate::pubsub::event(
-        &st.store,
-        &format!("partitions.{name}"),
-        serde_json::json!({"event": "updated", "partition": name, "quota_bytes": p.quota_bytes, "max_keys": p.max_keys}),
-    )
-    .await;
-    Ok(json_response(StatusCode::OK, &p))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.partition_patch(&name, &b).await?,
+    ))
 }
 
 /// Delete the partition and all its data; its quota goes back to the pool.
@@ -188,14 +92,7 @@ pub async fn patch(
     )
 )]
 pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    validate_name("partition", &name)?;
-    st.store.part_delete(&name, st.cfg.pool_capacity_bytes).await?;
-    crate::pubsub::event(
-        &st.store,
-        &format!("partitions.{name}"),
-        serde_json::json!({"event": "deleted", "partition": name}),
-    )
-    .await;
+    st.ops.partition_delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -205,8 +102,5 @@ pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Api
     responses((status = 200, description = "The pool", body = Pool))
 )]
 pub async fn pool(State(st): State<AppState>) -> ApiResult<Response> {
-    Ok(json_response(
-        StatusCode::OK,
-        &st.store.pool_status(st.cfg.pool_capacity_bytes).await?,
-    ))
+    Ok(json_response(StatusCode::OK, &st.ops.pool().await?))
 }

@@ -1,4 +1,5 @@
-//! The only place Redis key names are built.
+//! The only place Redis key and channel names are built (a test fails on key or channel
+//! construction anywhere else in `src/`).
 //!
 //! Every key of a namespace carries the `{<ns>}` hash tag so that one namespace lives in one
 //! cluster slot and every multi-key function call stays on one node. Namespace names are
@@ -19,6 +20,18 @@
 //! | `<p>:queues` | set | every queue ever enqueued to |
 //! | `<p>:schema` | string | key-schema version applied by migrations |
 //! | `<p>:migrate-lock` | string | held while migrations run |
+//! | `<p>:{<ns>}:lock:<name>`, `<p>:{<ns>}:fence` | hash | a held lock; last fencing tokens |
+//! | `<p>:{<ns>}:part`, `<p>:pool`, `<p>:partitions` | hash, hash, set | partitions and the pool |
+//! | `<p>:{ag:<id>}:a` / `:held`, `<p>:agents` | hash / set, zset | agents |
+//!
+//! Channels (PUBLISH / PSUBSCRIBE):
+//!
+//! | channel | published by | carries |
+//! |---|---|---|
+//! | `<p>:ch:<channel>` | `POST /v1/channels/{channel}/publish`, service events | pub/sub messages (`locks.<ns>.<name>`, `agents.<id>`, `partitions.<name>` are the service's own) |
+//! | `<p>:q:<queue>` | the queue functions | task state changes (wake-ups, queue watches) |
+//! | `<p>:lk:<ns>:<name>` | lock release / free | wakes waiting acquires |
+//! | `__keyspace@*__:<p>:{*}:e:*` | Redis | keyspace notifications of entry keys (relay) |
 
 /// Key builder for one deployment (one key prefix).
 #[derive(Debug, Clone)]
@@ -75,7 +88,67 @@ impl Keys {
 
     /// Channel a lock's release is announced on (`<p>:lk:<ns>:<name>`).
     pub fn lock_channel(&self, ns: &str, name: &str) -> String {
-        format!("{}:lk:{ns}:{name}", self.prefix)
+        format!("{}{ns}:{name}", self.lock_channel_prefix())
+    }
+
+    /// What every lock channel starts with; the rest is `<ns>:<name>`.
+    pub fn lock_channel_prefix(&self) -> String {
+        format!("{}:lk:", self.prefix)
+    }
+
+    /// PSUBSCRIBE pattern of every lock channel.
+    pub fn lock_channel_pattern(&self) -> String {
+        format!("{}*", self.lock_channel_prefix())
+    }
+
+    /// The Redis channel of pub/sub channel `name` (or pattern: validated names and patterns
+    /// hold no characters special to Redis beyond the client's own `*` and `?`).
+    pub fn pubsub_channel(&self, name: &str) -> String {
+        format!("{}{name}", self.pubsub_channel_prefix())
+    }
+
+    /// What every pub/sub channel starts with; the rest is the client's channel name.
+    pub fn pubsub_channel_prefix(&self) -> String {
+        format!("{}:ch:", self.prefix)
+    }
+
+    /// The service's own pub/sub channel for events of lock `name` of `ns`.
+    pub fn lock_events(&self, ns: &str, name: &str) -> String {
+        self.pubsub_channel(&format!("locks.{ns}.{name}"))
+    }
+
+    /// The service's own pub/sub channel for events of agent `id`.
+    pub fn agent_events(&self, id: &str) -> String {
+        self.pubsub_channel(&format!("agents.{id}"))
+    }
+
+    /// The service's own pub/sub channel for events of partition `name`.
+    pub fn partition_events(&self, name: &str) -> String {
+        self.pubsub_channel(&format!("partitions.{name}"))
+    }
+
+    /// PSUBSCRIBE pattern of the keyspace notifications of every entry key of this prefix
+    /// (the prefix glob-escaped).
+    pub fn entry_keyspace_pattern(&self) -> String {
+        let mut escaped = String::with_capacity(self.prefix.len());
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        format!("__keyspace@*__:{escaped}:{{*}}:e:*")
+    }
+
+    /// `(namespace, key)` of an entry key `<prefix>:{<ns>}:e:<key>` with a valid namespace and
+    /// key; `None` for any other key.
+    pub fn parse_entry_key<'a>(&self, name: &'a str) -> Option<(&'a str, &'a str)> {
+        let name = name.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
+        let (ns, rest) = name.split_once('}')?;
+        let key = rest.strip_prefix(":e:")?;
+        crate::domain::names::validate_name("namespace", ns).ok()?;
+        crate::domain::names::validate_key(key).ok()?;
+        Some((ns, key))
     }
 
     /// An agent's record and the set of resources it holds (`{ag:<id>}` slot).
@@ -108,7 +181,17 @@ impl Keys {
 
     /// Pub/sub channel of a queue's task state changes (`<p>:q:<name>`).
     pub fn queue_channel(&self, q: &str) -> String {
-        format!("{}:q:{q}", self.prefix)
+        format!("{}{q}", self.queue_channel_prefix())
+    }
+
+    /// What every queue channel starts with; the rest is the queue's name.
+    pub fn queue_channel_prefix(&self) -> String {
+        format!("{}:q:", self.prefix)
+    }
+
+    /// PSUBSCRIBE pattern of every queue channel.
+    pub fn queue_channel_pattern(&self) -> String {
+        format!("{}*", self.queue_channel_prefix())
     }
 
     /// The keys of one queue, all with the `{q:<name>}` hash tag.
@@ -140,8 +223,17 @@ impl Keys {
 #[derive(Debug, Clone)]
 pub struct QueueKeys {
     pub keys: Vec<String>,
+    /// Task keys are this plus the task id (same `{q:<name>}` slot); the queue functions
+    /// find task ids in the queue's sorted sets, so they get the prefix, not every key.
     pub task_prefix: String,
     pub channel: String,
+}
+
+impl QueueKeys {
+    /// The hash of task `id`.
+    pub fn task(&self, id: &str) -> String {
+        format!("{}{id}", self.task_prefix)
+    }
 }
 
 /// Keys of one namespace; per-entry keys are derived with [`NsKeys::entry`] / [`NsKeys::hist`].
@@ -171,7 +263,7 @@ impl NsKeys {
 
     /// The namespace's partition record (when it is one).
     pub fn part(&self) -> String {
-        format!("{}part", self.base)
+        self.derived("part", "")
     }
 
     /// The namespace's key prefix (`<p>:{ns}:`).
@@ -181,7 +273,7 @@ impl NsKeys {
 
     /// name -> last fencing token granted, for every lock of the namespace.
     pub fn fence(&self) -> String {
-        format!("{}fence", self.base)
+        self.derived("fence", "")
     }
 
     fn derived(&self, kind: &str, key: &str) -> String {
@@ -208,11 +300,32 @@ impl NsKeys {
         let (entry, hist) = (self.entry(key), self.hist(key));
         vec![self.meta, self.idx, self.log, self.ttl, self.sz, entry, hist]
     }
+
+    /// KEYS of a single-entry write that checks `x-fencing-token`: entry, history, fence.
+    pub fn for_fenced_entry(self, key: &str) -> Vec<String> {
+        let (entry, hist, fence) = (self.entry(key), self.hist(key), self.fence());
+        vec![
+            self.meta, self.idx, self.log, self.ttl, self.sz, entry, hist, fence,
+        ]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_keys_name_namespace_and_key() {
+        let k = Keys::new("ss");
+        assert_eq!(k.parse_entry_key("ss:{app}:e:a/b:{c}"), Some(("app", "a/b:{c}")));
+        assert_eq!(k.parse_entry_key("ss:{app}:h:a"), None);
+        assert_eq!(k.parse_entry_key("sx:{app}:e:a"), None);
+        assert_eq!(k.parse_entry_key("ss:{A p}:e:a"), None);
+        assert_eq!(
+            Keys::new("a*b").entry_keyspace_pattern(),
+            "__keyspace@*__:a\\*b:{*}:e:*"
+        );
+    }
 
     #[test]
     fn every_namespace_key_carries_the_hash_tag() {

@@ -1,261 +1,87 @@
 //! Versioned key/value: typed wrappers around the `kv_*` functions of
-//! `migrations/swarmstate.lua`, plus the plain reads (entry, history, listing, namespaces).
+//! `migrations/functions/kv.lua`, plus the plain reads (entry, history, listing, namespaces).
 //! Owns the namespace keys described in [`super::keys`].
-
-use std::time::{Duration, UNIX_EPOCH};
 
 use fred::prelude::*;
 use fred::types::Value;
-use serde::ser::{Error as _, SerializeStruct};
-use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 
-use super::{v_i64, v_str, v_u64, Store};
+use super::fcall::{v_str, Arity, Function, Refusal, Reply};
+use super::Store;
+use crate::domain::kv::{
+    DeleteOutcome, Entry, Expect, NamespaceInfo, Provenance, PutOutcome, Ttl, MAX_VALUE_BYTES_PER_RESPONSE,
+};
+use crate::domain::txn::{TxnCompare, TxnOp, TxnPlan, TxnResponse, TxnResultDoc};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
-/// Most value bytes one listing page or batch read may carry (a page ends early, with a
-/// cursor, when the next value would pass it; a batch asking for more is refused).
-pub const MAX_VALUE_BYTES_PER_RESPONSE: u64 = 8 * 1024 * 1024;
+const WRITE_REFUSALS: &[Refusal] = &[Refusal::Quota, Refusal::StaleFence];
 
-/// Who made a change and why (`x-agent-id`, `x-change-reason`), stored with the version.
-#[derive(Debug, Clone, Default)]
-pub struct Provenance {
-    pub agent: Option<String>,
-    pub reason: Option<String>,
-    /// `x-fencing-token: <lock>:<n>`: the write is refused unless `n` is still the newest
-    /// token the namespace's lock `<lock>` has granted.
-    pub fence: Option<(String, u64)>,
-}
+pub const KV_PUT: Function =
+    Function::new("kv_put", Arity::Exactly(8), Arity::Exactly(11)).refusing(WRITE_REFUSALS);
+pub const KV_DELETE: Function =
+    Function::new("kv_delete", Arity::Exactly(8), Arity::Exactly(8)).refusing(&[Refusal::StaleFence]);
+pub const KV_ROLLBACK: Function =
+    Function::new("kv_rollback", Arity::Exactly(8), Arity::Exactly(8)).refusing(WRITE_REFUSALS);
+pub const KV_INCR: Function =
+    Function::new("kv_incr", Arity::Exactly(8), Arity::Exactly(9)).refusing(WRITE_REFUSALS);
+pub const KV_TXN: Function =
+    Function::new("kv_txn", Arity::AtLeast(6), Arity::AtLeast(10)).refusing(WRITE_REFUSALS);
+pub const KV_FORGET: Function = Function::new("kv_forget", Arity::Exactly(7), Arity::Exactly(7));
+pub const KV_OBSERVE: Function = Function::new("kv_observe", Arity::AtLeast(5), Arity::AtLeast(7));
+pub const KV_ADOPT: Function = Function::new("kv_adopt", Arity::Exactly(7), Arity::Exactly(12));
 
-/// One key's state as clients see it. `value` and `metadata` hold JSON text as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub namespace: String,
-    pub key: String,
-    /// `None` in listings without `?values=true`.
-    pub value: Option<String>,
-    pub version: u64,
-    pub create_revision: u64,
-    pub mod_revision: u64,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub expires_at: Option<i64>,
-    pub metadata: Option<String>,
-    pub agent_id: Option<String>,
-    pub change_reason: Option<String>,
-}
+pub const FUNCTIONS: &[&Function] = &[
+    &KV_PUT,
+    &KV_DELETE,
+    &KV_ROLLBACK,
+    &KV_INCR,
+    &KV_TXN,
+    &KV_FORGET,
+    &KV_OBSERVE,
+    &KV_ADOPT,
+];
 
-/// RFC 3339 with milliseconds, UTC.
-/// This host's clock, unix ms.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    // humantime formats years up to 9999; clamp rather than fail on absurd stored times.
-    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX_MS) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-impl Serialize for Entry {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Entry", 12)?;
-        st.serialize_field("namespace", &self.namespace)?;
-        st.serialize_field("key", &self.key)?;
-        if let Some(v) = &self.value {
-            let raw: &RawValue = serde_json::from_str(v).map_err(S::Error::custom)?;
-            st.serialize_field("value", raw)?;
-        }
-        st.serialize_field("version", &self.version)?;
-        st.serialize_field("create_revision", &self.create_revision)?;
-        st.serialize_field("mod_revision", &self.mod_revision)?;
-        st.serialize_field("created_at", &rfc3339(self.created_at))?;
-        st.serialize_field("updated_at", &rfc3339(self.updated_at))?;
-        st.serialize_field("expires_at", &self.expires_at.map(rfc3339))?;
-        match &self.metadata {
-            Some(m) => {
-                let raw: &RawValue = serde_json::from_str(m).map_err(S::Error::custom)?;
-                st.serialize_field("metadata", raw)?;
-            }
-            None => st.serialize_field("metadata", &Option::<()>::None)?,
-        }
-        st.serialize_field("agent_id", &self.agent_id)?;
-        st.serialize_field("change_reason", &self.change_reason)?;
-        st.end()
+/// `expect` argument: '' any, '0' absent, '-1' exists, n version.
+fn expect_arg(e: Expect) -> String {
+    match e {
+        Expect::Any => String::new(),
+        Expect::Absent | Expect::Version(0) => "0".into(),
+        Expect::Exists => "-1".into(),
+        Expect::Version(n) => n.to_string(),
     }
 }
 
-impl Entry {
-    /// Parse a stored record: `ver\tcrev\tmrev\tct\tut\texp\tsz\tagent\treason`, newline,
-    /// metadata, newline, value (see migrations/swarmstate.lua). Entries and history share it.
-    pub fn from_record(ns: &str, key: &str, rec: &str, with_value: bool) -> Option<Entry> {
-        let (header, rest) = rec.split_once('\n')?;
-        let (meta, value) = rest.split_once('\n')?;
-        let mut h = header.split('\t');
-        let mut num = || h.next().and_then(|s| s.parse::<i64>().ok());
-        let version = num()? as u64;
-        let (crev, mrev, ct, ut, exp) = (num(), num(), num(), num(), num());
-        let _size = num();
-        let mut text = || h.next().filter(|s| !s.is_empty()).map(str::to_string);
-        let (agent_id, change_reason) = (text(), text());
-        Some(Entry {
-            namespace: ns.to_string(),
-            key: key.to_string(),
-            value: with_value.then(|| value.to_string()),
-            version,
-            create_revision: crev.unwrap_or(0) as u64,
-            mod_revision: mrev.unwrap_or(0) as u64,
-            created_at: ct.unwrap_or(0),
-            updated_at: ut.unwrap_or(0),
-            expires_at: exp,
-            metadata: (!meta.is_empty()).then(|| meta.to_string()),
-            agent_id,
-            change_reason,
-        })
+/// `ttl_ms` argument: '' none, '-1' keep, n ms.
+fn ttl_arg(t: Ttl) -> String {
+    match t {
+        Ttl::None => String::new(),
+        Ttl::Keep => "-1".into(),
+        Ttl::Ms(n) => n.to_string(),
     }
 }
 
-/// A write's precondition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    Any,
-    /// `If-None-Match: *`
-    Absent,
-    /// `If-Match: *`
-    Exists,
-    /// `If-Match: "<n>"`; `Version(0)` is the same as `Absent`.
-    Version(u64),
-}
-
-impl Expect {
-    fn arg(self) -> String {
-        match self {
-            Expect::Any => String::new(),
-            Expect::Absent | Expect::Version(0) => "0".into(),
-            Expect::Exists => "-1".into(),
-            Expect::Version(n) => n.to_string(),
-        }
-    }
-}
-
-/// A write's expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ttl {
-    None,
-    /// Keep the entry's current expiry (PATCH, merge, counters).
-    Keep,
-    Ms(u64),
-}
-
-impl Ttl {
-    fn arg(self) -> String {
-        match self {
-            Ttl::None => String::new(),
-            Ttl::Keep => "-1".into(),
-            Ttl::Ms(n) => n.to_string(),
-        }
-    }
-}
-
-/// Result of a conditional write.
-#[derive(Debug, Clone)]
-pub enum PutOutcome {
-    Written {
-        entry: Entry,
-        created: bool,
-    },
-    /// The precondition failed; the entry's current version (0 = absent).
-    Mismatch(u64),
-}
-
-#[derive(Debug, Clone)]
-pub enum DeleteOutcome {
-    Deleted { revision: u64, version: u64 },
-    NotFound,
-    Mismatch(u64),
-}
-
-/// A transaction resolved to key indexes (0-based into `keys`).
-#[derive(Debug, Clone, Default)]
-pub struct TxnPlan {
-    pub keys: Vec<String>,
-    pub compares: Vec<TxnCompare>,
-    pub success: Vec<TxnOp>,
-    pub failure: Vec<TxnOp>,
-}
-
-#[derive(Debug, Clone)]
-pub enum TxnCompare {
-    Version(usize, u64),
-    Exists(usize, bool),
-    /// Canonical JSON text the stored value must equal.
-    Value(usize, String),
-}
-
-#[derive(Debug, Clone)]
-pub enum TxnOp {
-    Put {
-        key: usize,
-        value: String,
-        metadata: Option<String>,
-        ttl_ms: Option<u64>,
-    },
-    Delete {
-        key: usize,
-    },
-    Get {
-        key: usize,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub enum TxnResult {
-    Put {
-        key: String,
-        version: u64,
-        mod_revision: u64,
-        created: bool,
-    },
-    Delete {
-        key: String,
-        deleted: bool,
-    },
-    Get {
-        key: String,
-        entry: Option<Entry>,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct TxnOutcome {
-    pub succeeded: bool,
-    pub revision: u64,
-    pub results: Vec<TxnResult>,
-}
-
-/// Per-namespace figures for `GET /v1/namespaces`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct NamespaceInfo {
-    pub namespace: String,
-    /// Live keys.
-    pub keys: u64,
-    /// The namespace's current revision.
-    pub revision: u64,
-    /// Bytes of live keys, values and metadata.
-    pub bytes: u64,
-}
-
-fn status_of(reply: &[Value]) -> String {
-    reply.first().and_then(v_str).unwrap_or_default()
-}
-
-fn bad_reply(name: &str, reply: &[Value]) -> ApiError {
-    ApiError::internal(format!("unexpected reply from {name}: {reply:?}"))
+/// The entry just written, from the `ver crev mrev ct ut exp` fields of a write's reply.
+fn read_written(
+    r: &mut Reply,
+    ns: &str,
+    key: &str,
+    value: Option<String>,
+    metadata: Option<String>,
+    prov: &Provenance,
+) -> ApiResult<Entry> {
+    Ok(Entry {
+        namespace: ns.to_string(),
+        key: key.to_string(),
+        value,
+        version: r.u64("version")?,
+        create_revision: r.u64("create_revision")?,
+        mod_revision: r.u64("mod_revision")?,
+        created_at: r.i64("created_at")?,
+        updated_at: r.i64("updated_at")?,
+        expires_at: r.opt_i64(),
+        metadata,
+        agent_id: prov.agent.clone(),
+        change_reason: prov.reason.clone(),
+    })
 }
 
 impl Store {
@@ -381,22 +207,24 @@ impl Store {
         prov: &Provenance,
     ) -> ApiResult<PutOutcome> {
         self.register_namespace(ns).await?;
-        let keys = self.keys().ns(ns).for_entry(key);
+        let keys = self.keys().ns(ns).for_fenced_entry(key);
         let mut args = self.ctx_args(prov);
         args.push(key.into());
         args.push(value.as_str().into());
         args.push(metadata.as_deref().unwrap_or("").into());
-        args.push(ttl.arg().into());
-        args.push(expect.arg().into());
-        let reply = self.fcall("kv_put", keys, args).await?.into_array();
-        match status_of(&reply).as_str() {
+        args.push(ttl_arg(ttl).into());
+        args.push(expect_arg(expect).into());
+        let mut r = self.fcall(&KV_PUT, keys, args).await?;
+        match r.status()?.as_str() {
             "ok" => {
-                let entry = written_entry(ns, key, Some(value), metadata, &reply[1..], prov);
-                let created = reply.get(7).map(v_i64) == Some(1);
-                Ok(PutOutcome::Written { entry, created })
+                let entry = read_written(&mut r, ns, key, Some(value), metadata, prov)?;
+                Ok(PutOutcome::Written {
+                    entry,
+                    created: r.flag(),
+                })
             }
-            "version_mismatch" => Ok(PutOutcome::Mismatch(reply.get(1).map(v_u64).unwrap_or(0))),
-            _ => Err(bad_reply("kv_put", &reply)),
+            "version_mismatch" => Ok(PutOutcome::Mismatch(r.u64_or_0())),
+            other => Err(r.unexpected(other)),
         }
     }
 
@@ -407,19 +235,19 @@ impl Store {
         expect: Expect,
         prov: &Provenance,
     ) -> ApiResult<DeleteOutcome> {
-        let keys = self.keys().ns(ns).for_entry(key);
+        let keys = self.keys().ns(ns).for_fenced_entry(key);
         let mut args = self.ctx_args(prov);
         args.push(key.into());
-        args.push(expect.arg().into());
-        let reply = self.fcall("kv_delete", keys, args).await?.into_array();
-        match status_of(&reply).as_str() {
+        args.push(expect_arg(expect).into());
+        let mut r = self.fcall(&KV_DELETE, keys, args).await?;
+        match r.status()?.as_str() {
             "ok" => Ok(DeleteOutcome::Deleted {
-                revision: reply.get(1).map(v_u64).unwrap_or(0),
-                version: reply.get(2).map(v_u64).unwrap_or(0),
+                revision: r.u64("revision")?,
+                version: r.u64("version")?,
             }),
             "not_found" => Ok(DeleteOutcome::NotFound),
-            "version_mismatch" => Ok(DeleteOutcome::Mismatch(reply.get(1).map(v_u64).unwrap_or(0))),
-            _ => Err(bad_reply("kv_delete", &reply)),
+            "version_mismatch" => Ok(DeleteOutcome::Mismatch(r.u64_or_0())),
+            other => Err(r.unexpected(other)),
         }
     }
 
@@ -431,22 +259,29 @@ impl Store {
         version: u64,
         prov: &Provenance,
     ) -> ApiResult<Entry> {
-        let keys = self.keys().ns(ns).for_entry(key);
+        let keys = self.keys().ns(ns).for_fenced_entry(key);
         let mut args = self.ctx_args(prov);
         args.push(key.into());
         args.push(version.to_string().into());
-        let reply = self.fcall("kv_rollback", keys, args).await?.into_array();
-        match status_of(&reply).as_str() {
+        let mut r = self.fcall(&KV_ROLLBACK, keys, args).await?;
+        match r.status()?.as_str() {
             "ok" => {
-                let value = reply.get(8).and_then(v_str);
-                let meta = reply.get(9).and_then(v_str).filter(|m| !m.is_empty());
-                Ok(written_entry(ns, key, value, meta, &reply[1..], prov))
+                // {'ok', ver, crev, mrev, ct, ut, exp, created, value, metadata}
+                let mut entry = read_written(&mut r, ns, key, None, None, prov)?;
+                let _created = r.flag();
+                entry.value = r.opt_str();
+                entry.metadata = r.opt_str().filter(|m| !m.is_empty());
+                Ok(entry)
             }
             "not_found" => Err(ApiError::not_found(format!("key `{key}` does not exist"))),
             "version_not_found" => Err(ApiError::not_found(format!(
                 "version {version} of `{key}` is not retained"
             ))),
-            _ => Err(bad_reply("kv_rollback", &reply)),
+            "version_mismatch" => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("`{key}` changed during the rollback; retry"),
+            )),
+            other => Err(r.unexpected(other)),
         }
     }
 
@@ -459,17 +294,16 @@ impl Store {
         prov: &Provenance,
     ) -> ApiResult<(i64, Entry)> {
         self.register_namespace(ns).await?;
-        let keys = self.keys().ns(ns).for_entry(key);
+        let keys = self.keys().ns(ns).for_fenced_entry(key);
         let mut args = self.ctx_args(prov);
         args.push(key.into());
         args.push(by.to_string().into());
-        args.push(ttl.arg().into());
-        let reply = self.fcall("kv_incr", keys, args).await?.into_array();
-        match status_of(&reply).as_str() {
+        args.push(ttl_arg(ttl).into());
+        let mut r = self.fcall(&KV_INCR, keys, args).await?;
+        match r.status()?.as_str() {
             "ok" => {
-                let text = reply.get(1).and_then(v_str).unwrap_or_default();
-                let value: i64 = text.parse().map_err(|_| bad_reply("kv_incr", &reply))?;
-                let entry = written_entry(ns, key, Some(text), None, &reply[2..], prov);
+                let value = r.i64("value")?;
+                let entry = read_written(&mut r, ns, key, Some(value.to_string()), None, prov)?;
                 Ok((value, entry))
             }
             "not_a_counter" => Err(ApiError::new(
@@ -480,7 +314,7 @@ impl Store {
                 ErrorCode::CounterOverflow,
                 "the result would leave the safe integer range ±9007199254740991",
             )),
-            _ => Err(bad_reply("kv_incr", &reply)),
+            other => Err(r.unexpected(other)),
         }
     }
 
@@ -518,8 +352,7 @@ impl Store {
             0i64.into(),
             (limit as i64).into(),
         ];
-        let names: Vec<String> = self.timed("zrangebylex", self.client().custom(cmd, args)).await?;
-        let mut names = names;
+        let mut names: Vec<String> = self.timed("zrangebylex", self.client().custom(cmd, args)).await?;
         let mut full = names.len() == limit;
         if with_values && !names.is_empty() {
             let sizes = self.sizes(ns, &names).await?;
@@ -547,12 +380,13 @@ impl Store {
         Ok((items, next))
     }
 
-    pub async fn kv_txn(&self, ns: &str, plan: &TxnPlan, prov: &Provenance) -> ApiResult<TxnOutcome> {
+    pub async fn kv_txn(&self, ns: &str, plan: &TxnPlan, prov: &Provenance) -> ApiResult<TxnResponse> {
         if !plan.success.is_empty() || !plan.failure.is_empty() {
             self.register_namespace(ns).await?;
         }
         let nk = self.keys().ns(ns);
         let mut keys = nk.common();
+        keys.push(nk.fence());
         for k in &plan.keys {
             keys.push(nk.entry(k));
             keys.push(nk.hist(k));
@@ -597,39 +431,31 @@ impl Store {
                 args.push(ttl.into());
             }
         }
-        let reply = self.fcall("kv_txn", keys, args).await?.into_array();
-        if reply.len() < 2 {
-            return Err(bad_reply("kv_txn", &reply));
-        }
-        let succeeded = v_i64(&reply[0]) == 1;
-        let revision = v_u64(&reply[1]);
+        let mut r = self.fcall(&KV_TXN, keys, args).await?;
+        let succeeded = r.flag();
+        let revision = r.u64("revision")?;
         let ops = if succeeded { &plan.success } else { &plan.failure };
         let mut results = Vec::with_capacity(ops.len());
-        for (op, r) in ops.iter().zip(reply.into_iter().skip(2)) {
-            let r = r.into_array();
-            let res = match op {
-                TxnOp::Put { key, .. } => TxnResult::Put {
-                    key: plan.keys[*key].clone(),
-                    version: r.get(1).map(v_u64).unwrap_or(0),
-                    mod_revision: r.get(2).map(v_u64).unwrap_or(0),
-                    created: r.get(3).map(v_i64) == Some(1),
-                },
-                TxnOp::Delete { key } => TxnResult::Delete {
-                    key: plan.keys[*key].clone(),
-                    deleted: r.get(1).map(v_i64) == Some(1),
-                },
+        for op in ops {
+            // Each result: {'put', ver, mrev, created} | {'delete', found} | {'get', record}.
+            let mut one = Reply::new(KV_TXN.name, Value::Array(r.array()));
+            one.value();
+            results.push(match op {
+                TxnOp::Put { key, .. } => {
+                    let (version, mod_revision) = (one.u64("version")?, one.u64("mod_revision")?);
+                    TxnResultDoc::put(plan.keys[*key].clone(), version, mod_revision, one.flag())
+                }
+                TxnOp::Delete { key } => TxnResultDoc::delete(plan.keys[*key].clone(), one.flag()),
                 TxnOp::Get { key } => {
                     let name = &plan.keys[*key];
-                    let rec = r.get(1).and_then(v_str);
-                    TxnResult::Get {
-                        key: name.clone(),
-                        entry: rec.and_then(|rec| Entry::from_record(ns, name, &rec, true)),
-                    }
+                    let entry = one
+                        .opt_str()
+                        .and_then(|rec| Entry::from_record(ns, name, &rec, true));
+                    TxnResultDoc::get(name.clone(), entry)
                 }
-            };
-            results.push(res);
+            });
         }
-        Ok(TxnOutcome {
+        Ok(TxnResponse {
             succeeded,
             revision,
             results,
@@ -638,9 +464,7 @@ impl Store {
 
     /// Every namespace in the registry with its figures, sorted by name.
     pub async fn namespaces(&self) -> ApiResult<Vec<NamespaceInfo>> {
-        let mut names: Vec<String> = self
-            .timed("smembers", self.client().smembers(self.keys().namespaces()))
-            .await?;
+        let mut names = self.namespace_names().await?;
         names.sort();
         let reads = names.iter().map(|ns| {
             let nk = self.keys().ns(ns);
@@ -684,8 +508,7 @@ impl Store {
         let keys = self.keys().ns(ns).for_entry(key);
         let mut args = self.ctx_args(&Provenance::default());
         args.push(key.into());
-        let reply = self.fcall("kv_forget", keys, args).await?;
-        Ok(v_i64(&reply) == 1)
+        Ok(self.fcall(&KV_FORGET, keys, args).await?.flag())
     }
 
     /// Check keys named by keyspace notifications (`(key, hint)`, hint one of `expired`,
@@ -702,11 +525,8 @@ impl Store {
             args.push(key.as_str().into());
             args.push((*hint).into());
         }
-        let reply = self.fcall("kv_observe", keys, args).await?;
-        Ok(match reply {
-            Value::Array(a) => a.iter().filter_map(v_str).collect(),
-            _ => Vec::new(),
-        })
+        let r = self.fcall(&KV_OBSERVE, keys, args).await?;
+        Ok(r.rest().iter().filter_map(v_str).collect())
     }
 
     /// The raw contents of an entry key another client wrote: `Ok(None)` when absent,
@@ -752,36 +572,6 @@ impl Store {
             args.push(a.into());
         }
         args.push((limit as i64).into());
-        let reply = self.fcall("kv_adopt", keys, args).await?;
-        match reply {
-            Value::Array(a) => Ok(status_of(&a)),
-            other => Err(bad_reply("kv_adopt", &[other])),
-        }
-    }
-}
-
-/// The entry just written, from the function's `ver crev mrev ct ut exp` reply fields.
-fn written_entry(
-    ns: &str,
-    key: &str,
-    value: Option<String>,
-    metadata: Option<String>,
-    r: &[Value],
-    prov: &Provenance,
-) -> Entry {
-    let exp = r.get(5).and_then(v_str).and_then(|s| s.parse::<i64>().ok());
-    Entry {
-        namespace: ns.to_string(),
-        key: key.to_string(),
-        value,
-        version: r.first().map(v_u64).unwrap_or(0),
-        create_revision: r.get(1).map(v_u64).unwrap_or(0),
-        mod_revision: r.get(2).map(v_u64).unwrap_or(0),
-        created_at: r.get(3).map(v_i64).unwrap_or(0),
-        updated_at: r.get(4).map(v_i64).unwrap_or(0),
-        expires_at: exp,
-        metadata,
-        agent_id: prov.agent.clone(),
-        change_reason: prov.reason.clone(),
+        self.fcall(&KV_ADOPT, keys, args).await?.status()
     }
 }

@@ -1,41 +1,31 @@
-//! Locks with fencing tokens: wrappers of the `lock_*` functions.
+//! Locks with fencing tokens: wrappers of the `lock_*` functions of
+//! `migrations/functions/locks.lua`.
 
 use fred::prelude::*;
 use fred::types::Value;
-use serde::Serialize;
-use utoipa::ToSchema;
 
-use super::{v_str, v_u64, Store};
+use super::fcall::{Arity, Function, Reply};
+use super::Store;
+use crate::domain::lock::{Acquire, LockInfo};
+use crate::domain::time::rfc3339;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
-/// A lock as `GET` shows it (without its token).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LockInfo {
-    pub namespace: String,
-    pub name: String,
-    pub owner: String,
-    /// Strictly increasing per lock, across expiries and restarts.
-    pub fencing_token: u64,
-    pub acquired_at: String,
-    pub expires_at: String,
-}
+pub const LOCK_ACQUIRE: Function = Function::new("lock_acquire", Arity::Exactly(2), Arity::Exactly(4));
+pub const LOCK_RENEW: Function = Function::new("lock_renew", Arity::Exactly(1), Arity::Exactly(2));
+pub const LOCK_RELEASE: Function = Function::new("lock_release", Arity::Exactly(1), Arity::Exactly(2));
+pub const LOCK_FREE: Function = Function::new("lock_free", Arity::Exactly(1), Arity::Exactly(2));
 
-/// What acquire answered.
-pub enum Acquire {
-    /// fencing token, expires_at (unix ms)
-    Granted(u64, i64),
-    /// holder, expires_at (unix ms), ms it has left (Redis' clock)
-    Held(String, i64, u64),
-}
+pub const FUNCTIONS: &[&Function] = &[&LOCK_ACQUIRE, &LOCK_RENEW, &LOCK_RELEASE, &LOCK_FREE];
 
-fn held(owner: Option<String>) -> ApiError {
-    ApiError::new(
-        ErrorCode::LockHeld,
-        format!(
-            "the lock is held by `{}` and this token is not its",
-            owner.unwrap_or_default()
+/// `{'none'}` / `{'held', owner}` of renew and release.
+fn not_holder(r: &mut Reply, status: &str) -> ApiError {
+    match status {
+        "none" => ApiError::not_found("the lock is not held (released or expired)"),
+        _ => ApiError::new(
+            ErrorCode::LockHeld,
+            format!("the lock is held by `{}` and this token is not its", r.str()),
         ),
-    )
+    }
 }
 
 impl Store {
@@ -50,40 +40,27 @@ impl Store {
         let nk = self.keys().ns(ns);
         let keys = vec![nk.lock(name), nk.fence()];
         let args: Vec<Value> = vec![name.into(), owner.into(), token.into(), (ttl_ms as i64).into()];
-        let a = self.fcall("lock_acquire", keys, args).await?.into_array();
-        let ms = |i: usize| {
-            a.get(i)
-                .and_then(v_str)
-                .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        match a.first().and_then(v_str).as_deref() {
-            Some("ok") => Ok(Acquire::Granted(a.get(1).map(v_u64).unwrap_or(0), ms(2))),
-            Some("held") => Ok(Acquire::Held(
-                a.get(1).and_then(v_str).unwrap_or_default(),
-                ms(2),
-                ms(3).max(0) as u64,
-            )),
-            _ => Err(ApiError::internal(format!(
-                "unexpected reply from lock_acquire: {a:?}"
-            ))),
+        let mut r = self.fcall(&LOCK_ACQUIRE, keys, args).await?;
+        match r.status()?.as_str() {
+            "ok" => Ok(Acquire::Granted(r.u64("fencing")?, r.i64("expires_at")?)),
+            "held" => {
+                let holder = r.str();
+                let exp = r.opt_i64().unwrap_or(0);
+                Ok(Acquire::Held(holder, exp, r.u64_or_0()))
+            }
+            other => Err(r.unexpected(other)),
         }
     }
 
     /// Returns (fencing token, expires_at ms).
     pub async fn lock_renew(&self, ns: &str, name: &str, token: &str, ttl_ms: u64) -> ApiResult<(u64, i64)> {
         let keys = vec![self.keys().ns(ns).lock(name)];
-        let a = self
-            .fcall("lock_renew", keys, vec![token.into(), (ttl_ms as i64).into()])
-            .await?
-            .into_array();
-        match a.first().and_then(v_str).as_deref() {
-            Some("ok") => Ok((
-                a.get(1).map(v_u64).unwrap_or(0),
-                a.get(2).and_then(v_str).and_then(|s| s.parse().ok()).unwrap_or(0),
-            )),
-            Some("none") => Err(ApiError::not_found("the lock is not held (released or expired)")),
-            _ => Err(held(a.get(1).and_then(v_str))),
+        let mut r = self
+            .fcall(&LOCK_RENEW, keys, vec![token.into(), (ttl_ms as i64).into()])
+            .await?;
+        match r.status()?.as_str() {
+            "ok" => Ok((r.u64_or_0(), r.opt_i64().unwrap_or(0))),
+            other => Err(not_holder(&mut r, other)),
         }
     }
 
@@ -91,15 +68,23 @@ impl Store {
     pub async fn lock_release(&self, ns: &str, name: &str, token: &str) -> ApiResult<String> {
         let keys = vec![self.keys().ns(ns).lock(name)];
         let channel = self.keys().lock_channel(ns, name);
-        let a = self
-            .fcall("lock_release", keys, vec![token.into(), channel.into()])
-            .await?
-            .into_array();
-        match a.first().and_then(v_str).as_deref() {
-            Some("ok") => Ok(a.get(1).and_then(v_str).unwrap_or_default()),
-            Some("none") => Err(ApiError::not_found("the lock is not held (released or expired)")),
-            _ => Err(held(a.get(1).and_then(v_str))),
+        let mut r = self
+            .fcall(&LOCK_RELEASE, keys, vec![token.into(), channel.into()])
+            .await?;
+        match r.status()?.as_str() {
+            "ok" => Ok(r.str()),
+            other => Err(not_holder(&mut r, other)),
         }
+    }
+
+    /// Free the lock if `token` still holds it (its holder is gone). Returns whether it did.
+    pub async fn lock_free(&self, ns: &str, name: &str, token: &str) -> ApiResult<bool> {
+        let keys = vec![self.keys().ns(ns).lock(name)];
+        let channel = self.keys().lock_channel(ns, name);
+        Ok(self
+            .fcall(&LOCK_FREE, keys, vec![token.into(), channel.into()])
+            .await?
+            .flag())
     }
 
     pub async fn lock_get(&self, ns: &str, name: &str) -> ApiResult<Option<LockInfo>> {
@@ -115,8 +100,14 @@ impl Store {
             name: name.to_string(),
             owner: m.get("owner").cloned().unwrap_or_default(),
             fencing_token: m.get("fencing").and_then(|v| v.parse().ok()).unwrap_or(0),
-            acquired_at: super::kv::rfc3339(ms("acquired_at")),
-            expires_at: super::kv::rfc3339(ms("expires_at")),
+            acquired_at: rfc3339(ms("acquired_at")),
+            expires_at: rfc3339(ms("expires_at")),
         }))
+    }
+
+    /// The token holding the lock, if any.
+    pub async fn lock_token(&self, ns: &str, name: &str) -> ApiResult<Option<String>> {
+        let key = self.keys().ns(ns).lock(name);
+        self.timed("hget", self.client().hget(key, "token")).await
     }
 }

@@ -1,6 +1,7 @@
 //! Start-up migrations.
 //!
-//! 1. The functions library (`migrations/swarmstate.lua`) is loaded with FUNCTION LOAD REPLACE
+//! 1. The functions library (`migrations/functions/*.lua`, concatenated into [`LIBRARY`] at
+//!    build time) is loaded with FUNCTION LOAD REPLACE
 //!    (on every primary in cluster mode) whenever the loaded copy answers another version than
 //!    [`LIBRARY_VERSION`]. A loaded library *newer* than this binary's is left alone and start-up
 //!    fails: an older binary must not downgrade the functions a newer one relies on.
@@ -16,10 +17,19 @@ use fred::types::Value;
 
 use super::Store;
 
-/// Version of `migrations/swarmstate.lua`; must equal its `LIBRARY_VERSION`.
-pub const LIBRARY_VERSION: &str = "11";
-/// The functions library source, compiled into the binary.
-pub const LIBRARY: &str = include_str!("../../migrations/swarmstate.lua");
+/// Version of the functions library; must equal `LIBRARY_VERSION` in
+/// `migrations/functions/library.lua`.
+pub const LIBRARY_VERSION: &str = "12";
+/// The functions library source, compiled into the binary: one file per area, in this order
+/// (later files use the helpers of earlier ones).
+pub const LIBRARY: &str = concat!(
+    include_str!("../../migrations/functions/library.lua"),
+    include_str!("../../migrations/functions/kv.lua"),
+    include_str!("../../migrations/functions/queues.lua"),
+    include_str!("../../migrations/functions/locks.lua"),
+    include_str!("../../migrations/functions/agents.lua"),
+    include_str!("../../migrations/functions/partitions.lua"),
+);
 
 /// One ordered key-schema migration.
 pub struct Migration {
@@ -65,7 +75,7 @@ pub struct Report {
 }
 
 /// The library version loaded in Redis, if any.
-pub async fn loaded_library_version(store: &Store) -> Result<Option<String>, RedisError> {
+pub(super) async fn loaded_library_version(store: &Store) -> Result<Option<String>, RedisError> {
     let res: Result<Value, RedisError> = store
         .pool()
         .fcall_ro("swarmstate_version", Vec::<String>::new(), Vec::<String>::new())
@@ -195,7 +205,7 @@ mod tests {
         let needle = format!("local LIBRARY_VERSION = '{LIBRARY_VERSION}'");
         assert!(
             LIBRARY.contains(&needle),
-            "migrations/swarmstate.lua must declare {needle}"
+            "migrations/functions/library.lua must declare {needle}"
         );
         assert!(LIBRARY.starts_with("#!lua name=swarmstate"));
     }

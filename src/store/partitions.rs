@@ -1,46 +1,28 @@
-//! Memory partitions and the pool: wrappers of `part_*`, `ns_drop` and `pool_alloc`.
+//! Memory partitions and the pool: wrappers of `part_*`, `ns_drop`, `ns_recount` and
+//! `pool_set` (`migrations/functions/partitions.lua`).
 
 use std::collections::HashMap;
 
 use fred::prelude::*;
-use serde::Serialize;
-use utoipa::ToSchema;
+use fred::types::Value;
 
-use super::{v_str, v_u64, Store};
+use super::fcall::{Arity, Function};
+use super::Store;
+use crate::domain::kv::Provenance;
+use crate::domain::partition::{Partition, Pool};
+use crate::domain::time::rfc3339;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
-/// A partition with its usage.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Partition {
-    pub name: String,
-    pub owner_agent: String,
-    /// short_term, working, long_term or shared.
-    pub tier: String,
-    pub quota_bytes: u64,
-    pub max_keys: Option<u64>,
-    /// Applied to writes without ttl_ms (null = none).
-    pub default_ttl_ms: Option<u64>,
-    /// Bytes of live keys, values and metadata (as accounted by every write).
-    pub used_bytes: u64,
-    pub key_count: u64,
-    /// used_bytes / quota_bytes.
-    pub utilization: f64,
-    pub created_at: String,
-    pub updated_at: String,
-}
+pub const PART_CREATE: Function = Function::new("part_create", Arity::Exactly(2), Arity::Exactly(6));
+pub const PART_UPDATE: Function = Function::new("part_update", Arity::Exactly(2), Arity::Exactly(2));
+pub const NS_DROP: Function = Function::new("ns_drop", Arity::AtLeast(6), Arity::AtLeast(6));
+pub const NS_RECOUNT: Function = Function::new("ns_recount", Arity::Exactly(2), Arity::Exactly(0));
+pub const POOL_SET: Function = Function::new("pool_set", Arity::Exactly(2), Arity::Exactly(4));
 
-/// `GET /v1/pool`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Pool {
-    pub capacity_bytes: u64,
-    /// Sum of the partitions' quotas.
-    pub allocated_bytes: u64,
-    /// Sum of the partitions' used bytes.
-    pub used_bytes: u64,
-    /// allocated_bytes / capacity_bytes.
-    pub utilization: f64,
-    pub partitions: u64,
-}
+pub const FUNCTIONS: &[&Function] = &[&PART_CREATE, &PART_UPDATE, &NS_DROP, &NS_RECOUNT, &POOL_SET];
+
+/// Entries one `ns_drop` call removes at most.
+const DROP_BATCH: i64 = 500;
 
 /// An optional number as a function argument ('' = none).
 fn opt(v: Option<u64>) -> String {
@@ -53,22 +35,17 @@ impl Store {
     pub async fn pool_set(&self, name: &str, bytes: u64, capacity: u64, force: bool) -> ApiResult<u64> {
         let keys = vec![self.keys().pool(), self.keys().partitions()];
         let mode = if force { "force" } else { "check" };
-        let a = self
-            .fcall(
-                "pool_set",
-                keys,
-                vec![
-                    name.into(),
-                    (bytes as i64).into(),
-                    (capacity as i64).into(),
-                    mode.into(),
-                ],
-            )
-            .await?
-            .into_array();
-        let allocated = a.get(1).map(v_u64).unwrap_or(0);
-        match a.first().and_then(v_str).as_deref() {
-            Some("ok") => Ok(allocated),
+        let args: Vec<Value> = vec![
+            name.into(),
+            (bytes as i64).into(),
+            (capacity as i64).into(),
+            mode.into(),
+        ];
+        let mut r = self.fcall(&POOL_SET, keys, args).await?;
+        let status = r.status()?;
+        let allocated = r.u64_or_0();
+        match status.as_str() {
+            "ok" => Ok(allocated),
             _ => Err(ApiError::new(
                 ErrorCode::PoolExhausted,
                 format!(
@@ -91,22 +68,18 @@ impl Store {
         capacity: u64,
     ) -> ApiResult<Partition> {
         let nk = self.keys().ns(name);
-        let a = self
-            .fcall(
-                "part_create",
-                vec![nk.part(), nk.meta.clone()],
-                vec![
-                    name.into(),
-                    owner.into(),
-                    tier.into(),
-                    (quota as i64).into(),
-                    opt(max_keys).into(),
-                    opt(default_ttl_ms).into(),
-                ],
-            )
-            .await?
-            .into_array();
-        if a.first().and_then(v_str).as_deref() == Some("exists") {
+        let args: Vec<Value> = vec![
+            name.into(),
+            owner.into(),
+            tier.into(),
+            (quota as i64).into(),
+            opt(max_keys).into(),
+            opt(default_ttl_ms).into(),
+        ];
+        let mut r = self
+            .fcall(&PART_CREATE, vec![nk.part(), nk.meta.clone()], args)
+            .await?;
+        if r.status()? == "exists" {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
                 format!("partition `{name}` exists"),
@@ -145,7 +118,7 @@ impl Store {
         let num = |k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok());
         let quota = num("quota_bytes").unwrap_or(0);
         let used = used.unwrap_or(0);
-        let time = |k: &str| super::kv::rfc3339(m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0));
+        let time = |k: &str| rfc3339(m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0));
         Ok(Some(Partition {
             name: name.to_string(),
             owner_agent: m.get("owner_agent").cloned().unwrap_or_default(),
@@ -185,15 +158,14 @@ impl Store {
             self.pool_set(name, q, capacity, false).await?;
         }
         let nk = self.keys().ns(name);
-        let a = self
+        let mut r = self
             .fcall(
-                "part_update",
+                &PART_UPDATE,
                 vec![nk.part(), nk.meta.clone()],
                 vec![opt(quota).into(), opt(max_keys).into()],
             )
-            .await?
-            .into_array();
-        if a.first().and_then(v_str).as_deref() != Some("ok") {
+            .await?;
+        if r.status()? != "ok" {
             // Deleted meanwhile: it has no allocation.
             let _ = self.pool_set(name, 0, capacity, true).await;
             return Err(ApiError::not_found("no such partition"));
@@ -211,18 +183,25 @@ impl Store {
             return Err(ApiError::not_found("no such partition"));
         }
         let nk = self.keys().ns(name);
-        let keys = vec![
-            nk.meta.clone(),
-            nk.idx.clone(),
-            nk.log.clone(),
-            nk.ttl.clone(),
-            nk.sz.clone(),
-            nk.part(),
-        ];
         loop {
-            let mut args = self.ctx_args(&super::kv::Provenance::default());
-            args.push(nk.base().into());
-            let left = v_u64(&self.fcall("ns_drop", keys.clone(), args).await?);
+            // A page of its keys; the function removes those still indexed (each key's
+            // entry and history are passed in KEYS, built here like every other key).
+            let page: Vec<String> = self
+                .timed(
+                    "zrange",
+                    self.client()
+                        .zrange(nk.idx.clone(), 0, DROP_BATCH - 1, None, false, None, false),
+                )
+                .await?;
+            let mut keys = nk.common();
+            keys.push(nk.part());
+            let mut args = self.ctx_args(&Provenance::default());
+            for k in &page {
+                keys.push(nk.entry(k));
+                keys.push(nk.hist(k));
+                args.push(k.as_str().into());
+            }
+            let left = self.fcall(&NS_DROP, keys, args).await?.u64("left")?;
             if left == 0 {
                 break;
             }
@@ -255,10 +234,9 @@ impl Store {
     /// Recount the partition's bytes from its per-key sizes; returns the drift corrected.
     pub async fn part_recount(&self, name: &str) -> ApiResult<i64> {
         let nk = self.keys().ns(name);
-        let v = self
-            .fcall("ns_recount", vec![nk.meta.clone(), nk.sz.clone()], vec![])
-            .await?;
-        Ok(super::v_i64(&v))
+        self.fcall(&NS_RECOUNT, vec![nk.meta.clone(), nk.sz.clone()], vec![])
+            .await?
+            .i64("drift")
     }
 
     pub async fn pool_status(&self, capacity: u64) -> ApiResult<Pool> {

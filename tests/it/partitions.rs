@@ -238,7 +238,7 @@ async fn the_recount_corrects_drift_and_reports_it() {
         .hset(format!("{}:{{rc}}:meta", app.prefix), ("bytes", 7))
         .await
         .unwrap();
-    let store = &app.server.as_ref().unwrap().state.store;
+    let store = app.server.as_ref().unwrap().state.ops.store();
     assert_eq!(store.part_recount("rc").await.unwrap(), 7 - exact as i64);
     assert_eq!(app.get("/v1/partitions/rc").await.json()["used_bytes"], exact);
     assert_eq!(store.part_recount("rc").await.unwrap(), 0);
@@ -362,7 +362,7 @@ async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() 
     }
     // Racing PATCHes may leave the ledger a step behind the record; the upkeep's reconcile
     // (run here directly) settles it, and deletes never free twice.
-    let store = &app.server.as_ref().unwrap().state.store;
+    let store = app.server.as_ref().unwrap().state.ops.store();
     store.pool_reconcile(10 * 1024 * 1024 * 1024).await.unwrap();
     let pa = app.get("/v1/partitions/pa").await.json()["quota_bytes"]
         .as_u64()

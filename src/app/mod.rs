@@ -1,0 +1,129 @@
+//! Start-up, serving and shutdown: the composition root, the one module that wires every
+//! layer together (it alone may use `http`).
+//!
+//! Start-up order: (embedded redis-server when no URL is configured) → connect → migrations →
+//! serve. Shutdown (SIGTERM / Ctrl-C): stop accepting, finish in-flight requests, stop
+//! background tasks, close Redis, then stop the embedded redis-server.
+
+pub mod tasks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{redact, Config};
+use crate::embedded::EmbeddedRedis;
+use crate::ops::Ops;
+use crate::shutdown::{self, StopSender};
+use crate::state::AppState;
+use crate::store::{migrate, Store};
+
+/// A running service: HTTP server plus background tasks.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: StopSender,
+    http: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Connect to `cfg.redis_url`, run migrations and serve on `listener`.
+    pub async fn start(cfg: Config, listener: TcpListener, embedded: bool) -> Result<Server, String> {
+        let url = cfg
+            .redis_url
+            .clone()
+            .ok_or_else(|| "no redis_url to connect to".to_string())?;
+        let store = Store::connect(&cfg, &url).await?;
+        // Redis may accept connections before it can serve (loading its dataset, failing
+        // over): retry migrations until the start-up deadline, but stop at once on a refusal.
+        let deadline = Instant::now() + Duration::from_millis(cfg.startup_timeout_ms);
+        let report = loop {
+            match migrate::run(&store).await {
+                Ok(r) => break r,
+                Err(migrate::MigrateError::Redis(e)) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "Redis not ready for migrations yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        tracing::info!(
+            url = %redact(&url),
+            library_loaded = report.library_loaded,
+            schema_from = report.schema_from,
+            schema_to = report.schema_to,
+            "connected to Redis"
+        );
+        let cfg = Arc::new(cfg);
+        let ops = Arc::new(Ops::new(store, cfg.clone(), embedded));
+        let state = AppState {
+            ops: ops.clone(),
+            cfg,
+            metrics: crate::metrics::handle(),
+        };
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = shutdown::channel();
+        let app = crate::http::router(state.clone());
+        let http_stop = shutdown::wait(stopped.clone());
+        let http = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(http_stop).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let background = tasks::spawn(&ops, state.metrics.clone(), stopped);
+        tracing::info!(%addr, "swarmstate listening");
+        Ok(Server {
+            addr,
+            state,
+            stop,
+            http,
+            background,
+        })
+    }
+
+    /// Graceful stop: finish in-flight requests, stop background work, close Redis.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.http.await;
+        for t in self.background {
+            let _ = t.await;
+        }
+        self.state.ops.store().close().await;
+    }
+}
+
+/// `swarmstate serve`: everything from start-up to graceful exit. An `Err` is printed and
+/// the process exits 1.
+pub async fn run(mut cfg: Config) -> Result<(), String> {
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let embedded = match cfg.redis_url {
+        Some(_) => None,
+        None => {
+            let e = EmbeddedRedis::start(&cfg).await.map_err(|e| e.to_string())?;
+            cfg.redis_url = Some(e.url.clone());
+            Some(e)
+        }
+    };
+    let server = match Server::start(cfg, listener, embedded.is_some()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(r) = embedded {
+                r.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    shutdown::signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    if let Some(r) = embedded {
+        r.stop().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Background tasks, each on its own [`Every`] clock and ended by the stop signal: the expiry
+//! reconciler, the keyspace relay, the queue reaper (and queue metrics), partition upkeep
+//! (pool ledger, exact recount, partition metrics), the presence watcher and the metrics
+//! upkeep. Every step is idempotent across service replicas.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+
+use crate::domain::time::now_ms;
+use crate::ops::Ops;
+use crate::shutdown::{Every, Stopped};
+use crate::store::Store;
+
+/// Start every background task.
+pub fn spawn(ops: &Arc<Ops>, metrics: PrometheusHandle, stopped: Stopped) -> Vec<JoinHandle<()>> {
+    let store = ops.store().clone();
+    let cfg = ops.config();
+    vec![
+        tokio::spawn(expiry_reconciler(store.clone(), stopped.clone())),
+        crate::live::relay::spawn(
+            ops.relay().clone(),
+            store.clone(),
+            cfg.keyspace_relay,
+            cfg.body_limit_bytes as u64,
+            stopped.clone(),
+        ),
+        tokio::spawn(queue_reaper(store.clone(), stopped.clone())),
+        tokio::spawn(partition_upkeep(
+            store.clone(),
+            cfg.pool_capacity_bytes,
+            stopped.clone(),
+        )),
+        tokio::spawn(presence_watcher(ops.clone(), stopped.clone())),
+        tokio::spawn(metrics_upkeep(metrics, stopped)),
+    ]
+}
+
+/// Records expiries of keys with a TTL (removes them from the index and accounting and
+/// appends an `expire` event with its own revision) about once a second. Idempotent across
+/// replicas: the function records a key only while it is still indexed.
+async fn expiry_reconciler(store: Store, stopped: Stopped) {
+    let mut every = Every::new(Duration::from_millis(1000), stopped);
+    while every.tick().await {
+        let Ok(names) = store.namespace_names().await else {
+            continue;
+        };
+        for ns in names {
+            let Ok(due) = store.due_expiries(&ns, now_ms(), 256).await else {
+                continue;
+            };
+            for key in due {
+                if let Err(e) = store.kv_forget(&ns, &key).await {
+                    tracing::debug!(ns, key, error = %e, "expiry reconcile failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+/// Every second: upkeep of each queue (promotions, expired leases, retention) and its metrics.
+/// Idempotent across replicas (each step is one atomic function that acts only on what is due).
+async fn queue_reaper(store: Store, stopped: Stopped) {
+    let mut every = Every::new(Duration::from_millis(1000), stopped);
+    while every.tick().await {
+        let Ok(names) = store.queue_names().await else {
+            continue;
+        };
+        for q in names {
+            if store.q_reap(&q).await.is_err() {
+                continue;
+            }
+            if let Ok(s) = store.q_stats(&q).await {
+                for (state, n) in [
+                    ("ready", s.ready),
+                    ("delayed", s.delayed),
+                    ("failed", s.failed),
+                    ("leased", s.leased),
+                    ("completed", s.completed),
+                    ("dead", s.dead),
+                ] {
+                    metrics::gauge!("queue_tasks", "queue" => q.clone(), "state" => state).set(n as f64);
+                }
+                for (name, n) in [
+                    ("queue_tasks_enqueued_total", s.enqueued_total),
+                    ("queue_tasks_completed_total", s.completed_total),
+                    ("queue_tasks_failed_total", s.failed_total),
+                    ("queue_tasks_dead_total", s.dead_total),
+                    ("queue_lease_expired_total", s.lease_expired_total),
+                ] {
+                    metrics::counter!(name, "queue" => q.clone()).absolute(n);
+                }
+            }
+        }
+    }
+}
+
+/// Every 10 s: partition usage metrics, and an exact recount of each partition's bytes
+/// (the drift it corrects is exported; it should stay 0).
+async fn partition_upkeep(store: Store, capacity: u64, stopped: Stopped) {
+    let mut every = Every::new(Duration::from_secs(10), stopped);
+    while every.tick().await {
+        match store.pool_reconcile(capacity).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(n, "pool ledger corrected"),
+            Err(e) => tracing::debug!(error = %e.detail, "pool reconcile failed"),
+        }
+        let Ok(names) = store.part_names().await else {
+            continue;
+        };
+        for p in names {
+            if let Ok(drift) = store.part_recount(&p).await {
+                metrics::counter!("partition_recount_drift_bytes_total", "partition" => p.clone())
+                    .increment(drift.unsigned_abs());
+                if drift != 0 {
+                    tracing::warn!(partition = p, drift, "partition byte count drifted; corrected");
+                }
+            }
+            if let Ok(Some(info)) = store.part_get(&p).await {
+                metrics::gauge!("partition_used_bytes", "partition" => p.clone()).set(info.used_bytes as f64);
+                metrics::gauge!("partition_quota_bytes", "partition" => p.clone())
+                    .set(info.quota_bytes as f64);
+                metrics::gauge!("partition_keys", "partition" => p.clone()).set(info.key_count as f64);
+            }
+        }
+    }
+}
+
+/// Every 250 ms: agents past their heartbeat deadline become lost (their locks freed, their
+/// leased tasks requeued at once). Every 2 s: refresh the set of known agent ids.
+async fn presence_watcher(ops: Arc<Ops>, stopped: Stopped) {
+    let mut every = Every::new(Duration::from_millis(250), stopped);
+    let mut n = 0u64;
+    while every.tick().await {
+        n += 1;
+        if n % 8 == 1 {
+            ops.presence().refresh(ops.store()).await;
+        }
+        ops.presence().mark_overdue(ops.store()).await;
+    }
+}
+
+async fn metrics_upkeep(handle: PrometheusHandle, stopped: Stopped) {
+    let mut every = Every::new(Duration::from_secs(5), stopped);
+    while every.tick().await {
+        handle.run_upkeep();
+    }
+}

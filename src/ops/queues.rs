@@ -1,0 +1,251 @@
+//! Task-queue operations (DESIGN.md "Task queues"): enqueue, the lease long-poll (woken by
+//! the queue's channel), ack / nack / extend with fencing tokens, dead letters, pause and
+//! resume. Tasks leased by a registered agent are recorded against it, so they are requeued at
+//! once if it is lost.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::Ops;
+use crate::config::RedisMode;
+use crate::domain::agent::Held;
+use crate::domain::json::canonical;
+use crate::domain::names::{check_range, validate_name};
+use crate::domain::queue::{
+    check_lease_token, check_task_id, parse_ack_fence, AckBody, EnqueueBody, ExtendBody, LeaseBody, NackBody,
+    QueueStats, Task, MAX_ERROR_BYTES, MAX_LEASE_MS, MAX_WAIT_MS,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::store::queue::AckFence;
+
+/// Hands a consumed wake-up on to the next waiter when dropped while still holding it.
+struct PassOn<'a>(&'a Notify, bool);
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.notify_one();
+        }
+    }
+}
+
+impl Ops {
+    /// Enqueue; returns the task and whether it was created (false: a task with this
+    /// idempotency key exists).
+    pub async fn enqueue(&self, q: &str, body: EnqueueBody) -> ApiResult<(Task, bool)> {
+        validate_name("queue", q)?;
+        let task = body.task()?;
+        self.store.register_queue(q).await?;
+        self.store.q_enqueue(q, &task).await
+    }
+
+    /// Lease up to `max_tasks` ready tasks, long-polling up to `wait_ms` when there are none.
+    pub async fn lease(&self, q: &str, b: &LeaseBody) -> ApiResult<Vec<Task>> {
+        validate_name("queue", q)?;
+        let (max, wait) = b.check()?;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let tokens = || -> Vec<String> {
+            (0..max)
+                .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                .collect()
+        };
+        let tasks = if wait == 0 {
+            self.store
+                .q_lease(q, &b.worker, &tokens(), b.lease_ms)
+                .await?
+                .tasks
+        } else {
+            // Only a lease that may wait needs the queue's wake-up channel.
+            self.queues.ensure(&self.store).await?;
+            let chan = self.queues.chan(q);
+            // A wake-up is handed on if this request goes away before using it.
+            let mut wake = PassOn(&chan.ready, false);
+            loop {
+                // Armed before the lease call, so an enqueue between the call and the wait wakes us.
+                let notified = chan.ready.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let r = self.store.q_lease(q, &b.worker, &tokens(), b.lease_ms).await?;
+                wake.1 = false;
+                if r.tasks.len() == max as usize {
+                    // One waiter is woken per ready task; a full batch may have left more behind.
+                    chan.ready.notify_one();
+                }
+                let now = tokio::time::Instant::now();
+                if !r.tasks.is_empty() || now >= deadline {
+                    break r.tasks;
+                }
+                // Sleep until woken, the next delayed task or lease expiry is due, or the deadline.
+                let mut until = deadline;
+                if let Some(in_ms) = r.next_due_in_ms.filter(|_| !r.paused) {
+                    until = until.min(now + Duration::from_millis(in_ms.saturating_add(1).min(MAX_WAIT_MS)));
+                }
+                tokio::select! {
+                    _ = &mut notified => wake.1 = true,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
+        };
+        // Labelled only for leases that got tasks, so polling made-up queue names adds no series.
+        if !tasks.is_empty() {
+            metrics::histogram!("queue_lease_wait_seconds", "queue" => q.to_string())
+                .record(started.elapsed().as_secs_f64());
+        }
+        self.hold_tasks(q, &b.worker, &tasks).await;
+        Ok(tasks)
+    }
+
+    /// Tasks leased by a registered agent are recorded against it.
+    async fn hold_tasks(&self, q: &str, worker: &str, tasks: &[Task]) {
+        let held = tasks
+            .iter()
+            .filter_map(|t| {
+                Some(Held::Task {
+                    queue: q.to_string(),
+                    id: t.id.clone(),
+                    token: t.lease_token.clone()?,
+                })
+            })
+            .collect::<Vec<_>>();
+        self.presence.hold(&self.store, worker, held).await;
+    }
+
+    /// Its lease is over: no longer held by its worker.
+    async fn unhold_task(&self, q: &str, id: &str, owner: Option<String>, token: &str) {
+        if let Some(owner) = owner {
+            let held = Held::Task {
+                queue: q.to_string(),
+                id: id.to_string(),
+                token: token.to_string(),
+            };
+            self.presence.unhold(&self.store, &owner, held).await;
+        }
+    }
+
+    /// `x-fencing-token` of an ack or nack. The check runs inside the ack's function, which
+    /// then touches two slots: standalone and Sentinel only.
+    fn ack_fence(&self, q: &str, header: Option<&str>) -> ApiResult<Option<AckFence>> {
+        let Some(v) = header else { return Ok(None) };
+        let fence = parse_ack_fence(q, v)?;
+        if matches!(self.store.mode(), RedisMode::Cluster) {
+            return Err(ApiError::bad_request(
+                "x-fencing-token on task acks is not available with Redis Cluster (the lock and the queue live in different slots)",
+            ));
+        }
+        Ok(Some(fence))
+    }
+
+    pub async fn ack(&self, q: &str, id: &str, b: &AckBody, fence: Option<&str>) -> ApiResult<Task> {
+        validate_name("queue", q)?;
+        let id = check_task_id(id)?;
+        check_lease_token(&b.lease_token)?;
+        let result = b.result.as_ref().map(canonical);
+        let fence = self.ack_fence(q, fence)?;
+        let (t, owner) = self
+            .store
+            .q_ack(q, id, &b.lease_token, result.as_deref(), fence.as_ref())
+            .await?;
+        self.unhold_task(q, &t.id, owner, &b.lease_token).await;
+        Ok(t)
+    }
+
+    pub async fn nack(&self, q: &str, id: &str, b: &NackBody, fence: Option<&str>) -> ApiResult<Task> {
+        validate_name("queue", q)?;
+        let id = check_task_id(id)?;
+        check_lease_token(&b.lease_token)?;
+        if b.error.len() > MAX_ERROR_BYTES {
+            return Err(ApiError::bad_request("error must be at most 8192 bytes"));
+        }
+        if let Some(d) = b.retry_delay_ms {
+            check_range("retry_delay_ms", d, 0, MAX_LEASE_MS)?;
+        }
+        let fence = self.ack_fence(q, fence)?;
+        let (t, owner) = self
+            .store
+            .q_nack(q, id, &b.lease_token, &b.error, b.retry_delay_ms, fence.as_ref())
+            .await?;
+        self.unhold_task(q, &t.id, owner, &b.lease_token).await;
+        Ok(t)
+    }
+
+    pub async fn extend(&self, q: &str, id: &str, b: &ExtendBody) -> ApiResult<Task> {
+        validate_name("queue", q)?;
+        let id = check_task_id(id)?;
+        check_lease_token(&b.lease_token)?;
+        check_range("lease_ms", b.lease_ms, 1, MAX_LEASE_MS)?;
+        self.store.q_extend(q, id, &b.lease_token, b.lease_ms).await
+    }
+
+    pub async fn task(&self, q: &str, id: &str) -> ApiResult<Task> {
+        validate_name("queue", q)?;
+        let id = check_task_id(id)?;
+        self.store
+            .q_task(q, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such task"))
+    }
+
+    /// Every queue with its counts, by name.
+    pub async fn queues(&self) -> ApiResult<Vec<QueueStats>> {
+        let mut names = self.store.queue_names().await?;
+        names.sort();
+        let mut items = Vec::with_capacity(names.len());
+        for q in names {
+            items.push(self.store.q_stats(&q).await?);
+        }
+        Ok(items)
+    }
+
+    pub async fn queue_stats(&self, q: &str) -> ApiResult<QueueStats> {
+        validate_name("queue", q)?;
+        self.store.q_stats(q).await
+    }
+
+    /// A page of the dead-letter list: tasks, how many in all, the next offset.
+    pub async fn dead(
+        &self,
+        q: &str,
+        offset: Option<u64>,
+        limit: Option<u64>,
+    ) -> ApiResult<(Vec<Task>, u64, Option<u64>)> {
+        validate_name("queue", q)?;
+        let limit = limit.unwrap_or(100);
+        check_range("limit", limit, 1, 1000)?;
+        let offset = offset.unwrap_or(0);
+        check_range("offset", offset, 0, 1 << 40)?;
+        let (items, total) = self.store.q_dead_list(q, offset, limit).await?;
+        let next = offset + items.len() as u64;
+        let next_offset = (next < total && !items.is_empty()).then_some(next);
+        Ok((items, total, next_offset))
+    }
+
+    pub async fn retry_dead(&self, q: &str, id: &str) -> ApiResult<Task> {
+        validate_name("queue", q)?;
+        let id = check_task_id(id)?;
+        self.store.q_retry_dead(q, id).await
+    }
+
+    pub async fn purge_dead(&self, q: &str) -> ApiResult<u64> {
+        validate_name("queue", q)?;
+        self.store.q_purge_dead(q).await
+    }
+
+    /// Pause (or resume) handing out tasks; returns the queue's figures after.
+    pub async fn pause(&self, q: &str, paused: bool) -> ApiResult<QueueStats> {
+        validate_name("queue", q)?;
+        self.store.register_queue(q).await?;
+        self.store.q_pause(q, paused).await?;
+        self.store.q_stats(q).await
+    }
+
+    /// Task state changes of `q` from now on (JSON texts).
+    pub async fn queue_events(
+        &self,
+        q: &str,
+    ) -> ApiResult<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
+        validate_name("queue", q)?;
+        self.queues.events(&self.store, q).await
+    }
+}

@@ -1,0 +1,64 @@
+//! Pub/sub on Redis: PUBLISH, and subscriber connections (each re-subscribes by itself after a
+//! reconnect). Channel names come from [`super::keys`].
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::{KeyspaceEvent, Message};
+use tokio::sync::broadcast;
+
+use super::Store;
+use crate::error::ApiResult;
+
+/// One subscriber connection.
+pub struct Subscriber {
+    store: Store,
+    client: SubscriberClient,
+}
+
+impl Subscriber {
+    pub(super) fn new(store: Store, client: SubscriberClient) -> Subscriber {
+        Subscriber { store, client }
+    }
+
+    /// Messages of every channel and pattern this connection subscribes to.
+    pub fn messages(&self) -> broadcast::Receiver<Message> {
+        self.client.message_rx()
+    }
+
+    /// Keyspace notifications (they never arrive on [`Subscriber::messages`]).
+    pub fn keyspace_events(&self) -> broadcast::Receiver<KeyspaceEvent> {
+        self.client.keyspace_event_rx()
+    }
+
+    pub async fn psubscribe(&self, pattern: String) -> ApiResult<()> {
+        self.store
+            .timed("psubscribe", self.client.psubscribe(pattern))
+            .await
+    }
+
+    pub async fn punsubscribe(&self, pattern: String) -> ApiResult<()> {
+        self.store
+            .timed("punsubscribe", self.client.punsubscribe(pattern))
+            .await
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+impl Store {
+    /// A subscriber connection with `capacity` messages buffered before a slow reader
+    /// loses some (it is told how many).
+    pub async fn subscriber(&self, capacity: usize) -> ApiResult<Subscriber> {
+        let client = self.subscriber_client(capacity).await?;
+        Ok(Subscriber::new(self.clone(), client))
+    }
+
+    /// PUBLISH `message` on the Redis channel `channel` (a name from [`super::keys`]);
+    /// returns how many Redis subscriptions received it.
+    pub async fn publish(&self, channel: String, message: &str) -> ApiResult<u64> {
+        self.timed("publish", self.client().publish::<u64, _, _>(channel, message))
+            .await
+    }
+}
