@@ -10,6 +10,6 @@ ensure_cargo
 echo ">> cargo fmt --check"
 cargo fmt --all -- --check
 echo ">> cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --all-features -- -D warnings
 echo ">> cargo test"
 cargo test --locked

@@ -91,10 +91,11 @@ local function peek_rec(ekey)
   return v, false
 end
 
--- Record that the entry of `key` is not ours (gone, a foreign string, or a foreign type,
--- which is removed) before a write or a not-found answer.
+-- Record that the entry of `key` is not ours before a write or a not-found answer: gone
+-- (expired or evicted), or something another client put there (a string that is not a record,
+-- or a value of another type), which is removed.
 local function repair(ctx, key, ekey, hkey, rec, foreign)
-  if foreign then redis.call('DEL', ekey) end
+  if foreign or rec then redis.call('DEL', ekey) end
   reconcile_missing(ctx, key, hkey, (foreign or rec) and 'external' or nil)
 end
 
@@ -237,6 +238,13 @@ local function delete_core(ctx, key, ekey, hkey, expect)
   return {'ok', rev, ver}
 end
 
+-- The context of a single-entry write that honours x-fencing-token (KEYS[8] is the
+-- namespace's fence hash), and its refusal when the token is stale.
+local function fenced_entry(keys, args)
+  local ctx = ctx_new(keys, args, keys[8])
+  return ctx, fence_stale(ctx)
+end
+
 local function parse_opt(s)
   if s == nil or s == '' then return nil end
   return tonumber(s)
@@ -248,8 +256,7 @@ end
 -- Returns: {'ok', ver, crev, mrev, ct, ut, exp|'', created 0|1} | {'version_mismatch', current}
 -- Refusals: quota_exceeded, stale_fencing_token
 local function kv_put(keys, args)
-  local ctx = ctx_new(keys, args, keys[8])
-  local stale = fence_stale(ctx)
+  local ctx, stale = fenced_entry(keys, args)
   if stale then return stale end
   return put_core(ctx, args[7], keys[6], keys[7], args[8], args[9], parse_opt(args[10]), parse_opt(args[11]))
 end
@@ -260,8 +267,7 @@ end
 -- Returns: {'ok', revision, deleted_version} | {'not_found'} | {'version_mismatch', current}
 -- Refusals: stale_fencing_token
 local function kv_delete(keys, args)
-  local ctx = ctx_new(keys, args, keys[8])
-  local stale = fence_stale(ctx)
+  local ctx, stale = fenced_entry(keys, args)
   if stale then return stale end
   return delete_core(ctx, args[7], keys[6], keys[7], parse_opt(args[8]))
 end
@@ -272,8 +278,7 @@ end
 -- Returns: {'ok', ver, crev, mrev, ct, ut, exp|'', created, value, metadata} | {'not_found'} | {'version_not_found'}
 -- Refusals: quota_exceeded, stale_fencing_token
 local function kv_rollback(keys, args)
-  local ctx = ctx_new(keys, args, keys[8])
-  local stale = fence_stale(ctx)
+  local ctx, stale = fenced_entry(keys, args)
   if stale then return stale end
   local key, ekey, hkey = args[7], keys[6], keys[7]
   local want = tonumber(args[8])
@@ -302,8 +307,7 @@ end
 -- Returns: {'ok', value, ver, crev, mrev, ct, ut, exp|'', created} | {'not_a_counter'} | {'overflow'}
 -- Refusals: quota_exceeded, stale_fencing_token
 local function kv_incr(keys, args)
-  local ctx = ctx_new(keys, args, keys[8])
-  local stale = fence_stale(ctx)
+  local ctx, stale = fenced_entry(keys, args)
   if stale then return stale end
   local key, ekey, hkey = args[7], keys[6], keys[7]
   local by = tonumber(args[8])

@@ -211,18 +211,26 @@ local function q_fence(keys, name, n)
   return nil
 end
 
+-- The context of a call on a leased task (ARGV[3] id, ARGV[4] lease token) and the task's key;
+-- or the refusal: a stale fencing token (ARGV[fence_at], ARGV[fence_at + 1], when given) or
+-- a lease that is not current.
+local function q_leased(keys, args, fence_at)
+  local c = q_ctx(keys, args)
+  local stale = q_fence(keys, args[fence_at], args[fence_at + 1])
+  if stale then return c, nil, stale end
+  local tk, err = q_check_lease(c, args[3], args[4])
+  return c, tk, err
+end
+
 -- q_ack: complete a leased task.
 -- KEYS (9+f): the queue's keys, [the lock namespace's fence hash]
 -- ARGV (5+f): prefix, channel, id, token, result ('' none), [fence lock, fence token]
 -- Returns: {'ok', task fields} | {'not_found'} | {'lease_lost', state}
 -- Refusals: stale_fencing_token
 local function q_ack(keys, args)
-  local c = q_ctx(keys, args)
-  local stale = q_fence(keys, args[6], args[7])
-  if stale then return stale end
-  local id = args[3]
-  local tk, err = q_check_lease(c, id, args[4])
+  local c, tk, err = q_leased(keys, args, 6)
   if not tk then return err end
+  local id = args[3]
   redis.call('ZREM', c.leased, id)
   if args[5] ~= '' then redis.call('HSET', tk, 'result', args[5]) end
   q_finish(c, id, 'completed', c.completed)
@@ -236,12 +244,9 @@ end
 -- Returns: {'ok', task fields, lease owner} | {'not_found'} | {'lease_lost', state}
 -- Refusals: stale_fencing_token
 local function q_nack(keys, args)
-  local c = q_ctx(keys, args)
-  local stale = q_fence(keys, args[7], args[8])
-  if stale then return stale end
-  local id = args[3]
-  local tk, err = q_check_lease(c, id, args[4])
+  local c, tk, err = q_leased(keys, args, 7)
   if not tk then return err end
+  local id = args[3]
   local owner = redis.call('HGET', tk, 'lease_owner')
   redis.call('ZREM', c.leased, id)
   redis.call('HSET', tk, 'last_error', args[5])
@@ -276,10 +281,9 @@ end
 -- ARGV (5): prefix, channel, id, token, lease_ms
 -- Returns: {'ok', task fields} | {'not_found'} | {'lease_lost', state}
 local function q_extend(keys, args)
-  local c = q_ctx(keys, args)
-  local id = args[3]
-  local tk, err = q_check_lease(c, id, args[4])
+  local c, tk, err = q_leased(keys, args, 6)
   if not tk then return err end
+  local id = args[3]
   local until_ms = c.now + tonumber(args[5])
   redis.call('HSET', tk, 'leased_until', until_ms)
   redis.call('ZADD', c.leased, until_ms, id)

@@ -95,8 +95,8 @@ async fn lifecycle_transitions_and_listing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_is_marked_lost_and_its_lock_and_leased_task_are_freed_at_once() {
     let app = TestApp::start().await;
-    let mut ws = crate::watch::connect(&app).await;
-    crate::watch::send(
+    let mut ws = crate::common::ws::connect(&app).await;
+    crate::common::ws::send(
         &mut ws,
         json!({"op": "subscribe", "id": "ag", "channel": "agents.*"}),
     )
@@ -169,7 +169,7 @@ async fn a_silent_agent_is_marked_lost_and_its_lock_and_leased_task_are_freed_at
         .problem(409, "invalid_transition");
     // The loss was announced on agents.w1.
     let mut states = Vec::new();
-    while let Some(m) = crate::watch::next(&mut ws, Duration::from_millis(500)).await {
+    while let Some(m) = crate::common::ws::next(&mut ws, Duration::from_millis(500)).await {
         if m["type"] == "message" && m["channel"] == "agents.w1" {
             states.push(m["payload"].clone());
         }
@@ -203,7 +203,7 @@ async fn what_an_agent_holds_stays_bounded() {
         .post("/v1/ns/hb/locks/kept", json!({"owner": "busy", "ttl_ms": 60000}))
         .await;
     assert_eq!(keep.status, 200);
-    let held = format!("{}:{{ag:busy}}:held", app.prefix);
+    let held = app.keys().agent("busy").1;
     let r = app.redis().await;
     assert_eq!(r.scard::<u64, _>(&held).await.unwrap(), 301);
     tokio::time::sleep(Duration::from_millis(100)).await;

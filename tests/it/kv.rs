@@ -85,7 +85,7 @@ async fn put_get_versions_etag_and_provenance() {
     // The change log holds one entry per revision with id 0-<revision>.
     let redis = app.redis().await;
     let log: Vec<(String, Vec<(String, String)>)> = redis
-        .xrange(format!("{}:{{app}}:log", app.prefix), "-", "+", None)
+        .xrange(app.keys().ns("app").log, "-", "+", None)
         .await
         .unwrap();
     let ids: Vec<&str> = log.iter().map(|(id, _)| id.as_str()).collect();
@@ -435,7 +435,7 @@ async fn ttl_expiry_removes_key_everywhere() {
     assert_eq!(ns["revision"], 3, "{ns}");
     let redis = app.redis().await;
     let log: Vec<(String, Vec<(String, String)>)> = redis
-        .xrange(format!("{}:{{tmp}}:log", app.prefix), "0-3", "0-3", None)
+        .xrange(app.keys().ns("tmp").log, "0-3", "0-3", None)
         .await
         .unwrap();
     let ev: std::collections::HashMap<_, _> = log[0].1.iter().cloned().collect();
@@ -451,7 +451,7 @@ async fn ttl_expiry_removes_key_everywhere() {
         Some(br#"{"b": 2}"#),
     )
     .await;
-    let hist_ttl: i64 = redis.pttl(format!("{}:{{tmp}}:h:p", app.prefix)).await.unwrap();
+    let hist_ttl: i64 = redis.pttl(app.keys().ns("tmp").hist("p")).await.unwrap();
     assert!(
         hist_ttl > 0 && hist_ttl <= 60000,
         "history hash expires with the entry: {hist_ttl}"
@@ -469,10 +469,7 @@ async fn ttl_expiry_removes_key_everywhere() {
         .await;
     assert!(r.json()["expires_at"].is_null());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let ttl: i64 = redis
-        .pttl(format!("{}:{{tmp}}:e:session", app.prefix))
-        .await
-        .unwrap();
+    let ttl: i64 = redis.pttl(app.keys().ns("tmp").entry("session")).await.unwrap();
     assert_eq!(ttl, -1, "the entry no longer expires");
     app.stop().await;
 }
@@ -802,5 +799,119 @@ async fn responses_carrying_values_stay_within_a_byte_budget() {
         .post("/v1/ns/big/batch/get", json!({"keys": &want[..5]}))
         .await;
     assert_eq!(r.status, 200);
+    app.stop().await;
+}
+
+/// The namespace's revision as `GET /v1/namespaces` shows it.
+async fn revision(app: &TestApp, ns: &str) -> u64 {
+    let list = app.get("/v1/namespaces").await.json();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["namespace"] == ns)
+        .unwrap_or_else(|| panic!("{ns} not listed: {list}"))["revision"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_change_nothing_not_even_the_revision() {
+    // Relay off, so the entries removed or replaced below behind the service's back stay
+    // unrecorded until a write of the service finds them.
+    let mut cfg = crate::common::test_config(&crate::common::shared_redis_url());
+    cfg.keyspace_relay = false;
+    let app = TestApp::with_config(cfg).await;
+    let r = app.redis().await;
+    let nk = app.keys().ns("rf");
+    app.put("/v1/ns/rf/kv/gone", json!({"value": 1})).await;
+    app.put("/v1/ns/rf/kv/foreign", json!({"value": 1})).await;
+    let _: i64 = r.del(nk.entry("gone")).await.unwrap();
+    let _: i64 = r.del(nk.entry("foreign")).await.unwrap();
+    let _: i64 = r.hset(nk.entry("foreign"), ("f", "v")).await.unwrap();
+    let rev = revision(&app, "rf").await;
+    assert_eq!(rev, 2);
+
+    // A failed precondition on a key whose entry vanished, and on one holding another type.
+    let p = app
+        .put_h("/v1/ns/rf/kv/gone", &[("if-match", "\"1\"")], json!({"value": 2}))
+        .await
+        .problem(412, "version_mismatch");
+    assert_eq!(p["current_version"], 0);
+    app.put_h(
+        "/v1/ns/rf/kv/foreign",
+        &[("if-match", "\"1\"")],
+        json!({"value": 2}),
+    )
+    .await
+    .problem(412, "version_mismatch");
+    assert_eq!(
+        revision(&app, "rf").await,
+        rev,
+        "a refused write moved the revision"
+    );
+    let kind: String = r.r#type(nk.entry("foreign")).await.unwrap();
+    assert_eq!(kind, "hash", "a refused write removed what it found");
+    let indexed: Option<f64> = r.zscore(nk.idx.clone(), "gone").await.unwrap();
+    assert!(indexed.is_some(), "a refused write recorded the vanished entry");
+
+    // A write that goes on records what it found first, then writes.
+    assert_eq!(
+        app.put("/v1/ns/rf/kv/gone", json!({"value": 3})).await.status,
+        201
+    );
+    let log: Vec<(String, std::collections::HashMap<String, String>)> =
+        r.xrange(nk.log.clone(), "0-3", "+", None).await.unwrap();
+    let kinds: Vec<String> = log
+        .iter()
+        .map(|(_, f)| format!("{} {}", f["k"], f["key"]))
+        .collect();
+    assert_eq!(kinds, ["evict gone", "put gone"]);
+
+    // A DELETE that finds another client's string in the entry's place removes it and logs
+    // that as `external` (and answers 404: the entry was already not ours).
+    app.put("/v1/ns/rf/kv/str", json!({"value": 1})).await;
+    let _: () = r.set(nk.entry("str"), "raw", None, None, false).await.unwrap();
+    app.delete("/v1/ns/rf/kv/str").await.problem(404, "not_found");
+    let kind: String = r.r#type(nk.entry("str")).await.unwrap();
+    assert_eq!(kind, "none");
+    let last: Vec<(String, std::collections::HashMap<String, String>)> =
+        r.xrevrange(nk.log.clone(), "+", "-", Some(1)).await.unwrap();
+    assert_eq!(
+        (last[0].1["k"].as_str(), last[0].1["key"].as_str()),
+        ("external", "str")
+    );
+
+    // Partition quota refusals, single write and transaction, with a vanished entry present.
+    let c = app
+        .post(
+            "/v1/partitions",
+            json!({"name": "rq", "owner_agent": "a", "quota_bytes": 64, "tier": "shared"}),
+        )
+        .await;
+    assert_eq!(c.status, 201, "{}", c.text());
+    app.put("/v1/ns/rq/kv/a", json!({"value": "x"})).await;
+    let qk = app.keys().ns("rq");
+    let _: i64 = r.del(qk.entry("a")).await.unwrap();
+    let rev = revision(&app, "rq").await;
+    let big = "x".repeat(100);
+    app.put("/v1/ns/rq/kv/b", json!({"value": big}))
+        .await
+        .problem(507, "quota_exceeded");
+    app.post(
+        "/v1/ns/rq/txn",
+        json!({"success": [{"op": "put", "key": "a", "value": big}, {"op": "put", "key": "c", "value": 1}]}),
+    )
+    .await
+    .problem(507, "quota_exceeded");
+    assert_eq!(
+        revision(&app, "rq").await,
+        rev,
+        "a refused write moved the revision"
+    );
+    let indexed: Option<f64> = r.zscore(qk.idx.clone(), "a").await.unwrap();
+    assert!(indexed.is_some(), "a refused write recorded the vanished entry");
+    app.get("/v1/ns/rq/kv/b").await.problem(404, "not_found");
+    app.get("/v1/ns/rq/kv/c").await.problem(404, "not_found");
     app.stop().await;
 }

@@ -309,13 +309,13 @@ async fn task_acks_check_fencing_tokens_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_and_partition_events_reach_the_watch_socket() {
     let app = TestApp::start().await;
-    let mut ws = crate::watch::connect(&app).await;
-    crate::watch::send(
+    let mut ws = crate::common::ws::connect(&app).await;
+    crate::common::ws::send(
         &mut ws,
         json!({"op": "subscribe", "id": "l", "channel": "locks.*"}),
     )
     .await;
-    crate::watch::send(
+    crate::common::ws::send(
         &mut ws,
         json!({"op": "subscribe", "id": "p", "channel": "partitions.*"}),
     )
@@ -339,7 +339,7 @@ async fn lock_and_partition_events_reach_the_watch_socket() {
     )
     .await;
     let mut got = Vec::new();
-    while let Some(m) = crate::watch::next(&mut ws, Duration::from_millis(700)).await {
+    while let Some(m) = crate::common::ws::next(&mut ws, Duration::from_millis(700)).await {
         if m["type"] == "message" {
             got.push((
                 m["channel"].as_str().unwrap().to_string(),

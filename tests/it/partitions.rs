@@ -234,10 +234,7 @@ async fn the_recount_corrects_drift_and_reports_it() {
         .unwrap();
     // Something outside the functions corrupts the running total.
     let r = app.redis().await;
-    let _: () = r
-        .hset(format!("{}:{{rc}}:meta", app.prefix), ("bytes", 7))
-        .await
-        .unwrap();
+    let _: () = r.hset(app.keys().ns("rc").meta, ("bytes", 7)).await.unwrap();
     let store = app.server.as_ref().unwrap().state.ops.store();
     assert_eq!(store.part_recount("rc").await.unwrap(), 7 - exact as i64);
     assert_eq!(app.get("/v1/partitions/rc").await.json()["used_bytes"], exact);
@@ -245,14 +242,13 @@ async fn the_recount_corrects_drift_and_reports_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() {
-    let app = Arc::new(TestApp::start().await);
+async fn a_batch_reports_quota_refusals_per_item_and_keeps_the_earlier_items() {
+    let app = TestApp::start().await;
     create(
         &app,
         json!({"name": "bq", "owner_agent": "a", "quota_bytes": 100, "tier": "short_term"}),
     )
     .await;
-    // A batch reports quota refusals per item; earlier items stay written.
     let items: Vec<Value> = (0..5)
         .map(|i| json!({"key": format!("k{i}"), "value": "x".repeat(28)}))
         .collect();
@@ -266,14 +262,38 @@ async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() 
         .collect();
     assert_eq!(st, [201, 201, 201, 507, 507]);
     assert_eq!(r.json()["items"][3]["code"], "quota_exceeded");
-    // A merge that creates a key gets the tier's default TTL too.
-    app.delete("/v1/ns/bq/kv/k2").await;
+    for k in ["k0", "k1", "k2"] {
+        assert_eq!(app.get(&format!("/v1/ns/bq/kv/{k}")).await.status, 200);
+    }
+    app.get("/v1/ns/bq/kv/k3").await.problem(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_that_creates_a_key_gets_the_tier_default_ttl() {
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"name": "mt", "owner_agent": "a", "quota_bytes": 1000, "tier": "short_term"}),
+    )
+    .await;
     let e = app
-        .put("/v1/ns/bq/kv/m?on_conflict=merge", json!({"value": {"a": 1}}))
+        .put("/v1/ns/mt/kv/m?on_conflict=merge", json!({"value": {"a": 1}}))
         .await
         .json();
     assert!(e["expires_at"].is_string(), "{e}");
-    // Fencing tokens survive a partition delete; watchers see the dropped keys as deletes.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_partition_logs_each_key_and_keeps_its_fencing_tokens() {
+    let app = TestApp::start().await;
+    create(
+        &app,
+        json!({"name": "bq", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+    )
+    .await;
+    for k in ["a", "b", "c"] {
+        app.put(&format!("/v1/ns/bq/kv/{k}"), json!({"value": 1})).await;
+    }
     let g = app
         .post("/v1/ns/bq/locks/l", json!({"owner": "a", "ttl_ms": 60000}))
         .await
@@ -295,11 +315,12 @@ async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() 
         .as_u64()
         .unwrap();
     assert_eq!(app.delete("/v1/partitions/bq").await.status, 204);
+    // Watchers see the dropped keys as deletes.
     let r = app.redis().await;
     let log: Vec<(String, std::collections::HashMap<String, String>)> =
         fred::prelude::StreamsInterface::xrange(
             &r,
-            format!("{}:{{bq}}:log", app.prefix),
+            app.keys().ns("bq").log,
             format!("0-{}", rev_before + 1),
             "+",
             None,
@@ -308,6 +329,12 @@ async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() 
         .unwrap();
     assert_eq!(log.len(), 3, "one delete per dropped key: {log:?}");
     assert!(log.iter().all(|(_, f)| f["k"] == "delete"));
+    for k in ["a", "b", "c"] {
+        app.get(&format!("/v1/ns/bq/kv/{k}"))
+            .await
+            .problem(404, "not_found");
+    }
+    // A new partition of the same name: its lock's tokens keep increasing.
     create(
         &app,
         json!({"name": "bq", "owner_agent": "a", "quota_bytes": 100, "tier": "shared"}),
@@ -326,17 +353,18 @@ async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() 
     )
     .await
     .problem(400, "invalid_argument");
-    // Concurrent deletes and patches cannot make the pool ledger drift.
-    create(
-        &app,
-        json!({"name": "pa", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
-    )
-    .await;
-    create(
-        &app,
-        json!({"name": "pb", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
-    )
-    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_deletes_and_quota_changes_leave_the_pool_ledger_exact() {
+    let app = Arc::new(TestApp::start().await);
+    for name in ["pa", "pb", "pc"] {
+        create(
+            &app,
+            json!({"name": name, "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+        )
+        .await;
+    }
     let mut tasks = Vec::new();
     for q in [2000u64, 3000, 4000, 5000, 6000, 7000] {
         let a = app.clone();
@@ -367,10 +395,7 @@ async fn review_fixes_batches_pool_ledger_and_delete_keeps_tokens_and_history() 
     let pa = app.get("/v1/partitions/pa").await.json()["quota_bytes"]
         .as_u64()
         .unwrap();
-    let bq = app.get("/v1/partitions/bq").await.json()["quota_bytes"]
-        .as_u64()
-        .unwrap();
     let pool = app.get("/v1/pool").await.json();
-    assert_eq!(pool["allocated_bytes"].as_u64().unwrap(), pa + bq, "{pool}");
+    assert_eq!(pool["allocated_bytes"].as_u64().unwrap(), pa + 1000, "{pool}");
     assert_eq!(pool["partitions"], 2, "{pool}");
 }

@@ -421,9 +421,11 @@ async fn expired_leases_count_as_attempts_and_dead_letter_the_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_leasing_until_resumed_and_events_report_each_state_change() {
     let app = TestApp::start().await;
-    let mut ws = crate::watch::connect(&app).await;
-    crate::watch::send(&mut ws, json!({"op": "queue", "id": "q1", "queue": "pz"})).await;
-    let ack_msg = crate::watch::next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let mut ws = crate::common::ws::connect(&app).await;
+    crate::common::ws::send(&mut ws, json!({"op": "queue", "id": "q1", "queue": "pz"})).await;
+    let ack_msg = crate::common::ws::next(&mut ws, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(ack_msg["type"], "progress", "{ack_msg}");
     assert_eq!(
         app.post("/v1/queues/pz/pause", json!({})).await.json()["paused"],
@@ -451,7 +453,7 @@ async fn pause_stops_leasing_until_resumed_and_events_report_each_state_change()
     assert_eq!(ack(&a, "pz", &got[0], json!(null)).await.status, 200);
     // The socket saw ready → leased → completed for the task.
     let mut states = Vec::new();
-    while let Some(m) = crate::watch::next(&mut ws, Duration::from_millis(500)).await {
+    while let Some(m) = crate::common::ws::next(&mut ws, Duration::from_millis(500)).await {
         if m["type"] == "task" {
             assert_eq!(m["id"], "q1");
             assert_eq!(m["task"]["id"], t["id"]);
@@ -712,7 +714,7 @@ async fn queue_events_as_sse_and_queue_metrics() {
     let t = enqueue(&app, "sq", json!({"payload": "p"})).await;
     let l = lease_one(&app, "sq").await.unwrap();
     assert_eq!(ack(&app, "sq", &l, json!(1)).await.status, 200);
-    let events = crate::watch::sse_events(&mut body, 3, Duration::from_secs(5)).await;
+    let events = crate::common::ws::sse_events(&mut body, 3, Duration::from_secs(5)).await;
     let states: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e.1 == "task")
@@ -738,9 +740,8 @@ async fn queue_events_as_sse_and_queue_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_edge_cases_backoff_cap_far_run_at_delayed_wake_and_pause_listing() {
-    let app = Arc::new(TestApp::start().await);
-    // Backoff doubling is capped at one day.
+async fn backoff_doubling_is_capped_at_one_day() {
+    let app = TestApp::start().await;
     let t = enqueue(&app, "cap", json!({"max_attempts": 50, "backoff_ms": 86_400_000})).await;
     let id = t["id"].as_str().unwrap().to_string();
     for _ in 0..3 {
@@ -759,15 +760,29 @@ async fn review_edge_cases_backoff_cap_far_run_at_delayed_wake_and_pause_listing
     let run_at = humantime::parse_rfc3339_weak(after["run_at"].as_str().unwrap()).unwrap();
     let wait = run_at.duration_since(std::time::SystemTime::now()).unwrap();
     assert!(wait <= Duration::from_secs(86_400), "{wait:?} (8 days uncapped)");
-    // run_at beyond ten years is refused before anything is stored.
-    app.post("/v1/queues/cap/tasks", json!({"run_at": 253_402_300_800_000u64}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_beyond_ten_years_is_refused_before_anything_is_stored() {
+    let app = TestApp::start().await;
+    app.post("/v1/queues/far/tasks", json!({"run_at": 253_402_300_800_000u64}))
         .await
         .problem(400, "invalid_argument");
-    app.post("/v1/queues/cap/tasks", json!({"run_at": i64::MAX}))
+    app.post("/v1/queues/far/tasks", json!({"run_at": i64::MAX}))
         .await
         .problem(400, "invalid_argument");
-    // A delayed task enqueued while a lease waits is handed out when due, not at the next
-    // reaper tick.
+    let q = app.get("/v1/queues/far").await.json();
+    assert_eq!(
+        (q["enqueued_total"].as_u64(), q["delayed"].as_u64()),
+        (Some(0), Some(0)),
+        "{q}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_enqueued_during_a_long_poll_is_handed_out_when_due() {
+    // Handed out when due, not at the next reaper tick.
+    let app = Arc::new(TestApp::start().await);
     let a = app.clone();
     let poll = tokio::spawn(async move {
         lease(
@@ -785,7 +800,11 @@ async fn review_edge_cases_backoff_cap_far_run_at_delayed_wake_and_pause_listing
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(200), "{took:?}");
     assert!(took < Duration::from_millis(900), "{took:?}");
-    // Pausing a queue nobody enqueued to yet still lists it.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_queue_nobody_enqueued_to_yet_lists_it() {
+    let app = TestApp::start().await;
     app.post("/v1/queues/ghost/pause", json!({})).await;
     let listed = app.get("/v1/queues").await.json();
     assert!(

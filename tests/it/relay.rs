@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use serde_json::{json, Value};
 
+use crate::common::ws::{connect, next, send, Ws};
 use crate::common::{test_config, RedisServer, TestApp};
-use crate::watch::{connect, next, send, Ws};
 
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
@@ -67,7 +67,7 @@ async fn writes_by_another_redis_client_arrive_as_external_events() {
         assert!(flags.contains(f) || (flags.contains('A') && f != 'K'), "{flags}");
     }
     let url = app.redis_url.clone();
-    let ekey = |k: &str| format!("{}:{{ext}}:e:{k}", app.prefix);
+    let ekey = |k: &str| app.keys().ns("ext").entry(k);
     let mut ws = watch(&app, "ext").await;
 
     let r = app.put("/v1/ns/ext/kv/greeting", json!({"value": "hi"})).await;
@@ -198,7 +198,7 @@ async fn two_replicas_record_each_expiry_and_external_write_once() {
             )
             .await;
     }
-    let ekey = format!("{}:{{dup}}:e:outside", first.prefix);
+    let ekey = first.keys().ns("dup").entry("outside");
     redis_cli(&first.redis_url, &["SET", &ekey, "1"]);
     // 20 puts, 20 expiries, 1 external write: exactly 41 events, each key's expiry once.
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
@@ -216,7 +216,7 @@ async fn two_replicas_record_each_expiry_and_external_write_once() {
         assert_ne!(m["type"], "event", "duplicate: {m}");
     }
     let r = first.redis().await;
-    let len: u64 = r.xlen(format!("{}:{{dup}}:log", first.prefix)).await.unwrap();
+    let len: u64 = r.xlen(first.keys().ns("dup").log).await.unwrap();
     assert_eq!(len, 41);
     second.stop().await;
     first.stop().await;
@@ -315,7 +315,7 @@ async fn foreign_values_found_by_api_writes_are_external_never_a_500() {
     cfg.keyspace_relay = false;
     let app = TestApp::with_config(cfg).await;
     let url = app.redis_url.clone();
-    let ekey = |k: &str| format!("{}:{{fx}}:e:{k}", app.prefix);
+    let ekey = |k: &str| app.keys().ns("fx").entry(k);
     app.put("/v1/ns/fx/kv/a", json!({"value": 1})).await;
     app.put("/v1/ns/fx/kv/h", json!({"value": 1})).await;
     // A plain string over a record, then a write through the API.
@@ -338,10 +338,8 @@ async fn foreign_values_found_by_api_writes_are_external_never_a_500() {
     // The log: put a, put h, external a (found by the PUT), put a, external h (the hash found
     // by the PUT), put h, external h (the list found by the DELETE), put h (txn).
     let r = app.redis().await;
-    let log: Vec<(String, std::collections::HashMap<String, String>)> = r
-        .xrange(format!("{}:{{fx}}:log", app.prefix), "-", "+", None)
-        .await
-        .unwrap();
+    let log: Vec<(String, std::collections::HashMap<String, String>)> =
+        r.xrange(app.keys().ns("fx").log, "-", "+", None).await.unwrap();
     let kinds: Vec<String> = log
         .iter()
         .map(|(_, f)| format!("{} {}", f["k"], f["key"]))
@@ -393,11 +391,11 @@ async fn a_ttl_removed_by_another_client_is_no_longer_reconciled() {
     let app = TestApp::start().await;
     app.put("/v1/ns/pz/kv/k", json!({"value": 1, "ttl_ms": 400}))
         .await;
-    let ekey = format!("{}:{{pz}}:e:k", app.prefix);
+    let ekey = app.keys().ns("pz").entry("k");
     redis_cli(&app.redis_url, &["PERSIST", &ekey]);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     // Still there, and no longer in the expiry index the reconciler scans every second.
     assert_eq!(app.get("/v1/ns/pz/kv/k").await.json()["value"], 1);
-    let ttl_index = format!("{}:{{pz}}:ttl", app.prefix);
+    let ttl_index = app.keys().ns("pz").ttl;
     assert_eq!(redis_cli(&app.redis_url, &["ZCARD", &ttl_index]), "0");
 }

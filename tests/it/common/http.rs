@@ -1,11 +1,6 @@
-//! Test harness: real `redis-server` processes on free ports, the service in-process on
-//! 127.0.0.1:0 with a unique key prefix per test, and a small HTTP client.
+//! The service under test, in-process on 127.0.0.1:0 with a unique key prefix, and a small
+//! HTTP client that sees what users see (status, headers, raw body).
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,140 +11,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use swarmstate::app::Server;
 use swarmstate::config::Config;
+use swarmstate::store::keys::Keys;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    let child = spawn_redis_no_wait(dir, port, extra);
-    wait_ping(port);
-    child
-}
-
-fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: prctl in the child before exec; the server dies with the thread that spawned it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .expect("redis-server must be installed (apt-get install -y redis-server)")
-}
-
-fn wait_ping(port: u16) {
-    use std::io::{Read, Write};
-    for _ in 0..200 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut buf = [0u8; 16];
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .map(|n| buf[..n].starts_with(b"+PONG"))
-                    .unwrap_or(false)
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server on {port} did not answer PING");
-}
-
-/// A redis-server owned by one test (killed on drop).
-pub struct RedisServer {
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-    extra: Vec<String>,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub fn start(extra: &[&str]) -> RedisServer {
-        Self::start_on(free_port(), extra)
-    }
-
-    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let child = spawn_redis(dir.path(), port, extra);
-        RedisServer {
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: Some(child),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no shutdown, no final AOF rewrite.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start again on the same port and directory (AOF reloaded when enabled).
-    pub fn restart(&mut self) {
-        self.restart_without_waiting();
-        wait_ping(self.port);
-    }
-
-    /// Start again without waiting until it answers (it may still be loading its data).
-    pub fn restart_without_waiting(&mut self) {
-        self.kill();
-        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        self.child = Some(spawn_redis_no_wait(self.dir.path(), self.port, &extra));
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One redis-server shared by the whole test run (each test uses its own key prefix). It is
-/// spawned from a thread that never ends, so PR_SET_PDEATHSIG fires only when the test
-/// process exits.
-pub fn shared_redis_url() -> String {
-    static PORT: OnceLock<u16> = OnceLock::new();
-    let port = *PORT.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let dir: PathBuf = std::env::temp_dir().join(format!("swarmstate-it-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let port = free_port();
-            let mut child = spawn_redis(&dir, port, &[]);
-            tx.send(port).unwrap();
-            // Blocks for the life of the test process; the thread never ends before it.
-            let _ = child.wait();
-        });
-        rx.recv().unwrap()
-    });
-    format!("redis://127.0.0.1:{port}")
-}
-
-pub fn unique_prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!("t{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
+use super::redis::{redis_client, shared_redis_url, unique_prefix};
 
 pub fn test_config(url: &str) -> Config {
     Config {
@@ -338,6 +202,11 @@ impl TestApp {
         self.req("DELETE", path, &[], None).await
     }
 
+    /// The service's key names under this test's prefix (what is stored where).
+    pub fn keys(&self) -> Keys {
+        Keys::new(&self.prefix)
+    }
+
     /// A raw Redis client on the same server, to check what is stored.
     pub async fn redis(&self) -> fred::clients::Client {
         redis_client(&self.redis_url).await
@@ -348,13 +217,4 @@ impl TestApp {
             s.shutdown().await;
         }
     }
-}
-
-pub async fn redis_client(url: &str) -> fred::clients::Client {
-    use fred::prelude::*;
-    let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
-        .build()
-        .unwrap();
-    c.init().await.unwrap();
-    c
 }
