@@ -469,22 +469,41 @@ local function kv_txn(keys, args)
   local function ek(i) return keys[6 + 2 * i - 1] end
   local function hk(i) return keys[6 + 2 * i] end
 
+  -- What each key holds now, read without writing: the header of a record of ours (h), or
+  -- else whether the key is still indexed (its entry vanished or was overwritten behind the
+  -- service's back), a string that is not a record (str) or a value of another type (foreign).
+  local found = {}
+  for i = 1, nkeys do
+    local head = redis.pcall('GETRANGE', ek(i), 0, 255)
+    local f = {}
+    if type(head) == 'table' and head.err then
+      f.foreign = true
+    elseif head ~= '' then
+      f.str = true
+      f.h = head_of(head)
+    end
+    if not f.h then f.indexed = redis.call('ZSCORE', ctx.idx, names[i]) ~= false end
+    found[i] = f
+  end
+
   local ok = true
   local ncmp = tonumber(args[p]); p = p + 1
   for _ = 1, ncmp do
     local ki, kind, arg = tonumber(args[p]), args[p + 1], args[p + 2]
     p = p + 3
     if ok then
-      local cur = peek_rec(ek(ki))
-      local h = cur and head_of(cur)
+      local h = found[ki].h
       local ver = h and h.ver or 0
       if kind == 'version' then
         ok = (ver == tonumber(arg))
       elseif kind == 'exists' then
         ok = ((ver > 0) == (arg == '1'))
       elseif kind == 'value' then
-        local _, v = nil, nil
-        if h then _, v = body_of(cur) end
+        local v = nil
+        if h then
+          local _meta
+          _meta, v = body_of(redis.call('GET', ek(ki)))
+        end
         ok = (v ~= nil and v == arg)
       else
         return redis.error_reply('ERR unknown compare kind ' .. tostring(kind))
@@ -507,11 +526,20 @@ local function kv_txn(keys, args)
   if ok then ops = succ end
 
   -- Partition quota: the transaction's end state may not pass it; checked before any write.
+  -- Entries not ours but still indexed count as already gone (they are recorded so below).
   local lim = limits(ctx)
   if lim.qb or lim.qk then
     local bytes0 = tonumber(redis.call('HGET', ctx.meta, 'bytes') or '0')
     local keys0 = redis.call('ZCARD', ctx.idx)
-    local bytes, count, cur = bytes0, keys0, {}
+    local cur = {}
+    for i = 1, nkeys do
+      if found[i].indexed then
+        bytes0 = bytes0 - tonumber(redis.call('HGET', ctx.sz, names[i]) or '0')
+        keys0 = keys0 - 1
+        cur[i] = false
+      end
+    end
+    local bytes, count = bytes0, keys0
     for _, op in ipairs(ops) do
       local ki = op[2]
       if cur[ki] == nil then
@@ -534,9 +562,11 @@ local function kv_txn(keys, args)
     ctx.quota_checked = true
   end
 
-  -- Every check passed: record entries found gone, then apply the branch.
+  -- Every check passed: record what was found in the place of entries of ours (a value of
+  -- another type is removed wherever it is), then apply the branch.
   for i = 1, nkeys do
-    if redis.call('EXISTS', ek(i)) == 0 then reconcile_missing(ctx, names[i], hk(i)) end
+    local f = found[i]
+    if not f.h and (f.indexed or f.foreign) then repair(ctx, names[i], ek(i), hk(i), f.str, f.foreign) end
   end
   local results = {}
   for i, op in ipairs(ops) do

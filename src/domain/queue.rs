@@ -277,21 +277,40 @@ pub fn parse_ack_fence(queue: &str, v: &str) -> ApiResult<(String, String, u64)>
 
 /// A task state change as the queue functions publish it (`{"id","state",...}`; a resume is
 /// `{"state":"ready","resumed":true}` without an id).
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct TaskEvent {
     pub id: Option<String>,
     pub state: TaskState,
 }
 
+impl TaskEvent {
+    /// The id and state of a published event; `None` when it is not a JSON object. Fields of
+    /// an unexpected shape read as absent (`Other` for the state), never as an error.
+    pub fn parse(text: &str) -> Option<TaskEvent> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let o = v.as_object()?;
+        let id = match o.get("id") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let state = match o.get("state").and_then(Value::as_str) {
+            Some("ready") => TaskState::Ready,
+            Some("delayed") => TaskState::Delayed,
+            Some("failed") => TaskState::Failed,
+            _ => TaskState::Other,
+        };
+        Some(TaskEvent { id, state })
+    }
+}
+
 /// The states a published task event names (the ones that matter for wake-ups; others are
 /// `Other`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
     Ready,
     Delayed,
     Failed,
-    #[serde(other)]
     Other,
 }
 
@@ -320,15 +339,18 @@ mod tests {
 
     #[test]
     fn task_events_decode_and_route() {
-        let e: TaskEvent =
-            serde_json::from_str(r#"{"id":"3","state":"ready","attempts":0,"time":1}"#).unwrap();
+        let e = TaskEvent::parse(r#"{"id":"3","state":"ready","attempts":0,"time":1}"#).unwrap();
         assert_eq!((e.id.as_deref(), e.state.wakes()), (Some("3"), Wake::One));
-        let e: TaskEvent = serde_json::from_str(r#"{"state":"ready","resumed":true}"#).unwrap();
+        let e = TaskEvent::parse(r#"{"state":"ready","resumed":true}"#).unwrap();
         assert_eq!((e.id, e.state), (None, TaskState::Ready));
-        let e: TaskEvent = serde_json::from_str(r#"{"id":"1","state":"completed"}"#).unwrap();
+        let e = TaskEvent::parse(r#"{"id":"1","state":"completed"}"#).unwrap();
         assert_eq!(e.state.wakes(), Wake::None);
-        let e: TaskEvent = serde_json::from_str(r#"{"id":"1","state":"failed","last_error":"x"}"#).unwrap();
+        let e = TaskEvent::parse(r#"{"id":"1","state":"failed","last_error":"x"}"#).unwrap();
         assert_eq!(e.state.wakes(), Wake::All);
+        // A vanished task's event (cjson writes nil fields as false) still reaches watchers.
+        let e = TaskEvent::parse(r#"{"id":"9","state":false}"#).unwrap();
+        assert_eq!((e.id.as_deref(), e.state), (Some("9"), TaskState::Other));
+        assert!(TaskEvent::parse("released").is_none());
     }
 
     #[test]

@@ -108,19 +108,16 @@ pub async fn ack(
     headers: HeaderMap,
     JsonBody(b): JsonBody<AckBody>,
 ) -> ApiResult<Response> {
-    let fence = fence_header(&headers)?;
+    let fence = fence_header(&headers);
     let t = st.ops.ack(&q, &id, &b, fence).await?;
     Ok(json_response(StatusCode::OK, &t))
 }
 
-/// `x-fencing-token` as text (400 when it is not).
-fn fence_header(h: &HeaderMap) -> ApiResult<Option<&str>> {
-    match h.get("x-fencing-token") {
-        None => Ok(None),
-        Some(_) => header_str(h, "x-fencing-token").map(Some).ok_or_else(|| {
-            crate::error::ApiError::bad_request("x-fencing-token must be [<namespace>/]<lock>:<n>")
-        }),
-    }
+/// `x-fencing-token` as text; a header that is not visible ASCII is passed on as `""`, which
+/// the operation refuses (after its other checks) like any malformed token.
+fn fence_header(h: &HeaderMap) -> Option<&str> {
+    h.get("x-fencing-token")
+        .map(|_| header_str(h, "x-fencing-token").unwrap_or(""))
 }
 
 /// Fail a leased task: retried after its backoff, or dead-lettered after max_attempts.
@@ -142,7 +139,7 @@ pub async fn nack(
     headers: HeaderMap,
     JsonBody(b): JsonBody<NackBody>,
 ) -> ApiResult<Response> {
-    let fence = fence_header(&headers)?;
+    let fence = fence_header(&headers);
     let t = st.ops.nack(&q, &id, &b, fence).await?;
     Ok(json_response(StatusCode::OK, &t))
 }

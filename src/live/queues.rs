@@ -81,7 +81,7 @@ impl QueueHub {
                         let Some(chan) = chans.lock().ok().and_then(|m| m.get(q).cloned()) else {
                             return;
                         };
-                        let Ok(ev) = serde_json::from_str::<TaskEvent>(&text) else {
+                        let Some(ev) = TaskEvent::parse(&text) else {
                             return;
                         };
                         match ev.state.wakes() {

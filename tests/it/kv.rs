@@ -868,6 +868,23 @@ async fn refused_writes_change_nothing_not_even_the_revision() {
         .collect();
     assert_eq!(kinds, ["evict gone", "put gone"]);
 
+    // A transaction that goes ahead records what it found, even at a key it only compares.
+    let t = app
+        .post(
+            "/v1/ns/rf/txn",
+            json!({"compare": [{"key": "foreign", "exists": false}]}),
+        )
+        .await;
+    assert_eq!(t.json()["succeeded"], true, "{}", t.text());
+    let kind: String = r.r#type(nk.entry("foreign")).await.unwrap();
+    assert_eq!(kind, "none");
+    let last: Vec<(String, std::collections::HashMap<String, String>)> =
+        r.xrevrange(nk.log.clone(), "+", "-", Some(1)).await.unwrap();
+    assert_eq!(
+        (last[0].1["k"].as_str(), last[0].1["key"].as_str()),
+        ("external", "foreign")
+    );
+
     // A DELETE that finds another client's string in the entry's place removes it and logs
     // that as `external` (and answers 404: the entry was already not ours).
     app.put("/v1/ns/rf/kv/str", json!({"value": 1})).await;

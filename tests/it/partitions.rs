@@ -399,3 +399,68 @@ async fn racing_deletes_and_quota_changes_leave_the_pool_ledger_exact() {
     assert_eq!(pool["allocated_bytes"].as_u64().unwrap(), pa + 1000, "{pool}");
     assert_eq!(pool["partitions"], 2, "{pool}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_counts_vanished_entries_as_gone_in_the_quota() {
+    use fred::prelude::*;
+    // Relay off: entries removed behind the service's back stay indexed until a write finds
+    // them. A transaction must count them as gone, like a single write does.
+    let mut cfg = test_config(&shared_redis_url());
+    cfg.keyspace_relay = false;
+    let app = TestApp::with_config(cfg).await;
+    let r = app.redis().await;
+    let created = create(
+        &app,
+        json!({"name": "tq", "owner_agent": "a", "quota_bytes": 100000, "max_keys": 2, "tier": "shared"}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    app.put("/v1/ns/tq/kv/a", json!({"value": 1})).await;
+    app.put("/v1/ns/tq/kv/o", json!({"value": 1})).await;
+    let _: i64 = r.del(app.keys().ns("tq").entry("a")).await.unwrap();
+    // Two keys indexed, one of them gone: room for one more.
+    let t = app
+        .post(
+            "/v1/ns/tq/txn",
+            json!({"compare": [{"key": "a", "exists": false}], "success": [{"op": "put", "key": "b", "value": 2}]}),
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.text());
+    assert_eq!(t.json()["succeeded"], true);
+    assert_eq!(app.get("/v1/partitions/tq").await.json()["key_count"], 2);
+
+    // Bytes: 96 used of which 43 are a vanished entry; the quota is lowered to 80. Writing 33
+    // bytes at that key ends at 86 > 80: refused by a PUT and by a transaction alike.
+    create(
+        &app,
+        json!({"name": "tb", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+    )
+    .await;
+    app.put("/v1/ns/tb/kv/a", json!({"value": "x".repeat(40)})).await;
+    app.put("/v1/ns/tb/kv/o", json!({"value": "x".repeat(50)})).await;
+    assert_eq!(app.get("/v1/partitions/tb").await.json()["used_bytes"], 96);
+    let _: i64 = r.del(app.keys().ns("tb").entry("a")).await.unwrap();
+    let p = app
+        .req(
+            "PATCH",
+            "/v1/partitions/tb",
+            &[("content-type", "application/json")],
+            Some(br#"{"quota_bytes": 80}"#),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text());
+    let small = json!({"value": "x".repeat(30)});
+    app.put("/v1/ns/tb/kv/a", small.clone())
+        .await
+        .problem(507, "quota_exceeded");
+    app.post(
+        "/v1/ns/tb/txn",
+        json!({"success": [{"op": "put", "key": "a", "value": "x".repeat(30)}]}),
+    )
+    .await
+    .problem(507, "quota_exceeded");
+    let part = app.get("/v1/partitions/tb").await.json();
+    assert!(part["used_bytes"].as_u64().unwrap() <= 96, "{part}");
+    app.get("/v1/ns/tb/kv/a").await.problem(404, "not_found");
+    app.stop().await;
+}
