@@ -63,13 +63,12 @@ local function q_remove(c, id)
   redis.call('DEL', tk)
 end
 
--- A leased task whose lease has run out: the attempt counts; back to ready, or dead when it
--- was the last one.
-local function q_expire_lease(c, id)
+-- A lease that ended without an ack or nack (it ran out, or its holder is gone): the attempt
+-- counts; back to ready, or dead when it was the last one.
+local function q_lease_ended(c, id, why)
   local tk = c.tprefix .. id
   redis.call('ZREM', c.leased, id)
-  redis.call('HINCRBY', c.meta, 'lease_expired', 1)
-  redis.call('HSET', tk, 'last_error', 'lease expired')
+  redis.call('HSET', tk, 'last_error', why)
   local f = redis.call('HMGET', tk, 'attempts', 'max_attempts')
   if tonumber(f[1]) >= tonumber(f[2]) then
     q_finish(c, id, 'dead', c.dead)
@@ -77,6 +76,12 @@ local function q_expire_lease(c, id)
     q_make_ready(c, id)
   end
   q_emit(c, id)
+end
+
+-- A leased task whose lease has run out.
+local function q_expire_lease(c, id)
+  redis.call('HINCRBY', c.meta, 'lease_expired', 1)
+  q_lease_ended(c, id, 'lease expired')
 end
 
 -- Promote due delayed / retry tasks, reclaim expired leases, and (with `retention`) drop
@@ -377,18 +382,9 @@ end
 local function q_requeue(keys, args)
   local c = q_ctx(keys, args)
   local id = args[3]
-  local tk = c.tprefix .. id
-  local f = redis.call('HMGET', tk, 'state', 'lease_token')
+  local f = redis.call('HMGET', c.tprefix .. id, 'state', 'lease_token')
   if f[1] ~= 'leased' or f[2] ~= args[4] then return 0 end
-  redis.call('ZREM', c.leased, id)
-  redis.call('HSET', tk, 'last_error', args[5])
-  local a = redis.call('HMGET', tk, 'attempts', 'max_attempts')
-  if tonumber(a[1]) >= tonumber(a[2]) then
-    q_finish(c, id, 'dead', c.dead)
-  else
-    q_make_ready(c, id)
-  end
-  q_emit(c, id)
+  q_lease_ended(c, id, args[5])
   return 1
 end
 
