@@ -39,9 +39,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Openapi => match swarmstate::http::openapi().to_pretty_json() {
+        Command::Openapi => match serde_json::to_string_pretty(&swarmstate::http::openapi()) {
             Ok(s) => {
-                println!("{s}");
+                // A closed pipe (`swarmstate openapi | head`) is not an error worth a panic.
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(s.as_bytes()).and_then(|_| out.write_all(b"\n"));
                 ExitCode::SUCCESS
             }
             Err(e) => {

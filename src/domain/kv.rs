@@ -119,6 +119,7 @@ pub struct EntryDoc {
     namespace: String,
     key: String,
     /// Any JSON value. Left out of listings unless `values=true`.
+    #[schema(required = false)]
     value: Value,
     /// Writes to this key since it was created (1 on create).
     version: u64,

@@ -27,8 +27,8 @@ pub const MAX_ERROR_BYTES: usize = 8192;
 pub struct Task {
     pub id: String,
     pub queue: String,
-    /// The JSON payload given at enqueue.
-    #[schema(value_type = Object)]
+    /// The JSON payload given at enqueue (any JSON value).
+    #[schema(value_type = Value)]
     pub payload: Box<RawValue>,
     /// 0 (highest) ..= 9.
     pub priority: u8,
@@ -48,8 +48,9 @@ pub struct Task {
     /// Only in lease responses: the token that ack/nack/extend must carry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_token: Option<String>,
+    /// The `result` given at ack (any JSON value).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Value>)]
     pub result: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -96,7 +97,7 @@ pub struct Leased {
 pub struct EnqueueBody {
     /// Any JSON value (default null).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     payload: Option<Value>,
     /// 0 (highest) ..= 9, default 5. FIFO within a priority.
     priority: Option<u8>,
@@ -208,7 +209,7 @@ pub struct AckBody {
     pub lease_token: String,
     /// Any JSON value, kept with the task for its retention.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub result: Option<Value>,
 }
 

@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     state: Option<String>,
@@ -32,7 +33,7 @@ pub struct ListQuery {
 
 /// Register (or re-register) an agent; it starts `initializing`.
 #[utoipa::path(
-    put, path = "/v1/agents/{id}", tag = "agents",
+    put, path = "/v1/agents/{id}", tag = "agents", operation_id = "agent_register",
     params(("id" = String, Path, description = "Agent id ([a-z0-9][a-z0-9._-]{0,62})")),
     request_body = RegisterBody,
     responses(
@@ -53,7 +54,7 @@ pub async fn register(
 
 /// Heartbeat: the agent stays alive for another heartbeat_ttl_ms.
 #[utoipa::path(
-    post, path = "/v1/agents/{id}/heartbeat", tag = "agents",
+    post, path = "/v1/agents/{id}/heartbeat", tag = "agents", operation_id = "agent_heartbeat",
     params(("id" = String, Path, description = "Agent id")),
     responses(
         (status = 200, description = "Alive", body = Agent),
@@ -67,7 +68,7 @@ pub async fn heartbeat(State(st): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// Lifecycle transition.
 #[utoipa::path(
-    post, path = "/v1/agents/{id}/state", tag = "agents",
+    post, path = "/v1/agents/{id}/state", tag = "agents", operation_id = "agent_set_state",
     params(("id" = String, Path, description = "Agent id")),
     request_body = StateBody,
     responses(
@@ -89,7 +90,7 @@ pub async fn set_state(
 
 /// One agent.
 #[utoipa::path(
-    get, path = "/v1/agents/{id}", tag = "agents",
+    get, path = "/v1/agents/{id}", tag = "agents", operation_id = "agent_get",
     params(("id" = String, Path, description = "Agent id")),
     responses(
         (status = 200, description = "The agent", body = Agent),
@@ -102,7 +103,7 @@ pub async fn get_agent(State(st): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// Registered agents, optionally filtered by state and capability.
 #[utoipa::path(
-    get, path = "/v1/agents", tag = "agents",
+    get, path = "/v1/agents", tag = "agents", operation_id = "agents_list",
     params(ListQuery),
     responses((status = 200, description = "Agents, by id", body = AgentList))
 )]

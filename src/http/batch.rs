@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Read many keys in one round trip.
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/batch/get", tag = "kv",
+    post, path = "/v1/ns/{ns}/batch/get", tag = "kv", operation_id = "kv_batch_get",
     params(("ns" = String, Path, description = "Namespace")),
     request_body = KeysBody,
     responses((status = 200, description = "Entries in request order", body = BatchGetResult))
@@ -47,7 +47,7 @@ pub async fn batch_get(
 
 /// Write many keys; each item is its own atomic write with its own result.
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/batch/put", tag = "kv",
+    post, path = "/v1/ns/{ns}/batch/put", tag = "kv", operation_id = "kv_batch_put",
     params(("ns" = String, Path, description = "Namespace")),
     request_body = BatchPutBody,
     responses(
@@ -67,7 +67,7 @@ pub async fn batch_put(
 
 /// Delete many keys; absent keys report `deleted: false`.
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/batch/delete", tag = "kv",
+    post, path = "/v1/ns/{ns}/batch/delete", tag = "kv", operation_id = "kv_batch_delete",
     params(("ns" = String, Path, description = "Namespace")),
     request_body = KeysBody,
     responses((status = 200, description = "Per-key results in request order", body = BatchDeleteResult))
@@ -84,7 +84,7 @@ pub async fn batch_delete(
 
 /// Compare-then-apply, all-or-nothing (etcd-style).
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/txn", tag = "kv",
+    post, path = "/v1/ns/{ns}/txn", tag = "kv", operation_id = "kv_txn",
     params(("ns" = String, Path, description = "Namespace")),
     request_body = TxnBody,
     responses(
@@ -104,7 +104,7 @@ pub async fn txn(
 
 /// Atomically add to an integer counter stored at key `{name}` of the namespace.
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/counters/{name}/incr", tag = "kv",
+    post, path = "/v1/ns/{ns}/counters/{name}/incr", tag = "kv", operation_id = "counter_incr",
     params(("ns" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Counter key")),
     request_body = IncrBody,
     responses(
@@ -144,7 +144,7 @@ pub async fn incr_counter(
 
 /// Every namespace with its key count, revision and bytes used.
 #[utoipa::path(
-    get, path = "/v1/namespaces", tag = "kv",
+    get, path = "/v1/namespaces", tag = "kv", operation_id = "namespaces_list",
     responses((status = 200, description = "Namespaces, sorted by name", body = NamespaceList))
 )]
 pub async fn list_namespaces(State(st): State<AppState>) -> ApiResult<Response> {

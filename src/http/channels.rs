@@ -19,7 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Publish a message to a channel.
 #[utoipa::path(
-    post, path = "/v1/channels/{channel}/publish", tag = "watch",
+    post, path = "/v1/channels/{channel}/publish", tag = "watch", operation_id = "channel_publish",
     params(("channel" = String, Path, description = "Channel name ([a-z0-9][a-z0-9._-]{0,62})")),
     request_body = PublishBody,
     responses(

@@ -20,14 +20,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Liveness: the process is up (does not touch Redis).
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "healthz", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Response {
     json_response(StatusCode::OK, &Health { status: "ok".into() })
 }
 
 /// Readiness: Redis answers and holds the functions library this binary expects.
 #[utoipa::path(
-    get, path = "/readyz", tag = "ops",
+    get, path = "/readyz", tag = "ops", operation_id = "readyz",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Redis unreachable or functions missing", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -39,7 +39,7 @@ pub async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
 
 /// Service and Redis status.
 #[utoipa::path(
-    get, path = "/v1/status", tag = "ops",
+    get, path = "/v1/status", tag = "ops", operation_id = "status_get",
     responses(
         (status = 200, description = "Status", body = Status),
         (status = 503, description = "Redis unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -51,7 +51,7 @@ pub async fn status(State(st): State<AppState>) -> ApiResult<Response> {
 
 /// Prometheus text exposition.
 #[utoipa::path(
-    get, path = "/metrics", tag = "ops",
+    get, path = "/metrics", tag = "ops", operation_id = "metrics_get",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(State(st): State<AppState>) -> Response {

@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PutQuery {
     /// What to do when the precondition fails (default `reject`). Without a precondition,
@@ -41,6 +42,7 @@ pub struct PutQuery {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// Read this retained version instead of the current one.
@@ -50,6 +52,7 @@ pub struct GetQuery {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only keys starting with this string (matched literally, byte-wise).
@@ -111,7 +114,7 @@ async fn post_dispatch(
 
 /// Read an entry (or a retained version of it).
 #[utoipa::path(
-    get, path = "/v1/ns/{ns}/kv/{key}", tag = "kv",
+    get, path = "/v1/ns/{ns}/kv/{key}", tag = "kv", operation_id = "kv_get",
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded (`/` may also be sent raw)"),
@@ -145,7 +148,7 @@ pub async fn get_entry(
 
 /// Create or replace an entry, optionally conditional.
 #[utoipa::path(
-    put, path = "/v1/ns/{ns}/kv/{key}", tag = "kv",
+    put, path = "/v1/ns/{ns}/kv/{key}", tag = "kv", operation_id = "kv_put",
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded (`/` may also be sent raw)"),
@@ -184,7 +187,7 @@ pub async fn put_entry(
 
 /// Merge-patch an existing entry (RFC 7396); the TTL and metadata are kept.
 #[utoipa::path(
-    patch, path = "/v1/ns/{ns}/kv/{key}", tag = "kv",
+    patch, path = "/v1/ns/{ns}/kv/{key}", tag = "kv", operation_id = "kv_patch",
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded"),
@@ -232,7 +235,7 @@ pub async fn patch_entry(
 
 /// Delete an entry.
 #[utoipa::path(
-    delete, path = "/v1/ns/{ns}/kv/{key}", tag = "kv",
+    delete, path = "/v1/ns/{ns}/kv/{key}", tag = "kv", operation_id = "kv_delete",
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded"),
@@ -257,7 +260,7 @@ pub async fn delete_entry(
 
 /// Retained versions, newest first (the current version included).
 #[utoipa::path(
-    get, path = "/v1/ns/{ns}/kv/{key}/history", tag = "kv",
+    get, path = "/v1/ns/{ns}/kv/{key}/history", tag = "kv", operation_id = "kv_history",
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded"),
@@ -275,7 +278,7 @@ pub async fn get_history(st: AppState, kp: KvPath, limit: Option<usize>) -> ApiR
 
 /// Write a retained version's value and metadata as a new version (TTL kept).
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/kv/{key}/rollback", tag = "kv",
+    post, path = "/v1/ns/{ns}/kv/{key}/rollback", tag = "kv", operation_id = "kv_rollback",
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded"),
@@ -304,7 +307,7 @@ pub async fn rollback_entry(
 
 /// List keys by prefix, in byte order, with a stable cursor.
 #[utoipa::path(
-    get, path = "/v1/ns/{ns}/kv", tag = "kv",
+    get, path = "/v1/ns/{ns}/kv", tag = "kv", operation_id = "kv_list",
     params(("ns" = String, Path, description = "Namespace"), ListQuery),
     responses(
         (status = 200, description = "A page of entries", body = EntryPage),

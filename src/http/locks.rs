@@ -20,7 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Acquire a lock, optionally waiting for it.
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/locks/{name}", tag = "locks",
+    post, path = "/v1/ns/{ns}/locks/{name}", tag = "locks", operation_id = "lock_acquire",
     params(("ns" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Lock name ([a-z0-9][a-z0-9._-]{0,62})")),
     request_body = AcquireBody,
     responses(
@@ -41,7 +41,7 @@ pub async fn acquire(
 
 /// Extend the lock's TTL (holder only).
 #[utoipa::path(
-    post, path = "/v1/ns/{ns}/locks/{name}/renew", tag = "locks",
+    post, path = "/v1/ns/{ns}/locks/{name}/renew", tag = "locks", operation_id = "lock_renew",
     params(("ns" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Lock name")),
     request_body = RenewBody,
     responses(
@@ -63,7 +63,7 @@ pub async fn renew(
 
 /// Release the lock (holder only: `x-lock-token`).
 #[utoipa::path(
-    delete, path = "/v1/ns/{ns}/locks/{name}", tag = "locks",
+    delete, path = "/v1/ns/{ns}/locks/{name}", tag = "locks", operation_id = "lock_release",
     params(("ns" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Lock name"),
            ("x-lock-token" = String, Header, description = "The token acquire returned")),
     responses(
@@ -85,7 +85,7 @@ pub async fn release(
 
 /// Holder, fencing token and expiry.
 #[utoipa::path(
-    get, path = "/v1/ns/{ns}/locks/{name}", tag = "locks",
+    get, path = "/v1/ns/{ns}/locks/{name}", tag = "locks", operation_id = "lock_get",
     params(("ns" = String, Path, description = "Namespace"), ("name" = String, Path, description = "Lock name")),
     responses(
         (status = 200, description = "Held", body = LockInfo),

@@ -13,6 +13,7 @@ pub mod locks;
 pub mod partitions;
 pub mod problem;
 pub mod queues;
+pub mod spec;
 pub mod sse;
 pub mod ws;
 
@@ -47,7 +48,7 @@ use problem::X_REQUEST_ID;
         kv::get_history,
         kv::rollback_entry
     ),
-    components(schemas(crate::error::Problem, crate::error::ErrorCode)),
+    components(schemas(crate::error::Problem, crate::error::ErrorCode, crate::domain::kv::OnConflict)),
     tags(
         (name = "kv", description = "Versioned key/value"),
         (name = "ops", description = "Health, status and metrics"),
@@ -77,10 +78,10 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 /// The OpenAPI document (served at /openapi.json, printed by `swarmstate openapi`).
-pub fn openapi() -> utoipa::openapi::OpenApi {
+pub fn openapi() -> serde_json::Value {
     let mut doc = api().1;
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc
+    spec::finish(&doc)
 }
 
 /// The whole application: API routes, docs, and middleware.
@@ -89,7 +90,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.cfg.body_limit_bytes;
     let request_timeout = std::time::Duration::from_millis(state.cfg.request_timeout_ms);
     api_router
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi()))
         .fallback(problem::fallback)
         .route_layer(middleware::from_fn(problem::capture_route))
         .with_state(state)

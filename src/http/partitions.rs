@@ -22,7 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Create a partition (allocated from the pool).
 #[utoipa::path(
-    post, path = "/v1/partitions", tag = "partitions",
+    post, path = "/v1/partitions", tag = "partitions", operation_id = "partition_create",
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Partition),
@@ -39,7 +39,7 @@ pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody
 
 /// Every partition with its usage.
 #[utoipa::path(
-    get, path = "/v1/partitions", tag = "partitions",
+    get, path = "/v1/partitions", tag = "partitions", operation_id = "partitions_list",
     responses((status = 200, description = "Partitions", body = PartitionList))
 )]
 pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
@@ -49,7 +49,7 @@ pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
 
 /// One partition with its usage.
 #[utoipa::path(
-    get, path = "/v1/partitions/{name}", tag = "partitions",
+    get, path = "/v1/partitions/{name}", tag = "partitions", operation_id = "partition_get",
     params(("name" = String, Path, description = "Partition name")),
     responses(
         (status = 200, description = "The partition", body = Partition),
@@ -62,7 +62,7 @@ pub async fn get_partition(State(st): State<AppState>, Path(name): Path<String>)
 
 /// Change the quota or key limit (lowering below usage only stops growth).
 #[utoipa::path(
-    patch, path = "/v1/partitions/{name}", tag = "partitions",
+    patch, path = "/v1/partitions/{name}", tag = "partitions", operation_id = "partition_patch",
     params(("name" = String, Path, description = "Partition name")),
     request_body = PatchBody,
     responses(
@@ -84,7 +84,7 @@ pub async fn patch(
 
 /// Delete the partition and all its data; its quota goes back to the pool.
 #[utoipa::path(
-    delete, path = "/v1/partitions/{name}", tag = "partitions",
+    delete, path = "/v1/partitions/{name}", tag = "partitions", operation_id = "partition_delete",
     params(("name" = String, Path, description = "Partition name")),
     responses(
         (status = 204, description = "Deleted"),
@@ -98,7 +98,7 @@ pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Api
 
 /// Pool capacity, allocation and use.
 #[utoipa::path(
-    get, path = "/v1/pool", tag = "partitions",
+    get, path = "/v1/pool", tag = "partitions", operation_id = "pool_get",
     responses((status = 200, description = "The pool", body = Pool))
 )]
 pub async fn pool(State(st): State<AppState>) -> ApiResult<Response> {

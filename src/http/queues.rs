@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     offset: Option<u64>,
@@ -45,7 +46,7 @@ pub struct PageQuery {
 
 /// Enqueue a task.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/tasks", tag = "queues",
+    post, path = "/v1/queues/{queue}/tasks", tag = "queues", operation_id = "task_enqueue",
     params(("queue" = String, Path, description = "Queue name ([a-z0-9][a-z0-9._-]{0,62})")),
     request_body = EnqueueBody,
     responses(
@@ -71,7 +72,7 @@ pub async fn enqueue(
 
 /// Lease ready tasks, long-polling when there are none.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/lease", tag = "queues",
+    post, path = "/v1/queues/{queue}/lease", tag = "queues", operation_id = "tasks_lease",
     params(("queue" = String, Path, description = "Queue name")),
     request_body = LeaseBody,
     responses(
@@ -91,7 +92,7 @@ pub async fn lease(
 
 /// Complete a leased task.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/tasks/{id}/ack", tag = "queues",
+    post, path = "/v1/queues/{queue}/tasks/{id}/ack", tag = "queues", operation_id = "task_ack",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id"),
            ("x-fencing-token" = Option<String>, Header, description = "[<namespace>/]<lock>:<n>: refused with 409 stale_fencing_token unless n is that lock's newest token (lock namespace defaults to the queue's name; not with Redis Cluster)")),
     request_body = AckBody,
@@ -122,7 +123,7 @@ fn fence_header(h: &HeaderMap) -> Option<&str> {
 
 /// Fail a leased task: retried after its backoff, or dead-lettered after max_attempts.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/tasks/{id}/nack", tag = "queues",
+    post, path = "/v1/queues/{queue}/tasks/{id}/nack", tag = "queues", operation_id = "task_nack",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id"),
            ("x-fencing-token" = Option<String>, Header, description = "[<namespace>/]<lock>:<n>: refused with 409 stale_fencing_token unless n is that lock's newest token (lock namespace defaults to the queue's name; not with Redis Cluster)")),
     request_body = NackBody,
@@ -146,7 +147,7 @@ pub async fn nack(
 
 /// Extend a lease.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/tasks/{id}/extend", tag = "queues",
+    post, path = "/v1/queues/{queue}/tasks/{id}/extend", tag = "queues", operation_id = "task_extend",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
     request_body = ExtendBody,
     responses(
@@ -167,7 +168,7 @@ pub async fn extend(
 
 /// A task (while it is retained).
 #[utoipa::path(
-    get, path = "/v1/queues/{queue}/tasks/{id}", tag = "queues",
+    get, path = "/v1/queues/{queue}/tasks/{id}", tag = "queues", operation_id = "task_get",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
     responses(
         (status = 200, description = "The task", body = Task),
@@ -183,7 +184,7 @@ pub async fn get_task(
 
 /// Every queue with its counts.
 #[utoipa::path(
-    get, path = "/v1/queues", tag = "queues",
+    get, path = "/v1/queues", tag = "queues", operation_id = "queues_list",
     responses((status = 200, description = "Queues", body = QueueList))
 )]
 pub async fn list_queues(State(st): State<AppState>) -> ApiResult<Response> {
@@ -193,7 +194,7 @@ pub async fn list_queues(State(st): State<AppState>) -> ApiResult<Response> {
 
 /// Counts per state, totals and the oldest ready task's age.
 #[utoipa::path(
-    get, path = "/v1/queues/{queue}", tag = "queues",
+    get, path = "/v1/queues/{queue}", tag = "queues", operation_id = "queue_get",
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Queue status", body = QueueStats))
 )]
@@ -203,7 +204,7 @@ pub async fn queue_status(State(st): State<AppState>, Path(q): Path<String>) -> 
 
 /// The dead-letter list, oldest first.
 #[utoipa::path(
-    get, path = "/v1/queues/{queue}/dead", tag = "queues",
+    get, path = "/v1/queues/{queue}/dead", tag = "queues", operation_id = "dead_list",
     params(("queue" = String, Path, description = "Queue name"), PageQuery),
     responses((status = 200, description = "Dead tasks with their last_error", body = DeadList))
 )]
@@ -225,7 +226,7 @@ pub async fn list_dead(
 
 /// Put a dead task back in the queue with its attempts reset.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/dead/{id}/retry", tag = "queues",
+    post, path = "/v1/queues/{queue}/dead/{id}/retry", tag = "queues", operation_id = "dead_retry",
     params(("queue" = String, Path, description = "Queue name"), ("id" = String, Path, description = "Task id")),
     responses(
         (status = 200, description = "Ready again", body = Task),
@@ -241,7 +242,7 @@ pub async fn retry_dead(
 
 /// Remove every dead task.
 #[utoipa::path(
-    delete, path = "/v1/queues/{queue}/dead", tag = "queues",
+    delete, path = "/v1/queues/{queue}/dead", tag = "queues", operation_id = "dead_purge",
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Purged", body = Purged))
 )]
@@ -252,7 +253,7 @@ pub async fn purge_dead(State(st): State<AppState>, Path(q): Path<String>) -> Ap
 
 /// Stop handing out tasks (enqueue and ack keep working).
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/pause", tag = "queues",
+    post, path = "/v1/queues/{queue}/pause", tag = "queues", operation_id = "queue_pause",
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Paused", body = QueueStats))
 )]
@@ -262,7 +263,7 @@ pub async fn pause(State(st): State<AppState>, Path(q): Path<String>) -> ApiResu
 
 /// Hand out tasks again.
 #[utoipa::path(
-    post, path = "/v1/queues/{queue}/resume", tag = "queues",
+    post, path = "/v1/queues/{queue}/resume", tag = "queues", operation_id = "queue_resume",
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Resumed", body = QueueStats))
 )]

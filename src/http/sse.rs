@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Replay every retained change after this revision first (a `Last-Event-ID` header wins).
@@ -52,7 +53,7 @@ impl Drop for AbortOnDrop {
 /// `progress` and `compacted` arrive as events of those names. A client too slow to keep up has
 /// its stream ended and resumes the same way.
 #[utoipa::path(
-    get, path = "/v1/ns/{ns}/events", tag = "watch",
+    get, path = "/v1/ns/{ns}/events", tag = "watch", operation_id = "ns_events_stream",
     params(("ns" = String, Path, description = "Namespace"), EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this revision")),
     responses(
@@ -117,7 +118,7 @@ pub async fn events_sse(
 
 /// Task state changes as Server-Sent Events (live; fire-and-forget like pub/sub).
 #[utoipa::path(
-    get, path = "/v1/queues/{queue}/events", tag = "queues", operation_id = "events_sse",
+    get, path = "/v1/queues/{queue}/events", tag = "queues", operation_id = "queue_events_stream",
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "text/event-stream: one `task` event per state change", content_type = "text/event-stream"))
 )]

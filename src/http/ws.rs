@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Open a watch socket.
 #[utoipa::path(
-    get, path = "/v1/watch", tag = "watch",
+    get, path = "/v1/watch", tag = "watch", operation_id = "watch_socket",
     responses((status = 101, description = "WebSocket: JSON text frames, see DESIGN.md \"Watch over WebSocket\""))
 )]
 pub async fn watch_socket(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {

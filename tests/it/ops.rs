@@ -123,3 +123,93 @@ async fn openapi_matches_code_and_committed_file() {
     assert!(docs.text().contains("swagger"), "{}", docs.text());
     app.stop().await;
 }
+
+/// Every `$ref` in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "$ref" {
+                    out.extend(x.as_str().map(str::to_string));
+                }
+                refs(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_openapi_document_is_ready_for_generators() {
+    let doc = swarmstate::http::openapi();
+    // Every reference resolves (a dangling one stops openapi-ts and openapi-spec-validator).
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    for r in &found {
+        let path: Vec<&str> = r.trim_start_matches("#/").split('/').collect();
+        let target = path.iter().fold(&doc, |v, p| &v[*p]);
+        assert!(!target.is_null(), "dangling $ref {r}");
+    }
+    assert!(doc["servers"][0]["url"].is_string(), "no servers entry");
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let template: std::collections::BTreeSet<String> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_string)
+            .collect();
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+            assert!(ids.insert(id.to_string()), "operationId {id} is used twice");
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            // Path parameters are exactly the template's; everything else is a query or header.
+            let in_path: std::collections::BTreeSet<String> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(in_path, template, "{method} {path}: path parameters");
+            assert!(
+                op["responses"]["default"]["content"]["application/problem+json"].is_object(),
+                "{method} {path}: no default problem response"
+            );
+        }
+    }
+    // Names carry the naming rule; listings omit values, so `value` is not required.
+    let ns = &doc["paths"]["/v1/ns/{ns}/kv"]["get"]["parameters"][0];
+    assert_eq!(ns["schema"]["pattern"], "^[a-z0-9][a-z0-9._-]{0,62}$", "{ns}");
+    let required = &doc["components"]["schemas"]["Entry"]["required"];
+    assert!(
+        !required.as_array().unwrap().iter().any(|f| f == "value"),
+        "{required}"
+    );
+    // Any JSON is any JSON: a null payload or result is valid.
+    for (schema, field) in [
+        ("Task", "payload"),
+        ("EnqueueBody", "payload"),
+        ("AckBody", "result"),
+    ] {
+        let s = &doc["components"]["schemas"][schema]["properties"][field];
+        assert!(s.get("type").is_none(), "{schema}.{field} is typed: {s}");
+    }
+    // Writes that honour provenance and fencing headers declare them.
+    for (path, method) in [
+        ("/v1/ns/{ns}/kv/{key}", "delete"),
+        ("/v1/ns/{ns}/kv/{key}", "patch"),
+        ("/v1/ns/{ns}/txn", "post"),
+        ("/v1/ns/{ns}/batch/put", "post"),
+    ] {
+        let names: Vec<&str> = doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for h in ["x-agent-id", "x-change-reason", "x-fencing-token"] {
+            assert!(names.contains(&h), "{method} {path} lacks {h}: {names:?}");
+        }
+    }
+}

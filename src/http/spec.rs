@@ -1,0 +1,119 @@
+//! Finishing the generated OpenAPI document so generators take it as it is: a `servers`
+//! entry, a `default` problem-document response on every operation, the provenance and
+//! fencing headers on every write that honours them, `ETag` on entry answers, and the naming
+//! rule as a `pattern` on name parameters. Applied to the document utoipa derives from the
+//! handlers' attributes, in one place, so no operation can miss them.
+
+use serde_json::{json, Map, Value};
+
+/// `[a-z0-9][a-z0-9._-]{0,62}`: namespaces, queues, channels, locks, partitions, agents.
+const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+/// Task ids.
+const TASK_ID_PATTERN: &str = "^[0-9]{1,20}$";
+
+/// Operations that take `x-agent-id`, `x-change-reason` and `x-fencing-token`.
+const PROVENANCE: &[&str] = &[
+    "kv_put",
+    "kv_patch",
+    "kv_delete",
+    "kv_rollback",
+    "kv_batch_put",
+    "kv_batch_delete",
+    "kv_txn",
+    "counter_incr",
+];
+
+/// Operations whose successful answers carry the entry's `ETag`.
+const ETAGGED: &[&str] = &["kv_get", "kv_put", "kv_patch", "kv_rollback", "counter_incr"];
+
+fn header(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "header", "required": false, "description": description, "schema": {"type": "string"}})
+}
+
+/// The document as JSON with the finishing touches. (utoipa's own types do not read back
+/// every document they write, so the touches are applied to the JSON.)
+pub fn finish(doc: &utoipa::openapi::OpenApi) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or_default();
+    edit(&mut v);
+    v
+}
+
+fn edit(v: &mut Value) {
+    v["servers"] = json!([{"url": "http://127.0.0.1:8080", "description": "The default listen address"}]);
+    let provenance = [
+        header("x-agent-id", "Who writes (stored with the version, shown in history and watch events)"),
+        header("x-change-reason", "Why (stored with the version)"),
+        header(
+            "x-fencing-token",
+            "`<lock>:<n>` (a lock of this namespace): refused with 409 stale_fencing_token unless n is the lock's newest token",
+        ),
+    ];
+    let problem = json!({
+        "description": "A problem document (RFC 9457) with a stable `code`: any failure not listed above",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    });
+    let etag = json!({"ETag": {"description": "`\"<version>\"` of the entry", "schema": {"type": "string"}}});
+    let Some(paths) = v.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut().filter_map(Value::as_object_mut) {
+            let id = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.entry("default").or_insert_with(|| problem.clone());
+                if ETAGGED.contains(&id.as_str()) {
+                    for (status, r) in responses.iter_mut() {
+                        if matches!(status.as_str(), "200" | "201" | "304") {
+                            if let Some(r) = r.as_object_mut() {
+                                r.insert("headers".into(), etag.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            let params = op.entry("parameters").or_insert_with(|| Value::Array(Vec::new()));
+            let Some(params) = params.as_array_mut() else {
+                continue;
+            };
+            if PROVENANCE.contains(&id.as_str()) {
+                for h in &provenance {
+                    if !params.iter().any(|p| p["name"] == h["name"]) {
+                        params.push(h.clone());
+                    }
+                }
+            }
+            for p in params.iter_mut().filter_map(Value::as_object_mut) {
+                if p.get("in").and_then(Value::as_str) == Some("path") {
+                    if let Some(pattern) = path_pattern(path, p) {
+                        set_pattern(p, pattern);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The pattern a path parameter's value must match, if it is a name or a task id.
+fn path_pattern(path: &str, p: &Map<String, Value>) -> Option<&'static str> {
+    let name = p.get("name").and_then(Value::as_str)?;
+    match name {
+        "ns" | "queue" | "channel" => Some(NAME_PATTERN),
+        "name" if path.contains("/locks/") || path.starts_with("/v1/partitions/") => Some(NAME_PATTERN),
+        "id" if path.starts_with("/v1/agents/") => Some(NAME_PATTERN),
+        "id" if path.starts_with("/v1/queues/") => Some(TASK_ID_PATTERN),
+        _ => None,
+    }
+}
+
+fn set_pattern(p: &mut Map<String, Value>, pattern: &str) {
+    if let Some(s) = p.get_mut("schema").and_then(Value::as_object_mut) {
+        s.insert("pattern".into(), pattern.into());
+    }
+}
