@@ -24,3 +24,15 @@ ensure_cargo() {
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
   export PATH="$HOME/.cargo/bin:$PATH"
 }
+
+# `python3 -m venv` works (Debian ships it in python3-venv): ensure_python_venv.
+ensure_python_venv() {
+  ensure_cmd python3 python3
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo ">> python3 venv support missing: installing python3-venv" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+  fi
+}

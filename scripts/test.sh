@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy, unit tests and the integration tests (which start
-# their own redis-server processes). Installs redis-server, redis-tools (and Rust) when missing.
+# their own redis-server processes), then the SDK checks (scripts/sdk-tests.sh). Installs
+# redis-server, redis-tools, python3-venv (and Rust) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,3 +14,5 @@ echo ">> cargo clippy"
 cargo clippy --locked --all-targets --all-features -- -D warnings
 echo ">> cargo test"
 cargo test --locked
+echo ">> SDK checks (openapi-spec-validator, generated Python client)"
+bash scripts/sdk-tests.sh

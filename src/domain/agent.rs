@@ -97,7 +97,7 @@ pub struct RegisterBody {
     #[serde(default)]
     capabilities: Vec<String>,
     /// Any JSON object.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     /// Marked `lost` when no heartbeat arrives for this long (1000..=3600000, default 30000).
     heartbeat_ttl_ms: Option<u64>,

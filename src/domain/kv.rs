@@ -230,7 +230,7 @@ pub fn page_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
 pub struct PutBody {
     /// Any JSON value (required; may be null).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Value)]
+    #[schema(value_type = Value, required = true)]
     pub value: Option<Value>,
     /// Free-form object stored with the version.
     #[serde(default)]
@@ -301,7 +301,7 @@ pub struct BatchGetResult {
 pub struct BatchPutItem {
     pub key: String,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Value)]
+    #[schema(value_type = Value, required = true)]
     pub value: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,

@@ -127,7 +127,7 @@ pub enum Replay {
 pub struct PublishBody {
     /// Any JSON value.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Value)]
+    #[schema(value_type = Value, required = true)]
     pub message: Option<Value>,
 }
 
