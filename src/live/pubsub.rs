@@ -1,6 +1,9 @@
-//! Pub/sub fan-out: one Redis subscriber connection per process, one PSUBSCRIBE per distinct
-//! pattern (however many sockets use it), messages fanned out in-process to every socket
-//! subscribed with that pattern. Redis channel names come from `store::keys`.
+//! Pub/sub fan-out: one Redis subscriber connection per process with one PSUBSCRIBE covering
+//! every channel of the prefix; each message arrives once per process and is matched here
+//! against the patterns sockets subscribed with, so every socket subscription gets each
+//! matching message exactly once (one Redis subscription per client pattern would deliver a
+//! message once per matching pattern, and Redis' pmessage names no pattern to route by).
+//! Redis channel names come from `store::keys`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,53 +63,34 @@ impl PubSub {
                         }
                     }
                 });
+                sub.psubscribe(store.keys().pubsub_channel_pattern()).await?;
                 Ok::<_, ApiError>(sub)
             })
             .await
     }
 
-    /// Receive every message published to a channel matching `pattern` from now on.
+    /// Receive every message published to a channel matching `pattern` from now on: the
+    /// subscription is live in Redis when this returns.
     pub async fn subscribe(
         &self,
         store: &Store,
         pattern: &str,
     ) -> ApiResult<broadcast::Receiver<Arc<PubMessage>>> {
         validate_pattern(pattern)?;
-        let sub = self.subscriber(store).await?;
-        let (rx, is_new, stale) = {
-            let Ok(mut p) = self.patterns.lock() else {
-                return Err(ApiError::internal("pub/sub registry poisoned"));
-            };
-            // Patterns nobody listens to any more are dropped here.
-            let stale: Vec<String> = p
-                .iter()
-                .filter(|(k, t)| t.receiver_count() == 0 && k.as_str() != pattern)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &stale {
-                p.remove(k);
-            }
-            match p.get(pattern) {
-                Some(tx) => (tx.subscribe(), false, stale),
-                None => {
-                    let (tx, rx) = broadcast::channel(CAPACITY);
-                    p.insert(pattern.to_string(), tx);
-                    (rx, true, stale)
-                }
-            }
+        self.subscriber(store).await?;
+        let Ok(mut p) = self.patterns.lock() else {
+            return Err(ApiError::internal("pub/sub registry poisoned"));
         };
-        for k in stale {
-            let _ = sub.punsubscribe(store.keys().pubsub_channel(&k)).await;
-        }
-        if is_new {
-            if let Err(e) = sub.psubscribe(store.keys().pubsub_channel(pattern)).await {
-                if let Ok(mut p) = self.patterns.lock() {
-                    p.remove(pattern);
-                }
-                return Err(e);
+        // Patterns nobody listens to any more are dropped here.
+        p.retain(|k, t| t.receiver_count() > 0 || k.as_str() == pattern);
+        Ok(match p.get(pattern) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(CAPACITY);
+                p.insert(pattern.to_string(), tx);
+                rx
             }
-        }
-        Ok(rx)
+        })
     }
 }
 

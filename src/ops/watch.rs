@@ -266,6 +266,8 @@ async fn run_subscription(ops: Arc<Ops>, id: String, pattern: String, out: Outbo
             return;
         }
     };
+    // Live: every message published from now on reaches this subscription.
+    out.frame(json!({"type": "subscribed", "id": id}).to_string());
     loop {
         match rx.recv().await {
             Ok(m) => {

@@ -112,6 +112,12 @@ impl Keys {
         format!("{}:ch:", self.prefix)
     }
 
+    /// PSUBSCRIBE pattern of every pub/sub channel of this prefix (the prefix glob-escaped):
+    /// one subscription per process, matched against clients' patterns in-process.
+    pub fn pubsub_channel_pattern(&self) -> String {
+        format!("{}*", glob_escape(&self.pubsub_channel_prefix()))
+    }
+
     /// The service's own pub/sub channel for events of lock `name` of `ns`.
     pub fn lock_events(&self, ns: &str, name: &str) -> String {
         self.pubsub_channel(&format!("locks.{ns}.{name}"))
@@ -130,14 +136,7 @@ impl Keys {
     /// PSUBSCRIBE pattern of the keyspace notifications of every entry key of this prefix
     /// (the prefix glob-escaped).
     pub fn entry_keyspace_pattern(&self) -> String {
-        let mut escaped = String::with_capacity(self.prefix.len());
-        for c in self.prefix.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                escaped.push('\\');
-            }
-            escaped.push(c);
-        }
-        format!("__keyspace@*__:{escaped}:{{*}}:e:*")
+        format!("__keyspace@*__:{}:{{*}}:e:*", glob_escape(&self.prefix))
     }
 
     /// `(namespace, key)` of an entry key `<prefix>:{<ns>}:e:<key>` with a valid namespace and
@@ -217,6 +216,18 @@ impl Keys {
             channel: self.queue_channel(q),
         }
     }
+}
+
+/// A literal for a Redis glob pattern.
+fn glob_escape(s: &str) -> String {
+    let mut escaped = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// Keys of one queue: KEYS of every queue function, the task key prefix and the channel.

@@ -333,24 +333,29 @@ async fn pub_sub_patterns_reach_every_socket_through_one_redis_subscription() {
         json!({"op": "subscribe", "id": "x", "channel": "deploy.?"}),
     )
     .await;
-    let mut numpat = 0i64;
-    for _ in 0..50 {
-        numpat = redis.custom(fred::cmd!("PUBSUB"), vec!["NUMPAT"]).await.unwrap();
-        if numpat == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Each subscription says when it is live; nothing published after that is missed.
+    let live = |m: Option<Value>| m.filter(|m| m["type"] == "subscribed").map(|m| m["id"].clone());
     assert_eq!(
-        numpat, 2,
-        "one Redis pattern subscription per pattern, not per socket"
+        live(next(&mut ws1, Duration::from_secs(5)).await),
+        Some(json!("s1"))
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids = vec![
+        live(next(&mut ws2, Duration::from_secs(5)).await),
+        live(next(&mut ws2, Duration::from_secs(5)).await),
+    ];
+    ids.sort_by_key(|v| v.as_ref().map(|v| v.to_string()));
+    assert_eq!(ids, [Some(json!("s2")), Some(json!("x"))]);
+    let numpat: i64 = redis.custom(fred::cmd!("PUBSUB"), vec!["NUMPAT"]).await.unwrap();
+    assert_eq!(
+        numpat, 1,
+        "one Redis pattern subscription per process, not per pattern or socket"
+    );
+    // `receivers` counts service processes with a subscriber: every message reaches this one.
     for (ch, msg, receivers) in [
         ("build.1", json!({"n": 1}), 1),
         ("deploy.1", json!("go"), 1),
         ("build.2", json!([2]), 1),
-        ("other", json!(null), 0),
+        ("other", json!(null), 1),
     ] {
         let r = app
             .post(&format!("/v1/channels/{ch}/publish"), json!({"message": msg}))
@@ -411,6 +416,58 @@ async fn pub_sub_patterns_reach_every_socket_through_one_redis_subscription() {
     app.post("/v1/channels/ok/publish", json!({}))
         .await
         .problem(422, "invalid_body");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_patterns_on_different_sockets_deliver_one_copy_each() {
+    let app = TestApp::start().await;
+    let mut sockets = Vec::new();
+    for (i, pattern) in ["build.*", "*", "build.4?"].into_iter().enumerate() {
+        let mut ws = connect(&app).await;
+        send(
+            &mut ws,
+            json!({"op": "subscribe", "id": format!("s{i}"), "channel": pattern}),
+        )
+        .await;
+        let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(m["type"], "subscribed", "{m}");
+        sockets.push(ws);
+    }
+    // One socket with two overlapping patterns gets one copy per subscription of its own.
+    let mut both = connect(&app).await;
+    for (id, pattern) in [("a", "build.*"), ("b", "build.42")] {
+        send(
+            &mut both,
+            json!({"op": "subscribe", "id": id, "channel": pattern}),
+        )
+        .await;
+        assert_eq!(
+            next(&mut both, Duration::from_secs(5)).await.unwrap()["type"],
+            "subscribed"
+        );
+    }
+    let r = app
+        .post("/v1/channels/build.42/publish", json!({"message": {"n": 42}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Some(m) = next(ws, Duration::from_millis(700)).await {
+            got.push(m);
+        }
+        assert_eq!(got.len(), 1, "socket {i}: {got:?}");
+        assert_eq!(
+            (&got[0]["id"], &got[0]["channel"]),
+            (&json!(format!("s{i}")), &json!("build.42"))
+        );
+    }
+    let mut got = Vec::new();
+    while let Some(m) = next(&mut both, Duration::from_millis(700)).await {
+        got.push(m["id"].as_str().unwrap().to_string());
+    }
+    got.sort();
+    assert_eq!(got, ["a", "b"]);
     app.stop().await;
 }
 
