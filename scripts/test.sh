@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy, unit tests and the integration tests (which start
 # their own redis-server processes), then the SDK checks (scripts/sdk-tests.sh). Installs
-# redis-server, redis-tools, python3-venv (and Rust) when missing.
+# redis-server, redis-tools, prometheus (promtool), python3-venv (and Rust) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_cmd redis-server redis-server
 ensure_cmd redis-benchmark redis-tools
+ensure_cmd promtool prometheus
 ensure_cargo
 echo ">> cargo fmt --check"
 cargo fmt --all -- --check

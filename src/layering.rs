@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("config", 1),
-    ("metrics", 1),
     ("shutdown", 1),
     ("domain", 1),
-    ("store", 2),
-    ("embedded", 2),
-    ("live", 3),
-    ("ops", 4),
-    ("state", 5),
-    ("http", 6),
-    ("app", 7),
+    ("metrics", 2),
+    ("store", 3),
+    ("embedded", 3),
+    ("live", 4),
+    ("ops", 5),
+    ("state", 6),
+    ("http", 7),
+    ("app", 8),
 ];
 
 fn layer(module: &str) -> u8 {

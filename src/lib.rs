@@ -33,13 +33,14 @@
 //! | layer | modules |
 //! |---|---|
 //! | 0 | `error` |
-//! | 1 | `config`, `metrics`, `shutdown`, `domain` |
-//! | 2 | `store`, `embedded` |
-//! | 3 | `live` |
-//! | 4 | `ops` |
-//! | 5 | `state` |
-//! | 6 | `http` |
-//! | 7 | `app` |
+//! | 1 | `config`, `shutdown`, `domain` |
+//! | 2 | `metrics` |
+//! | 3 | `store`, `embedded` |
+//! | 4 | `live` |
+//! | 5 | `ops` |
+//! | 6 | `state` |
+//! | 7 | `http` |
+//! | 8 | `app` |
 //!
 //! So `http → ops → live → store → domain`; nothing but `app` (the composition root) uses
 //! `http`; `domain` uses only `error`. A unit test (`layering`, below) reads every file and

@@ -1,4 +1,5 @@
-//! The process-wide Prometheus recorder (metrics-exporter-prometheus), installed once.
+//! The process-wide Prometheus recorder (metrics-exporter-prometheus), installed once, with
+//! HELP text for every metric.
 
 use std::sync::OnceLock;
 
@@ -23,10 +24,115 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (embedding in a larger program);
             // then our handle renders only what reaches it, which is still well-formed.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             metrics::gauge!("swarmstate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
+}
+
+/// Kinds `redis_errors_total` counts (see `store::map_redis_error`).
+pub const REDIS_ERROR_KINDS: &[&str] = &["timeout", "io", "canceled", "topology", "busy", "other"];
+
+/// HELP text for every metric, and zero values for the unlabelled ones and those with a fixed
+/// label set, so `promtool check metrics` is clean and dashboards have series before the first
+/// event. (Series labelled by queue or partition appear with their queue or partition.)
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "swarmstate_build_info",
+        "Build of the running service (always 1), by version"
+    );
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request duration, by method, route template and status"
+    );
+    describe_histogram!(
+        "redis_command_duration_seconds",
+        Unit::Seconds,
+        "Redis command and function call duration, by command"
+    );
+    describe_counter!(
+        "redis_errors_total",
+        "Redis calls that failed, by kind (timeout, io, canceled, topology, busy, other)"
+    );
+    describe_gauge!("redis_up", "1 when the last check reached Redis, else 0");
+    describe_gauge!("ws_connections", "Open WebSocket connections");
+    describe_counter!("watch_events_sent_total", "Change events queued to watchers");
+    describe_counter!(
+        "watch_clients_dropped_total",
+        "Watch sockets closed with 4008 for falling behind"
+    );
+    describe_counter!(
+        "watch_log_entries_read_total",
+        "Change-log entries read by this process's log readers"
+    );
+    describe_histogram!(
+        "watch_event_lag_seconds",
+        Unit::Seconds,
+        "Change committed in Redis to read by this process's log reader"
+    );
+    describe_counter!(
+        "keyspace_external_writes_total",
+        "Writes by other Redis clients adopted or removed by the keyspace relay"
+    );
+    describe_counter!(
+        "keyspace_notifications_lost_total",
+        "Keyspace notifications lost because the relay fell behind"
+    );
+    describe_counter!("locks_acquired_total", "Locks granted");
+    describe_counter!("locks_contended_total", "Lock requests answered lock_held");
+    describe_counter!("agents_lost_total", "Agents marked lost after a missed heartbeat");
+    describe_gauge!("agents", "Registered agents, by state");
+    describe_gauge!("queue_tasks", "Tasks of a queue, by state");
+    describe_gauge!(
+        "queue_oldest_ready_age_seconds",
+        "Age of the task that has been ready longest, by queue (0 when none is ready)"
+    );
+    describe_counter!("queue_tasks_enqueued_total", "Tasks enqueued, by queue");
+    describe_counter!("queue_tasks_completed_total", "Tasks acked, by queue");
+    describe_counter!("queue_tasks_failed_total", "Failed attempts (nacks), by queue");
+    describe_counter!("queue_tasks_dead_total", "Tasks dead-lettered, by queue");
+    describe_counter!("queue_lease_expired_total", "Leases that ran out, by queue");
+    describe_histogram!(
+        "queue_lease_wait_seconds",
+        Unit::Seconds,
+        "Time a lease call that got tasks waited, by queue"
+    );
+    describe_gauge!("partition_used_bytes", "Bytes a partition holds, by partition");
+    describe_gauge!("partition_quota_bytes", "A partition's quota, by partition");
+    describe_gauge!("partition_keys", "Keys a partition holds, by partition");
+    describe_counter!(
+        "partition_recount_drift_bytes_total",
+        "Byte-count drift corrected by the exact recount, by partition"
+    );
+
+    for kind in REDIS_ERROR_KINDS {
+        metrics::counter!("redis_errors_total", "kind" => *kind).absolute(0);
+    }
+    for state in crate::domain::agent::STATES {
+        metrics::gauge!("agents", "state" => *state).set(0.0);
+    }
+    for name in [
+        "watch_events_sent_total",
+        "watch_clients_dropped_total",
+        "watch_log_entries_read_total",
+        "keyspace_external_writes_total",
+        "keyspace_notifications_lost_total",
+        "locks_acquired_total",
+        "locks_contended_total",
+        "agents_lost_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!("ws_connections").increment(0.0);
+    metrics::gauge!("redis_up").set(0.0);
+    let _ = metrics::histogram!("watch_event_lag_seconds");
 }
 
 /// Metric handles cached per label set. The `metrics` macros rebuild and look up the label set

@@ -65,6 +65,8 @@ impl Server {
             cfg,
             metrics: crate::metrics::handle(),
         };
+        // Connected and migrated: Redis answers (the metrics upkeep checks it from now on).
+        metrics::gauge!("redis_up").set(1.0);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = shutdown::channel();
         let app = crate::http::router(state.clone());

@@ -34,7 +34,7 @@ pub fn spawn(ops: &Arc<Ops>, metrics: PrometheusHandle, stopped: Stopped) -> Vec
             stopped.clone(),
         )),
         tokio::spawn(presence_watcher(ops.clone(), stopped.clone())),
-        tokio::spawn(metrics_upkeep(metrics, stopped)),
+        tokio::spawn(metrics_upkeep(metrics, store.clone(), stopped)),
     ]
 }
 
@@ -92,6 +92,8 @@ async fn queue_reaper(store: Store, stopped: Stopped) {
                 ] {
                     metrics::counter!(name, "queue" => q.clone()).absolute(n);
                 }
+                let age = s.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
+                metrics::gauge!("queue_oldest_ready_age_seconds", "queue" => q.clone()).set(age);
             }
         }
     }
@@ -138,13 +140,33 @@ async fn presence_watcher(ops: Arc<Ops>, stopped: Stopped) {
         if n % 8 == 1 {
             ops.presence().refresh(ops.store()).await;
         }
+        if n % 40 == 1 {
+            agents_by_state(ops.store()).await;
+        }
         ops.presence().mark_overdue(ops.store()).await;
     }
 }
 
-async fn metrics_upkeep(handle: PrometheusHandle, stopped: Stopped) {
+/// Every 5 s: the exporter's upkeep, and `redis_up` from a PING.
+/// `agents{state}`: registered agents counted by state (every 10 s).
+async fn agents_by_state(store: &Store) {
+    let Ok(ids) = store.agent_ids().await else { return };
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for id in ids {
+        if let Ok(Some(a)) = store.agent_get(&id).await {
+            *counts.entry(a.state).or_default() += 1;
+        }
+    }
+    for state in crate::domain::agent::STATES {
+        let n = counts.get(*state).copied().unwrap_or(0);
+        metrics::gauge!("agents", "state" => *state).set(n as f64);
+    }
+}
+
+async fn metrics_upkeep(handle: PrometheusHandle, store: Store, stopped: Stopped) {
     let mut every = Every::new(Duration::from_secs(5), stopped);
     while every.tick().await {
+        metrics::gauge!("redis_up").set(if store.ping().await { 1.0 } else { 0.0 });
         handle.run_upkeep();
     }
 }

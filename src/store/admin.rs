@@ -60,6 +60,11 @@ impl Store {
         })
     }
 
+    /// Whether Redis answers a PING now.
+    pub async fn ping(&self) -> bool {
+        self.timed("ping", self.pool().ping::<String>(None)).await.is_ok()
+    }
+
     /// The functions library version Redis answers (None: not loaded).
     pub async fn library_version(&self) -> ApiResult<Option<String>> {
         self.timed("fcall_ro", migrate::loaded_library_version(self))

@@ -213,3 +213,62 @@ fn the_openapi_document_is_ready_for_generators() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_with_help_text_and_series_from_start_up() {
+    let app = TestApp::start().await;
+    // Series present before any event of their kind. (Values are not checked: the recorder is
+    // process-wide and other tests of this binary run beside this one.)
+    let m = app.get("/metrics").await.text();
+    for series in [
+        "redis_up ",
+        "redis_errors_total{kind=\"timeout\"} ",
+        "agents{state=\"ready\"} ",
+        "ws_connections ",
+        "watch_clients_dropped_total ",
+        "locks_acquired_total ",
+        "keyspace_notifications_lost_total ",
+    ] {
+        assert!(m.lines().any(|l| l.starts_with(series)), "no `{series}` series at start-up:\n{m}");
+    }
+    // Some traffic of every kind, and the upkeep's labelled series (queues, partitions).
+    app.put("/v1/ns/pm/kv/a", json!({"value": 1})).await;
+    app.get("/v1/ns/pm/kv/missing").await;
+    app.post("/v1/queues/pmq/tasks", json!({"payload": 1})).await;
+    app.post(
+        "/v1/partitions",
+        json!({"name": "pmp", "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let m = app.get("/metrics").await.text();
+    assert!(m.contains("queue_oldest_ready_age_seconds{queue=\"pmq\"}"), "{m}");
+    let names: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for name in &names {
+        assert!(m.contains(&format!("# HELP {name} ")), "{name} has no HELP text");
+    }
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (apt-get install -y prometheus; scripts/test.sh does)");
+    promtool.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+    app.stop().await;
+}
