@@ -100,6 +100,7 @@ pub struct RegisterBody {
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     /// Marked `lost` when no heartbeat arrives for this long (1000..=3600000, default 30000).
+    #[schema(minimum = 1000, maximum = 3600000)]
     heartbeat_ttl_ms: Option<u64>,
 }
 
@@ -141,10 +142,39 @@ impl RegisterBody {
     }
 }
 
+/// Every state an agent can be in (for the OpenAPI document; the service compares text).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum AgentState {
+    Initializing,
+    Ready,
+    Running,
+    Paused,
+    Terminating,
+    Terminated,
+    Error,
+    Lost,
+}
+
+/// The states a client may move an agent to.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum TargetState {
+    Ready,
+    Running,
+    Paused,
+    Terminating,
+    Terminated,
+    Error,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateBody {
     /// ready, running, paused, terminating, terminated or error.
+    #[schema(value_type = TargetState)]
     pub state: String,
 }
 

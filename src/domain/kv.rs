@@ -237,6 +237,7 @@ pub struct PutBody {
     pub metadata: Option<Map<String, Value>>,
     /// Expire the key this many milliseconds after the write (1 ..= 315360000000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000000_u64)]
     pub ttl_ms: Option<u64>,
 }
 
@@ -252,6 +253,7 @@ pub enum OnConflict {
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// A retained version whose value and metadata become the new version.
+    #[schema(minimum = 1)]
     pub version: u64,
 }
 
@@ -273,6 +275,7 @@ pub struct EntryList {
 #[serde(deny_unknown_fields)]
 pub struct KeysBody {
     /// 1 ..= 1000 keys.
+    #[schema(min_items = 1, max_items = 1000)]
     pub keys: Vec<String>,
 }
 
@@ -316,6 +319,7 @@ pub struct BatchPutItem {
 #[serde(deny_unknown_fields)]
 pub struct BatchPutBody {
     /// 1 ..= 1000 items.
+    #[schema(min_items = 1, max_items = 1000)]
     pub items: Vec<BatchPutItem>,
 }
 
@@ -400,9 +404,11 @@ pub struct BatchDeleteResult {
 pub struct IncrBody {
     /// Amount to add (default 1; may be negative), |by| ≤ 2^53-1.
     #[serde(default)]
+    #[schema(minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
     pub by: Option<i64>,
     /// Expiry set when this increment creates the counter (fixed window).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000000_u64)]
     pub ttl_ms: Option<u64>,
 }
 

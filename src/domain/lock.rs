@@ -35,17 +35,30 @@ pub enum Acquire {
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
     /// Who holds it (an agent id, a host name).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub owner: String,
     /// The lock expires this long after acquire / renew (1..=86400000).
+    #[schema(minimum = 1, maximum = 86400000)]
     pub ttl_ms: u64,
     /// Wait up to this long (≤ 30000) for a held lock; woken at once by its release.
+    #[schema(minimum = 0, maximum = 30000)]
     pub wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub token: String,
+    #[schema(minimum = 1, maximum = 86400000)]
     pub ttl_ms: u64,
 }
 

@@ -46,14 +46,24 @@ pub struct Pool {
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     /// The partition's namespace name.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub owner_agent: String,
     /// Bytes of keys + values + metadata it may hold (≥ 1).
+    #[schema(minimum = 1, maximum = 1125899906842624_u64)]
     pub quota_bytes: u64,
+    #[schema(minimum = 1, maximum = 1099511627776_u64)]
     pub max_keys: Option<u64>,
     /// short_term (default TTL 30 min), working (2 h), long_term (24 h) or shared (none).
+    #[schema(value_type = Tier)]
     pub tier: String,
     /// Overrides the tier's default TTL (0 = none).
+    #[schema(minimum = 0, maximum = 315360000000_u64)]
     pub default_ttl_ms: Option<u64>,
 }
 
@@ -80,6 +90,7 @@ impl CreateBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
+    #[schema(minimum = 1, maximum = 1125899906842624_u64)]
     pub quota_bytes: Option<u64>,
     /// 0 removes the limit.
     pub max_keys: Option<u64>,
@@ -92,6 +103,17 @@ impl PatchBody {
         }
         Ok(())
     }
+}
+
+/// The tiers a partition can have.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum Tier {
+    ShortTerm,
+    Working,
+    LongTerm,
+    Shared,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -100,19 +100,29 @@ pub struct EnqueueBody {
     #[schema(value_type = Value)]
     payload: Option<Value>,
     /// 0 (highest) ..= 9, default 5. FIFO within a priority.
+    #[schema(minimum = 0, maximum = 9)]
     priority: Option<u8>,
     /// Not before this many ms from now.
+    #[schema(minimum = 0, maximum = 315360000000_u64)]
     delay_ms: Option<u64>,
     /// Not before this time: RFC 3339 text or unix ms.
     #[schema(value_type = Option<String>)]
     run_at: Option<Value>,
     /// Leases allowed before the task is dead-lettered (1..=100, default 3).
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
     /// Retry delay after the first failure, doubled per attempt (default 1000).
+    #[schema(minimum = 0, maximum = 86400000)]
     backoff_ms: Option<u64>,
     /// A repeated key returns the existing task (200) while that task is retained.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     idempotency_key: Option<String>,
     /// How long a completed or dead task is kept (default one day, at most 30 days).
+    #[schema(minimum = 0, maximum = 2592000000_u64)]
     retention_ms: Option<u64>,
 }
 
@@ -175,12 +185,20 @@ impl EnqueueBody {
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
     /// Who leases (an agent id); shown as the task's lease_owner.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub worker: String,
     /// 1..=100, default 1.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_tasks: Option<u32>,
     /// How long the lease lasts unless extended (1..=86400000).
+    #[schema(minimum = 1, maximum = 86400000)]
     pub lease_ms: u64,
     /// Long-poll this long (≤ 30000) when nothing is ready; woken at once by an enqueue.
+    #[schema(minimum = 0, maximum = 30000)]
     pub wait_ms: Option<u64>,
 }
 
@@ -206,6 +224,11 @@ pub struct LeaseResult {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub lease_token: String,
     /// Any JSON value, kept with the task for its retention.
     #[serde(default, deserialize_with = "present")]
@@ -216,16 +239,29 @@ pub struct AckBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NackBody {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub lease_token: String,
+    #[schema(max_length = 8192)]
     pub error: String,
     /// Overrides the backoff for this retry.
+    #[schema(minimum = 0, maximum = 86400000)]
     pub retry_delay_ms: Option<u64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendBody {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub lease_token: String,
+    #[schema(minimum = 1, maximum = 86400000)]
     pub lease_ms: u64,
 }
 

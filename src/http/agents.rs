@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::extract::{JsonBody, Q};
 use super::problem::json_response;
-use crate::domain::agent::{Agent, AgentFilter, AgentList, RegisterBody, StateBody};
+use crate::domain::agent::{Agent, AgentFilter, AgentList, AgentState, RegisterBody, StateBody};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(value_type = Option<AgentState>)]
     state: Option<String>,
     capability: Option<String>,
 }

@@ -46,8 +46,10 @@ pub struct PutQuery {
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// Read this retained version instead of the current one.
+    #[param(minimum = 1)]
     version: Option<u64>,
     /// History page size (history route only; default 10, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -60,6 +62,7 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size, 1 ..= 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Include values (default false).
     values: Option<bool>,
@@ -118,7 +121,7 @@ async fn post_dispatch(
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded (`/` may also be sent raw)"),
-        ("version" = Option<u64>, Query, description = "Read this retained version"),
+        ("version" = Option<u64>, Query, description = "Read this retained version", minimum = 1),
         ("If-None-Match" = Option<String>, Header, description = "ETag; 304 when it is still current"),
     ),
     responses(
@@ -264,7 +267,7 @@ pub async fn delete_entry(
     params(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded"),
-        ("limit" = Option<usize>, Query, description = "At most this many versions (default 10, ≤ 1000)"),
+        ("limit" = Option<usize>, Query, description = "At most this many versions (default 10, ≤ 1000)", minimum = 1, maximum = 1000),
     ),
     responses(
         (status = 200, description = "Versions, newest first", body = EntryList),

@@ -48,7 +48,12 @@ use problem::X_REQUEST_ID;
         kv::get_history,
         kv::rollback_entry
     ),
-    components(schemas(crate::error::Problem, crate::error::ErrorCode, crate::domain::kv::OnConflict)),
+    components(schemas(
+        crate::error::Problem,
+        crate::error::ErrorCode,
+        crate::domain::kv::OnConflict,
+        crate::domain::agent::AgentState
+    )),
     tags(
         (name = "kv", description = "Versioned key/value"),
         (name = "ops", description = "Health, status and metrics"),

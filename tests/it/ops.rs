@@ -229,7 +229,10 @@ async fn metrics_pass_promtool_with_help_text_and_series_from_start_up() {
         "locks_acquired_total ",
         "keyspace_notifications_lost_total ",
     ] {
-        assert!(m.lines().any(|l| l.starts_with(series)), "no `{series}` series at start-up:\n{m}");
+        assert!(
+            m.lines().any(|l| l.starts_with(series)),
+            "no `{series}` series at start-up:\n{m}"
+        );
     }
     // Some traffic of every kind, and the upkeep's labelled series (queues, partitions).
     app.put("/v1/ns/pm/kv/a", json!({"value": 1})).await;
