@@ -25,7 +25,7 @@ use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -103,7 +103,12 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-                .layer(TraceLayer::new_for_http())
+                // 5xx answers are logged at WARN here: the ones that are our fault are logged at
+                // ERROR where they arise (`ApiError::internal`); 503 and 507 are not bugs.
+                .layer(
+                    TraceLayer::new_for_http()
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+                )
                 // Outside `observe`: the problem documents it writes are compressed like every
                 // other body (inside it, they kept the `content-encoding: gzip` of the body they
                 // replaced and no client could decode them).
