@@ -10,6 +10,35 @@ use serde_json::{json, Map, Value};
 const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 /// Task ids.
 const TASK_ID_PATTERN: &str = "^[0-9]{1,20}$";
+/// Text without control characters (keys, tokens, owners).
+const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
+/// Keys are 1..=512 bytes: at most 128 characters of any width fit.
+const KEY_MAX_CHARS: u64 = 128;
+
+/// Patterns of the request headers the service parses, by name.
+fn header_pattern(name: &str, path: &str, operation: &str) -> Option<Value> {
+    let fence_kv = "^[a-z0-9][a-z0-9._-]{0,62}:[1-9][0-9]{0,19}$";
+    let fence_ack = "^([a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}:[1-9][0-9]{0,19}$";
+    Some(match name {
+        "If-Match" => json!({"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]{1,20}\"|[0-9]{1,20})$"}),
+        // A PUT takes only `*` (create-only); a GET an ETag too.
+        "If-None-Match" if operation == "kv_put" => json!({"type": "string", "pattern": "^\\*$"}),
+        "If-None-Match" => json!({"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]{1,20}\"|[0-9]{1,20})$"}),
+        "x-lock-token" => json!({"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_PATTERN}),
+        "x-agent-id" => json!({"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN}),
+        "x-change-reason" => json!({"type": "string", "maxLength": 1024, "pattern": TEXT_PATTERN}),
+        "x-fencing-token" if path.starts_with("/v1/queues/") => {
+            json!({"type": "string", "pattern": fence_ack})
+        }
+        "x-fencing-token" => json!({"type": "string", "pattern": fence_kv}),
+        _ => return None,
+    })
+}
+
+/// A key as request bodies and paths carry it.
+fn key_schema() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": KEY_MAX_CHARS, "pattern": TEXT_PATTERN})
+}
 
 /// Operations that take `x-agent-id`, `x-change-reason` and `x-fencing-token`.
 const PROVENANCE: &[&str] = &[
@@ -38,7 +67,19 @@ pub fn finish(doc: &utoipa::openapi::OpenApi) -> Value {
     v
 }
 
+/// Keys inside request bodies (batch keys, batch items, transaction compares and ops).
+fn constrain_body_keys(v: &mut Value) {
+    let schemas = &mut v["components"]["schemas"];
+    schemas["KeysBody"]["properties"]["keys"]["items"] = key_schema();
+    for s in ["BatchPutItem", "TxnCompareBody", "TxnOpBody"] {
+        if schemas[s]["properties"]["key"].is_object() {
+            schemas[s]["properties"]["key"] = key_schema();
+        }
+    }
+}
+
 fn edit(v: &mut Value) {
+    constrain_body_keys(v);
     v["servers"] = json!([{"url": "http://127.0.0.1:8080", "description": "The default listen address"}]);
     let provenance = [
         header("x-agent-id", "Who writes (stored with the version, shown in history and watch events)"),
@@ -90,10 +131,21 @@ fn edit(v: &mut Value) {
                 }
             }
             for p in params.iter_mut().filter_map(Value::as_object_mut) {
-                if p.get("in").and_then(Value::as_str) == Some("path") {
-                    if let Some(pattern) = path_pattern(path, p) {
-                        set_pattern(p, pattern);
+                match p.get("in").and_then(Value::as_str) {
+                    Some("path") => {
+                        if let Some(pattern) = path_pattern(path, p) {
+                            set_pattern(p, pattern);
+                        } else if matches!(p.get("name").and_then(Value::as_str), Some("key" | "name")) {
+                            p.insert("schema".into(), key_schema());
+                        }
                     }
+                    Some("header") => {
+                        let name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+                        if let Some(schema) = header_pattern(&name, path, &id) {
+                            p.insert("schema".into(), schema);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
