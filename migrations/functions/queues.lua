@@ -362,16 +362,36 @@ local function q_stats(keys, args)
           m[5] or '0', m[6] or '0', oldest[2] or '', fmt(c.now)}
 end
 
--- q_dead_list: a page of dead tasks, oldest death first (read only).
+-- q_dead_list: a page of dead tasks, oldest death first, after a position (read only).
 -- KEYS (9): the queue's keys
--- ARGV (4): prefix, channel, start, count
--- Returns: {{task fields}...}, dead tasks in all
+-- ARGV (5): prefix, channel, after_score ('' from the start), after_id, count
+-- Returns: {{task fields}...}, dead tasks in all, '<score>:<id>' of the page's last task when
+-- more follow ('' on the last page)
 local function q_dead_list(keys, args)
   local c = q_ctx(keys, args)
-  local ids = redis.call('ZRANGE', c.dead, tonumber(args[3]), tonumber(args[3]) + tonumber(args[4]) - 1)
-  local out = {}
-  for i, id in ipairs(ids) do out[i] = redis.call('HGETALL', c.tprefix .. id) end
-  return {out, redis.call('ZCARD', c.dead)}
+  local count = tonumber(args[5])
+  local ids = {}
+  if args[3] == '' then
+    ids = redis.call('ZRANGE', c.dead, 0, count, 'WITHSCORES')
+  else
+    -- Same death time: ties are ordered by id as text, as ZRANGE orders them.
+    local score, last, skip = tonumber(args[3]), args[4], 0
+    while #ids < 2 * (count + 1) do
+      local batch = redis.call('ZRANGE', c.dead, score, '+inf', 'BYSCORE', 'LIMIT', skip, count + 1, 'WITHSCORES')
+      if #batch == 0 then break end
+      for i = 1, #batch, 2 do
+        if (tonumber(batch[i + 1]) > score or batch[i] > last) and #ids < 2 * (count + 1) then
+          ids[#ids + 1] = batch[i]
+          ids[#ids + 1] = batch[i + 1]
+        end
+      end
+      skip = skip + count + 1
+    end
+  end
+  local out, cursor = {}, ''
+  for i = 1, math.min(#ids, 2 * count), 2 do out[#out + 1] = redis.call('HGETALL', c.tprefix .. ids[i]) end
+  if #ids > 2 * count then cursor = ids[2 * count] .. ':' .. ids[2 * count - 1] end
+  return {out, redis.call('ZCARD', c.dead), cursor}
 end
 
 -- q_requeue: the task goes back to the queue at once if `token` is still its lease (its

@@ -217,6 +217,8 @@ impl AgentFilter {
 #[derive(Serialize, ToSchema)]
 pub struct AgentList {
     pub items: Vec<Agent>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! and expiries, provenance, and the request and result documents of entries, listings,
 //! batches and counters.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::ser::{Error as _, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -20,8 +18,6 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 pub const MAX_VALUE_BYTES_PER_RESPONSE: u64 = 8 * 1024 * 1024;
 /// Most items in one batch request.
 pub const MAX_BATCH: usize = 1000;
-/// Most entries in one listing page or history answer.
-pub const MAX_PAGE: usize = 1000;
 
 /// Who made a change and why (`x-agent-id`, `x-change-reason`), stored with the version.
 #[derive(Debug, Clone, Default)]
@@ -199,32 +195,6 @@ pub fn key_not_found(key: &str) -> ApiError {
     ApiError::not_found(format!("key `{key}` does not exist"))
 }
 
-/// Listing cursors: the last key of the page, base64url (opaque to clients).
-pub fn encode_cursor(last_key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(last_key.as_bytes())
-}
-
-pub fn decode_cursor(c: Option<&str>) -> ApiResult<Option<String>> {
-    match c {
-        None | Some("") => Ok(None),
-        Some(c) => URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request("cursor is not one this service issued")),
-    }
-}
-
-/// `limit` of a listing: default `default`, 1 ..= 1000.
-pub fn page_limit(limit: Option<usize>, default: usize) -> ApiResult<usize> {
-    let limit = limit.unwrap_or(default);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    Ok(limit)
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
@@ -263,12 +233,6 @@ pub struct EntryPage {
     pub items: Vec<Entry>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct EntryList {
-    #[schema(value_type = Vec<EntryDoc>)]
-    pub items: Vec<Entry>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -434,4 +398,6 @@ pub struct NamespaceInfo {
 #[derive(Serialize, ToSchema)]
 pub struct NamespaceList {
     pub items: Vec<NamespaceInfo>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }

@@ -7,6 +7,7 @@ pub mod json;
 pub mod kv;
 pub mod lock;
 pub mod names;
+pub mod page;
 pub mod partition;
 pub mod queue;
 pub mod time;

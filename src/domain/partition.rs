@@ -119,6 +119,8 @@ pub enum Tier {
 #[derive(Serialize, ToSchema)]
 pub struct PartitionList {
     pub items: Vec<Partition>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 fn check_quota(q: u64) -> ApiResult<()> {

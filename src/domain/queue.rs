@@ -268,6 +268,8 @@ pub struct ExtendBody {
 #[derive(Serialize, ToSchema)]
 pub struct QueueList {
     pub items: Vec<QueueStats>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -275,8 +277,8 @@ pub struct DeadList {
     pub items: Vec<Task>,
     /// Dead tasks in all.
     pub total: u64,
-    /// Offset of the next page, null at the end.
-    pub next_offset: Option<u64>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 use super::extract::{JsonBody, Q};
 use super::problem::json_response;
 use crate::domain::agent::{Agent, AgentFilter, AgentList, AgentState, RegisterBody, StateBody};
+use crate::domain::page::{Page, PageQuery};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
@@ -30,6 +31,12 @@ pub struct ListQuery {
     #[param(value_type = Option<AgentState>)]
     state: Option<String>,
     capability: Option<String>,
+    /// `next_cursor` of the previous page (opaque).
+    #[param(max_length = 2048)]
+    cursor: Option<String>,
+    /// Page size, 1 ..= 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
 }
 
 /// Register (or re-register) an agent; it starts `initializing`.
@@ -106,13 +113,20 @@ pub async fn get_agent(State(st): State<AppState>, Path(id): Path<String>) -> Ap
 #[utoipa::path(
     get, path = "/v1/agents", tag = "agents", operation_id = "agents_list",
     params(ListQuery),
-    responses((status = 200, description = "Agents, by id", body = AgentList))
+    responses(
+        (status = 200, description = "Agents, by id", body = AgentList),
+        (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn list_agents(State(st): State<AppState>, Q(q): Q<ListQuery>) -> ApiResult<Response> {
     let filter = AgentFilter {
         state: q.state,
         capability: q.capability,
     };
-    let items = st.ops.agents(&filter).await?;
-    Ok(json_response(StatusCode::OK, &AgentList { items }))
+    let page = Page::parse(&PageQuery {
+        cursor: q.cursor,
+        limit: q.limit,
+    })?;
+    let (items, next_cursor) = st.ops.agents(&filter, &page).await?;
+    Ok(json_response(StatusCode::OK, &AgentList { items, next_cursor }))
 }

@@ -8,12 +8,13 @@ use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{etag, parse_json, JsonBody};
+use super::extract::{etag, parse_json, JsonBody, Q};
 use super::problem::json_response;
 use crate::domain::kv::{
     BatchDeleteResult, BatchGetResult, BatchPutBody, BatchPutResult, IncrBody, IncrResponse, KeysBody,
     NamespaceList, Provenance,
 };
+use crate::domain::page::{Page, PageQuery};
 use crate::domain::txn::{TxnBody, TxnResponse};
 use crate::error::ApiResult;
 use crate::ops::kv::check_key;
@@ -145,9 +146,16 @@ pub async fn incr_counter(
 /// Every namespace with its key count, revision and bytes used.
 #[utoipa::path(
     get, path = "/v1/namespaces", tag = "kv", operation_id = "namespaces_list",
-    responses((status = 200, description = "Namespaces, sorted by name", body = NamespaceList))
+    params(PageQuery),
+    responses(
+        (status = 200, description = "Namespaces, sorted by name", body = NamespaceList),
+        (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
 )]
-pub async fn list_namespaces(State(st): State<AppState>) -> ApiResult<Response> {
-    let items = st.ops.namespaces().await?;
-    Ok(json_response(StatusCode::OK, &NamespaceList { items }))
+pub async fn list_namespaces(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<Response> {
+    let (items, next_cursor) = st.ops.namespaces(&Page::parse(&q)?).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &NamespaceList { items, next_cursor },
+    ))
 }

@@ -13,9 +13,7 @@ use utoipa_axum::routes;
 
 use super::extract::{etag, parse_etag, precondition, JsonBody, KvPath, KvSub, Q};
 use super::problem::json_response;
-use crate::domain::kv::{
-    Entry, EntryDoc, EntryList, EntryPage, Expect, OnConflict, Provenance, PutBody, RollbackBody,
-};
+use crate::domain::kv::{Entry, EntryDoc, EntryPage, Expect, OnConflict, Provenance, PutBody, RollbackBody};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 
@@ -51,6 +49,8 @@ pub struct GetQuery {
     /// History page size (history route only; default 10, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous history page (history route only).
+    cursor: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -94,11 +94,13 @@ async fn get_dispatch(
             if q.version.is_some() {
                 return Err(ApiError::bad_request("`version` does not apply to history"));
             }
-            get_history(st, kp, q.limit).await
+            get_history(st, kp, q.limit, q.cursor).await
         }
         _ => {
-            if q.limit.is_some() {
-                return Err(ApiError::bad_request("`limit` only applies to .../history"));
+            if q.limit.is_some() || q.cursor.is_some() {
+                return Err(ApiError::bad_request(
+                    "`limit` and `cursor` only apply to .../history",
+                ));
             }
             get_entry(st, kp, q.version, headers).await
         }
@@ -268,15 +270,24 @@ pub async fn delete_entry(
         ("ns" = String, Path, description = "Namespace"),
         ("key" = String, Path, description = "Key, percent-encoded"),
         ("limit" = Option<usize>, Query, description = "At most this many versions (default 10, ≤ 1000)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)", max_length = 2048),
     ),
     responses(
-        (status = 200, description = "Versions, newest first", body = EntryList),
+        (status = 200, description = "Versions, newest first", body = EntryPage),
         (status = 404, description = "No such key", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_history(st: AppState, kp: KvPath, limit: Option<usize>) -> ApiResult<Response> {
-    let items = st.ops.kv_history(&kp.ns, &kp.key, limit).await?;
-    Ok(json_response(StatusCode::OK, &EntryList { items }))
+pub async fn get_history(
+    st: AppState,
+    kp: KvPath,
+    limit: Option<usize>,
+    cursor: Option<String>,
+) -> ApiResult<Response> {
+    let (items, next_cursor) = st
+        .ops
+        .kv_history(&kp.ns, &kp.key, limit, cursor.as_deref())
+        .await?;
+    Ok(json_response(StatusCode::OK, &EntryPage { items, next_cursor }))
 }
 
 /// Write a retained version's value and metadata as a new version (TTL kept).

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Q};
 use super::problem::json_response;
+use crate::domain::page::{Page, PageQuery};
 use crate::domain::partition::{CreateBody, Partition, PartitionList, PatchBody, Pool};
 use crate::error::ApiResult;
 use crate::state::AppState;
@@ -40,11 +41,18 @@ pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody
 /// Every partition with its usage.
 #[utoipa::path(
     get, path = "/v1/partitions", tag = "partitions", operation_id = "partitions_list",
-    responses((status = 200, description = "Partitions", body = PartitionList))
+    params(PageQuery),
+    responses(
+        (status = 200, description = "Partitions, by name", body = PartitionList),
+        (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
 )]
-pub async fn list(State(st): State<AppState>) -> ApiResult<Response> {
-    let items = st.ops.partitions().await?;
-    Ok(json_response(StatusCode::OK, &PartitionList { items }))
+pub async fn list(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<Response> {
+    let (items, next_cursor) = st.ops.partitions(&Page::parse(&q)?).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &PartitionList { items, next_cursor },
+    ))
 }
 
 /// One partition with its usage.

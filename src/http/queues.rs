@@ -5,13 +5,12 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{header_str, JsonBody, Q};
 use super::problem::json_response;
+use crate::domain::page::{Page, PageQuery};
 use crate::domain::queue::{
     AckBody, DeadList, EnqueueBody, ExtendBody, LeaseBody, LeaseResult, NackBody, Purged, QueueList,
     QueueStats, Task,
@@ -33,17 +32,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_dead))
         .routes(routes!(pause))
         .routes(routes!(resume))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    #[param(minimum = 0, maximum = 1099511627776_u64)]
-    offset: Option<u64>,
-    /// 1..=1000, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u64>,
 }
 
 /// Enqueue a task.
@@ -187,11 +175,15 @@ pub async fn get_task(
 /// Every queue with its counts.
 #[utoipa::path(
     get, path = "/v1/queues", tag = "queues", operation_id = "queues_list",
-    responses((status = 200, description = "Queues", body = QueueList))
+    params(PageQuery),
+    responses(
+        (status = 200, description = "Queues, by name", body = QueueList),
+        (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
 )]
-pub async fn list_queues(State(st): State<AppState>) -> ApiResult<Response> {
-    let items = st.ops.queues().await?;
-    Ok(json_response(StatusCode::OK, &QueueList { items }))
+pub async fn list_queues(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<Response> {
+    let (items, next_cursor) = st.ops.queues(&Page::parse(&q)?).await?;
+    Ok(json_response(StatusCode::OK, &QueueList { items, next_cursor }))
 }
 
 /// Counts per state, totals and the oldest ready task's age.
@@ -215,13 +207,13 @@ pub async fn list_dead(
     Path(q): Path<String>,
     Q(p): Q<PageQuery>,
 ) -> ApiResult<Response> {
-    let (items, total, next_offset) = st.ops.dead(&q, p.offset, p.limit).await?;
+    let (items, total, next_cursor) = st.ops.dead(&q, &p).await?;
     Ok(json_response(
         StatusCode::OK,
         &DeadList {
             items,
             total,
-            next_offset,
+            next_cursor,
         },
     ))
 }

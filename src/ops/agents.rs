@@ -4,6 +4,7 @@
 use super::Ops;
 use crate::domain::agent::{Agent, AgentFilter, RegisterBody, StateBody};
 use crate::domain::names::validate_name;
+use crate::domain::page::{encode_cursor, Page};
 use crate::error::{ApiError, ApiResult};
 use crate::live::presence::{announce, prune_held, release};
 
@@ -57,18 +58,27 @@ impl Ops {
     }
 
     /// Registered agents by id, filtered.
-    pub async fn agents(&self, filter: &AgentFilter) -> ApiResult<Vec<Agent>> {
+    /// A page of agents by id that match `filter`; the cursor follows the last one returned,
+    /// and is null once no later agent matches.
+    pub async fn agents(&self, filter: &AgentFilter, page: &Page) -> ApiResult<(Vec<Agent>, Option<String>)> {
         filter.check()?;
         let mut ids = self.store.agent_ids().await?;
         ids.sort();
+        ids.retain(|id| page.wants(id));
         let mut items = Vec::new();
+        let mut more = false;
         for id in ids {
             if let Some(a) = self.store.agent_get(&id).await? {
                 if filter.matches(&a) {
+                    if items.len() == page.limit {
+                        more = true;
+                        break;
+                    }
                     items.push(a);
                 }
             }
         }
-        Ok(items)
+        let next = more.then(|| items.last().map(|a| encode_cursor(&a.id))).flatten();
+        Ok((items, next))
     }
 }

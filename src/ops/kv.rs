@@ -7,10 +7,11 @@ use serde_json::Value;
 use super::Ops;
 use crate::domain::json::canonical;
 use crate::domain::kv::{
-    decode_cursor, encode_cursor, key_not_found, metadata_text, page_limit, DeleteOutcome, Entry, Expect,
-    IncrBody, NamespaceInfo, OnConflict, Provenance, PutBody, PutOutcome, Ttl,
+    key_not_found, metadata_text, DeleteOutcome, Entry, Expect, IncrBody, NamespaceInfo, OnConflict,
+    Provenance, PutBody, PutOutcome, Ttl,
 };
 use crate::domain::names::{validate_key, validate_name, validate_prefix, MAX_SAFE_INT};
+use crate::domain::page::{decode_cursor, encode_cursor, not_ours, page_limit, Page};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// Optimistic retries of a merge before answering 409 `conflict`.
@@ -175,13 +176,36 @@ impl Ops {
         }
     }
 
-    /// Retained versions, newest first (the current one included).
-    pub async fn kv_history(&self, ns: &str, key: &str, limit: Option<usize>) -> ApiResult<Vec<Entry>> {
+    /// Retained versions, newest first (the current one included), a page at a time: the
+    /// cursor stands for the lowest version returned.
+    pub async fn kv_history(
+        &self,
+        ns: &str,
+        key: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> ApiResult<(Vec<Entry>, Option<String>)> {
         let limit = page_limit(limit, 10)?;
-        self.store
-            .kv_history(ns, key, limit)
+        let below = match decode_cursor(cursor)? {
+            None => None,
+            Some(c) => Some(
+                c.strip_prefix('v')
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(not_ours)?,
+            ),
+        };
+        let items = self
+            .store
+            .kv_history(ns, key, limit, below)
             .await?
-            .ok_or_else(|| key_not_found(key))
+            .ok_or_else(|| key_not_found(key))?;
+        let next = match items.last() {
+            Some(last) if items.len() == limit && last.version > 1 => {
+                Some(encode_cursor(&format!("v{}", last.version)))
+            }
+            _ => None,
+        };
+        Ok((items, next))
     }
 
     /// Write a retained version's value and metadata as a new version (TTL kept).
@@ -236,7 +260,11 @@ impl Ops {
         self.store.kv_incr(ns, name, by, ttl, prov).await
     }
 
-    pub async fn namespaces(&self) -> ApiResult<Vec<NamespaceInfo>> {
-        self.store.namespaces().await
+    /// A page of namespaces by name.
+    pub async fn namespaces(&self, page: &Page) -> ApiResult<(Vec<NamespaceInfo>, Option<String>)> {
+        let mut names = self.store.namespace_names().await?;
+        names.sort();
+        let (names, next) = page.of_names(&names);
+        Ok((self.store.namespace_infos(&names).await?, next))
     }
 }

@@ -3,6 +3,7 @@
 
 use super::Ops;
 use crate::domain::names::validate_name;
+use crate::domain::page::Page;
 use crate::domain::partition::{CreateBody, Partition, PatchBody, Pool};
 use crate::error::{ApiError, ApiResult};
 use crate::live::pubsub::event;
@@ -32,16 +33,18 @@ impl Ops {
     }
 
     /// Every partition with its usage, by name.
-    pub async fn partitions(&self) -> ApiResult<Vec<Partition>> {
+    /// A page of partitions by name.
+    pub async fn partitions(&self, page: &Page) -> ApiResult<(Vec<Partition>, Option<String>)> {
         let mut names = self.store.part_names().await?;
         names.sort();
+        let (names, next) = page.of_names(&names);
         let mut items = Vec::new();
         for n in names {
             if let Some(p) = self.store.part_get(&n).await? {
                 items.push(p);
             }
         }
-        Ok(items)
+        Ok((items, next))
     }
 
     pub async fn partition(&self, name: &str) -> ApiResult<Partition> {

@@ -12,6 +12,7 @@ use crate::config::RedisMode;
 use crate::domain::agent::Held;
 use crate::domain::json::canonical;
 use crate::domain::names::{check_range, validate_name};
+use crate::domain::page::{decode_cursor, encode_cursor, not_ours, page_limit, Page, PageQuery};
 use crate::domain::queue::{
     check_lease_token, check_task_id, parse_ack_fence, AckBody, EnqueueBody, ExtendBody, LeaseBody, NackBody,
     QueueStats, Task, MAX_ERROR_BYTES, MAX_LEASE_MS, MAX_WAIT_MS,
@@ -188,14 +189,16 @@ impl Ops {
     }
 
     /// Every queue with its counts, by name.
-    pub async fn queues(&self) -> ApiResult<Vec<QueueStats>> {
+    /// A page of queues by name, with their figures.
+    pub async fn queues(&self, page: &Page) -> ApiResult<(Vec<QueueStats>, Option<String>)> {
         let mut names = self.store.queue_names().await?;
         names.sort();
+        let (names, next) = page.of_names(&names);
         let mut items = Vec::with_capacity(names.len());
         for q in names {
             items.push(self.store.q_stats(&q).await?);
         }
-        Ok(items)
+        Ok((items, next))
     }
 
     pub async fn queue_stats(&self, q: &str) -> ApiResult<QueueStats> {
@@ -203,22 +206,25 @@ impl Ops {
         self.store.q_stats(q).await
     }
 
-    /// A page of the dead-letter list: tasks, how many in all, the next offset.
-    pub async fn dead(
-        &self,
-        q: &str,
-        offset: Option<u64>,
-        limit: Option<u64>,
-    ) -> ApiResult<(Vec<Task>, u64, Option<u64>)> {
+    /// A page of the dead-letter list, oldest death first: tasks, how many in all, the cursor
+    /// of the next page (the death time and id of the page's last task).
+    pub async fn dead(&self, q: &str, page: &PageQuery) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
         validate_name("queue", q)?;
-        let limit = limit.unwrap_or(100);
-        check_range("limit", limit, 1, 1000)?;
-        let offset = offset.unwrap_or(0);
-        check_range("offset", offset, 0, 1 << 40)?;
-        let (items, total) = self.store.q_dead_list(q, offset, limit).await?;
-        let next = offset + items.len() as u64;
-        let next_offset = (next < total && !items.is_empty()).then_some(next);
-        Ok((items, total, next_offset))
+        let limit = page_limit(page.limit, 100)?;
+        let after = match decode_cursor(page.cursor.as_deref())? {
+            None => None,
+            Some(c) => Some(
+                c.split_once(':')
+                    .filter(|(score, id)| {
+                        score.parse::<f64>().is_ok_and(f64::is_finite) && check_task_id(id).is_ok()
+                    })
+                    .map(|(score, id)| (score.to_string(), id.to_string()))
+                    .ok_or_else(not_ours)?,
+            ),
+        };
+        let (items, total, last) = self.store.q_dead_list(q, after, limit as u64).await?;
+        let next = last.map(|position| encode_cursor(&position));
+        Ok((items, total, next))
     }
 
     pub async fn retry_dead(&self, q: &str, id: &str) -> ApiResult<Task> {

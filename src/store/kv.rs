@@ -161,17 +161,30 @@ impl Store {
         }
     }
 
-    /// Newest first, the current version included; `None` when the key does not exist.
-    pub async fn kv_history(&self, ns: &str, key: &str, limit: usize) -> ApiResult<Option<Vec<Entry>>> {
+    /// Newest first, the current version included, `limit` versions below `below` (all when
+    /// `None`); `None` when the key does not exist.
+    pub async fn kv_history(
+        &self,
+        ns: &str,
+        key: &str,
+        limit: usize,
+        below: Option<u64>,
+    ) -> ApiResult<Option<Vec<Entry>>> {
         let Some(cur) = self.kv_get(ns, key).await? else {
             return Ok(None);
         };
-        let past: Vec<String> = (1..limit as u64)
-            .filter_map(|i| cur.version.checked_sub(i))
-            .filter(|v| *v >= 1)
+        let top = below.map_or(cur.version, |b| b.saturating_sub(1).min(cur.version));
+        let with_current = top == cur.version;
+        let past: Vec<String> = (0..limit as u64)
+            .filter_map(|i| top.checked_sub(i))
+            .filter(|v| *v >= 1 && *v < cur.version)
             .map(|v| v.to_string())
             .collect();
-        let mut out = vec![cur];
+        let crev = cur.create_revision;
+        let mut out = Vec::with_capacity(limit);
+        if with_current && top >= 1 {
+            out.push(cur);
+        }
         if !past.is_empty() {
             let hkey = self.keys().ns(ns).hist(key);
             let recs: Vec<Option<String>> = if past.len() == 1 {
@@ -182,7 +195,6 @@ impl Store {
             } else {
                 self.timed("hmget", self.client().hmget(hkey, past)).await?
             };
-            let crev = out[0].create_revision;
             out.extend(
                 recs.into_iter()
                     .flatten()
@@ -463,9 +475,8 @@ impl Store {
     }
 
     /// Every namespace in the registry with its figures, sorted by name.
-    pub async fn namespaces(&self) -> ApiResult<Vec<NamespaceInfo>> {
-        let mut names = self.namespace_names().await?;
-        names.sort();
+    /// Figures of these namespaces, in the order given.
+    pub async fn namespace_infos(&self, names: &[String]) -> ApiResult<Vec<NamespaceInfo>> {
         let reads = names.iter().map(|ns| {
             let nk = self.keys().ns(ns);
             async move {

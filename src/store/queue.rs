@@ -26,7 +26,7 @@ pub const Q_RETRY_DEAD: Function = Function::new("q_retry_dead", Q, Arity::Exact
 pub const Q_PURGE_DEAD: Function = Function::new("q_purge_dead", Q, Arity::Exactly(2));
 pub const Q_PAUSE: Function = Function::new("q_pause", Q, Arity::Exactly(3));
 pub const Q_STATS: Function = Function::new("q_stats", Q, Arity::Exactly(2));
-pub const Q_DEAD_LIST: Function = Function::new("q_dead_list", Q, Arity::Exactly(4));
+pub const Q_DEAD_LIST: Function = Function::new("q_dead_list", Q, Arity::Exactly(5));
 pub const Q_REQUEUE: Function = Function::new("q_requeue", Q, Arity::Exactly(5));
 
 pub const FUNCTIONS: &[&Function] = &[
@@ -289,11 +289,21 @@ impl Store {
     }
 
     /// Dead tasks from `offset`, oldest first, and how many there are.
-    pub async fn q_dead_list(&self, q: &str, offset: u64, limit: u64) -> ApiResult<(Vec<Task>, u64)> {
-        let extra = vec![(offset as i64).into(), (limit as i64).into()];
+    /// Dead tasks after `after` (death time in ms as text and id; from the start when `None`), oldest
+    /// first: at most `limit`, how many in all, and the page's last position (`<score>:<id>`) when more remain.
+    pub async fn q_dead_list(
+        &self,
+        q: &str,
+        after: Option<(String, String)>,
+        limit: u64,
+    ) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
+        let (score, id) = after.unwrap_or_default();
+        let extra = vec![score.into(), id.into(), (limit as i64).into()];
         let mut r = self.qcall(&Q_DEAD_LIST, q, extra, None).await?;
         let tasks = tasks_of(q, r.array(), false)?;
-        Ok((tasks, r.u64_or_0()))
+        let total = r.u64_or_0();
+        let last = Some(r.str()).filter(|l| !l.is_empty());
+        Ok((tasks, total, last))
     }
 
     /// Return a leased task to its queue at once if `token` is still its lease (the holder is

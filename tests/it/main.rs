@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod errors;
 mod kv;
+mod listings;
 mod locks;
 mod ops;
 mod partitions;
