@@ -51,6 +51,10 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// The pool has no room for this allocation.
     PoolExhausted,
+    /// This `Idempotency-Key` was used on this route with a different request.
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` is still running; retry later.
+    IdempotencyKeyInFlight,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -69,9 +73,15 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotACounter | Conflict | LeaseLost | LockHeld | StaleFencingToken | InvalidTransition
-            | AlreadyExists => StatusCode::CONFLICT,
-            CounterOverflow => StatusCode::UNPROCESSABLE_ENTITY,
+            NotACounter
+            | Conflict
+            | LeaseLost
+            | LockHeld
+            | StaleFencingToken
+            | InvalidTransition
+            | AlreadyExists
+            | IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            CounterOverflow | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             QuotaExceeded | PoolExhausted => StatusCode::INSUFFICIENT_STORAGE,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +111,8 @@ impl ErrorCode {
             AlreadyExists => "Already exists",
             QuotaExceeded => "Quota exceeded",
             PoolExhausted => "Pool exhausted",
+            IdempotencyKeyReused => "Idempotency key reused",
+            IdempotencyKeyInFlight => "Idempotency key in flight",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -129,6 +141,8 @@ impl ErrorCode {
             AlreadyExists => "already_exists",
             QuotaExceeded => "quota_exceeded",
             PoolExhausted => "pool_exhausted",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            IdempotencyKeyInFlight => "idempotency_key_in_flight",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }

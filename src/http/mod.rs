@@ -8,6 +8,7 @@ pub mod batch;
 pub mod channels;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod kv;
 pub mod locks;
 pub mod partitions;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
     api_router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi()))
         .fallback(problem::fallback)
+        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .route_layer(middleware::from_fn(problem::capture_route))
         .with_state(state)
         .layer(

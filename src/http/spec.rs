@@ -1,10 +1,13 @@
 //! Finishing the generated OpenAPI document so generators take it as it is: a `servers`
 //! entry, a `default` problem-document response on every operation, the provenance and
 //! fencing headers on every write that honours them, `ETag` on entry answers, and the naming
-//! rule as a `pattern` on name parameters. Applied to the document utoipa derives from the
+//! rule as a `pattern` on name parameters; `Idempotency-Key` (with its 409/422 answers and the
+//! `Idempotent-Replayed` header) on every POST that honours it. Applied to the document utoipa derives from the
 //! handlers' attributes, in one place, so no operation can miss them.
 
 use serde_json::{json, Map, Value};
+
+use crate::domain::idempotency::home_of;
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`: namespaces, queues, channels, locks, partitions, agents.
 const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
@@ -55,6 +58,8 @@ const PROVENANCE: &[&str] = &[
 /// Operations whose successful answers carry the entry's `ETag`.
 const ETAGGED: &[&str] = &["kv_get", "kv_put", "kv_patch", "kv_rollback", "counter_incr"];
 
+const REPLAYED_HEADER: &str = "Idempotent-Replayed";
+
 fn header(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "header", "required": false, "description": description, "schema": {"type": "string"}})
 }
@@ -93,6 +98,20 @@ fn edit(v: &mut Value) {
         "description": "A problem document (RFC 9457) with a stable `code`: any failure not listed above",
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     });
+    let conflict = json!({
+        "description": "Conflict: `stale_fencing_token` (x-fencing-token is not the lock's newest), `idempotency_key_in_flight` (the first request with this Idempotency-Key still runs; Retry-After), or the operation's own conflict",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    });
+    let reused = json!({
+        "description": "`idempotency_key_reused`: this Idempotency-Key was used on this route with a different query or body (or `invalid_body`: a body of the wrong shape)",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    });
+    let replayed = json!({"description": "`true` when this is the kept answer of an earlier request with the same Idempotency-Key", "schema": {"type": "string", "enum": ["true"]}});
+    let idempotency_key = json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Makes a retry safe: the first answer is kept for 24 h per route and replayed (with Idempotent-Replayed: true) to a repeat with the same query and JSON body",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}
+    });
     let etag = json!({"ETag": {"description": "`\"<version>\"` of the entry", "schema": {"type": "string"}}});
     let Some(paths) = v.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
@@ -101,7 +120,11 @@ fn edit(v: &mut Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        for op in item.values_mut().filter_map(Value::as_object_mut) {
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let idempotent = method == "post" && home_of(&concrete(path)).is_some();
             let id = op
                 .get("operationId")
                 .and_then(Value::as_str)
@@ -109,6 +132,21 @@ fn edit(v: &mut Value) {
                 .to_string();
             if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
                 responses.entry("default").or_insert_with(|| problem.clone());
+                if PROVENANCE.contains(&id.as_str()) {
+                    responses.entry("409").or_insert_with(|| conflict.clone());
+                }
+                if idempotent {
+                    responses.entry("409").or_insert_with(|| conflict.clone());
+                    responses.entry("422").or_insert_with(|| reused.clone());
+                    for (status, r) in responses.iter_mut() {
+                        if status.starts_with('2') {
+                            if let Some(r) = r.as_object_mut() {
+                                let h = r.entry("headers").or_insert_with(|| json!({}));
+                                h[REPLAYED_HEADER] = replayed.clone();
+                            }
+                        }
+                    }
+                }
                 if ETAGGED.contains(&id.as_str()) {
                     for (status, r) in responses.iter_mut() {
                         if matches!(status.as_str(), "200" | "201" | "304") {
@@ -123,6 +161,9 @@ fn edit(v: &mut Value) {
             let Some(params) = params.as_array_mut() else {
                 continue;
             };
+            if idempotent && !params.iter().any(|p| p["name"] == "Idempotency-Key") {
+                params.push(idempotency_key.clone());
+            }
             if PROVENANCE.contains(&id.as_str()) {
                 for h in &provenance {
                     if !params.iter().any(|p| p["name"] == h["name"]) {
@@ -150,6 +191,15 @@ fn edit(v: &mut Value) {
             }
         }
     }
+}
+
+/// A path template with a plausible value in each parameter (to ask route rules about it).
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| if s.starts_with('{') { "x" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The pattern a path parameter's value must match, if it is a name or a task id.

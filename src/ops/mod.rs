@@ -8,6 +8,7 @@ pub mod agents;
 pub mod batch;
 pub mod channels;
 pub mod health;
+pub mod idempotency;
 pub mod kv;
 pub mod locks;
 pub mod partitions;

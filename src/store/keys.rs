@@ -23,6 +23,7 @@
 //! | `<p>:{<ns>}:lock:<name>`, `<p>:{<ns>}:fence` | hash | a held lock; last fencing tokens |
 //! | `<p>:{<ns>}:part`, `<p>:pool`, `<p>:partitions` | hash, hash, set | partitions and the pool |
 //! | `<p>:{ag:<id>}:a` / `:held`, `<p>:agents` | hash / set, zset | agents |
+//! | `<p>:{<ns>}:ik:<id>`, `<p>:{q:<q>}:ik:<id>`, `<p>:{ag:<id>}:ik:<id>`, `<p>:ik:<id>` | string | an `Idempotency-Key` record (JSON), beside what its route changes |
 //!
 //! Channels (PUBLISH / PSUBSCRIBE):
 //!
@@ -33,6 +34,7 @@
 //! | `<p>:lk:<ns>:<name>` | lock release / free | wakes waiting acquires |
 //! | `__keyspace@*__:<p>:{*}:e:*` | Redis | keyspace notifications of entry keys (relay) |
 
+use crate::domain::idempotency::Home;
 /// Key builder for one deployment (one key prefix).
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -156,6 +158,16 @@ impl Keys {
             format!("{}:{{ag:{id}}}:a", self.prefix),
             format!("{}:{{ag:{id}}}:held", self.prefix),
         )
+    }
+
+    /// An `Idempotency-Key` record, in the slot of what its route changes.
+    pub fn idempotency(&self, home: &Home, id: &str) -> String {
+        match home {
+            Home::Namespace(ns) => format!("{}:{{{ns}}}:ik:{id}", self.prefix),
+            Home::Queue(q) => format!("{}:{{q:{q}}}:ik:{id}", self.prefix),
+            Home::Agent(a) => format!("{}:{{ag:{a}}}:ik:{id}", self.prefix),
+            Home::Global => format!("{}:ik:{id}", self.prefix),
+        }
     }
 
     /// The partition pool: `allocated` bytes.

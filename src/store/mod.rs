@@ -16,6 +16,7 @@ pub mod agents;
 pub mod channels;
 pub mod fcall;
 pub mod functions;
+pub mod idempotency;
 pub mod keys;
 pub mod kv;
 pub mod locks;

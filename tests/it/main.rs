@@ -4,6 +4,7 @@ mod agents;
 mod cli;
 mod common;
 mod errors;
+mod idempotency;
 mod kv;
 mod listings;
 mod locks;

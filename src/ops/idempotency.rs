@@ -1,0 +1,73 @@
+//! `Idempotency-Key` (DESIGN.md "What no peer does"): the first request with a key on a route
+//! runs and its answer is kept for 24 h; a repeat with the same fingerprint replays it, one
+//! with another fingerprint is 422 `idempotency_key_reused`, one while the first still runs is
+//! 409 `idempotency_key_in_flight`.
+//!
+//! Not atomic with the operation: the record is reserved before the operation and written after
+//! it, in the same hash slot but by separate commands. If the service dies between the
+//! operation and the record, the reservation expires after `request_timeout_ms` and a repeat
+//! then runs the operation again; a 5xx answer (outcome unknown) is not kept, so the client's
+//! retry runs again too — pair the key with a precondition where a double apply matters.
+
+use super::Ops;
+use crate::domain::idempotency::{Answer, Home, Record, RETAIN_MS};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+
+/// What to do with a request that carries a key.
+pub enum Begin {
+    /// First use: run it, then [`Ops::idem_finish`] or [`Ops::idem_abandon`].
+    Run(Ticket),
+    /// A repeat of a finished request: send this answer again.
+    Replay(Answer),
+}
+
+/// A reservation held while the first request runs.
+pub struct Ticket {
+    home: Home,
+    id: String,
+    fingerprint: String,
+}
+
+impl Ops {
+    pub async fn idem_begin(&self, home: Home, id: String, fingerprint: String) -> ApiResult<Begin> {
+        let running = Record {
+            fingerprint: fingerprint.clone(),
+            answer: None,
+        };
+        let hold_ms = self.cfg.request_timeout_ms + 1000;
+        match self.store.idem_reserve(&home, &id, &running, hold_ms).await? {
+            None => Ok(Begin::Run(Ticket {
+                home,
+                id,
+                fingerprint,
+            })),
+            Some(r) if r.fingerprint != fingerprint => Err(ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used on this route with a different request",
+            )),
+            Some(Record { answer: None, .. }) => {
+                let mut e = ApiError::new(
+                    ErrorCode::IdempotencyKeyInFlight,
+                    "the first request with this Idempotency-Key is still running",
+                );
+                e.retry_after = Some(1);
+                Err(e)
+            }
+            Some(Record { answer: Some(a), .. }) => Ok(Begin::Replay(a)),
+        }
+    }
+
+    /// Keep the first answer for repeats.
+    pub async fn idem_finish(&self, t: Ticket, answer: Answer) -> ApiResult<()> {
+        let done = Record {
+            fingerprint: t.fingerprint,
+            answer: Some(answer),
+        };
+        self.store.idem_store(&t.home, &t.id, &done, RETAIN_MS).await
+    }
+
+    /// Forget the reservation: the outcome is unknown, a repeat runs again.
+    pub async fn idem_abandon(&self, t: Ticket) -> ApiResult<()> {
+        self.store.idem_drop(&t.home, &t.id).await
+    }
+}
