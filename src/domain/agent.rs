@@ -123,10 +123,10 @@ impl RegisterBody {
             || self
                 .capabilities
                 .iter()
-                .any(|c| c.is_empty() || c.len() > 64 || c.chars().any(char::is_control))
+                .any(|c| c.is_empty() || c.chars().count() > 64 || c.chars().any(char::is_control))
         {
             return Err(ApiError::bad_request(
-                "at most 64 capabilities of 1 to 64 characters",
+                "at most 64 capabilities of 1 to 64 characters without control characters",
             ));
         }
         let metadata = match self.metadata {

@@ -93,6 +93,7 @@ pub struct PatchBody {
     #[schema(minimum = 1, maximum = 1125899906842624_u64)]
     pub quota_bytes: Option<u64>,
     /// 0 removes the limit.
+    #[schema(minimum = 0, maximum = 1099511627776_u64)]
     pub max_keys: Option<u64>,
 }
 
@@ -100,6 +101,11 @@ impl PatchBody {
     pub fn check(&self) -> ApiResult<()> {
         if let Some(q) = self.quota_bytes {
             check_quota(q)?;
+        }
+        if self.max_keys.is_some_and(|k| k > 1 << 40) {
+            return Err(ApiError::bad_request(
+                "max_keys must be at most 2^40 (0 removes the limit)",
+            ));
         }
         Ok(())
     }

@@ -16,26 +16,52 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 /// with syntax errors answered 400 `malformed_json` and shape errors 422 `invalid_body`.
 pub struct JsonBody<T>(pub T);
 
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> ApiResult<Bytes> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the request body is larger than the configured limit",
+            )
+        } else {
+            ApiError::bad_request(format!("reading the body failed: {rej}"))
+        }
+    })
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "the request body is larger than the configured limit",
-                )
-            } else {
-                ApiError::bad_request(format!("reading the body failed: {rej}"))
-            }
-        })?;
-        parse_json(&bytes).map(JsonBody)
+        parse_json(&body_bytes(req, state).await?).map(JsonBody)
     }
 }
 
-/// Parse JSON with the error classification of [`JsonBody`].
+/// A body of any JSON value (a merge patch), with the error classification of [`JsonBody`].
+pub struct AnyJson(pub serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for AnyJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        parse_any(&body_bytes(req, state).await?).map(AnyJson)
+    }
+}
+
+/// Parse a JSON object body into `T` (every request document is an object: serde would
+/// otherwise also take a struct from an array such as `[null, null]`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => ApiError::new(ErrorCode::InvalidBody, "invalid body: a JSON object is expected"),
+            Err(e) => ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}")),
+        });
+    }
+    parse_any(bytes)
+}
+
+fn parse_any<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.is_empty() {
         return Err(ApiError::new(
             ErrorCode::MalformedJson,

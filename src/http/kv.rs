@@ -6,12 +6,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{etag, parse_etag, precondition, JsonBody, KvPath, KvSub, Q};
+use super::extract::{etag, parse_etag, precondition, AnyJson, JsonBody, KvPath, KvSub, Q};
 use super::problem::json_response;
 use crate::domain::kv::{Entry, EntryDoc, EntryPage, Expect, OnConflict, Provenance, PutBody, RollbackBody};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -211,7 +210,7 @@ pub async fn patch_entry(
     kp: KvPath,
     headers: HeaderMap,
     prov: Provenance,
-    JsonBody(patch): JsonBody<Value>,
+    AnyJson(patch): AnyJson,
 ) -> ApiResult<Response> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct

@@ -15,21 +15,27 @@ const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 const TASK_ID_PATTERN: &str = "^[0-9]{1,20}$";
 /// Text without control characters (keys, tokens, owners).
 const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
-/// Keys are 1..=512 bytes: at most 128 characters of any width fit.
-const KEY_MAX_CHARS: u64 = 128;
+/// Like [`TEXT_PATTERN`], empty allowed (a key prefix).
+const PREFIX_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+/// Keys are 1..=512 bytes of UTF-8. JSON Schema counts characters: 512 is exact for ASCII keys
+/// (the common case, so generated clients do not refuse keys the service takes); a key of wider
+/// characters can pass this and still be refused (400 invalid_name) above 512 bytes.
+const KEY_MAX_CHARS: u64 = 512;
 
 /// Patterns of the request headers the service parses, by name.
 fn header_pattern(name: &str, path: &str, operation: &str) -> Option<Value> {
-    let fence_kv = "^[a-z0-9][a-z0-9._-]{0,62}:[1-9][0-9]{0,19}$";
-    let fence_ack = "^([a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}:[1-9][0-9]{0,19}$";
+    // Token numbers are u64: at most 19 digits here (all of them fit).
+    let fence_kv = "^[a-z0-9][a-z0-9._-]{0,62}:[1-9][0-9]{0,18}$";
+    let fence_ack = "^([a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}:[1-9][0-9]{0,18}$";
     Some(match name {
-        "If-Match" => json!({"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]{1,20}\"|[0-9]{1,20})$"}),
+        "If-Match" => json!({"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]{1,19}\"|[0-9]{1,19})$"}),
         // A PUT takes only `*` (create-only); a GET an ETag too.
         "If-None-Match" if operation == "kv_put" => json!({"type": "string", "pattern": "^\\*$"}),
-        "If-None-Match" => json!({"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]{1,20}\"|[0-9]{1,20})$"}),
+        "If-None-Match" => json!({"type": "string", "pattern": "^(\\*|(W/)?\"[0-9]{1,19}\"|[0-9]{1,19})$"}),
         "x-lock-token" => json!({"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_PATTERN}),
-        "x-agent-id" => json!({"type": "string", "maxLength": 128, "pattern": TEXT_PATTERN}),
-        "x-change-reason" => json!({"type": "string", "maxLength": 1024, "pattern": TEXT_PATTERN}),
+        // Empty is the same as absent.
+        "x-agent-id" => json!({"type": "string", "maxLength": 128, "pattern": PREFIX_PATTERN}),
+        "x-change-reason" => json!({"type": "string", "maxLength": 1024, "pattern": PREFIX_PATTERN}),
         "x-fencing-token" if path.starts_with("/v1/queues/") => {
             json!({"type": "string", "pattern": fence_ack})
         }
@@ -75,6 +81,12 @@ pub fn finish(doc: &utoipa::openapi::OpenApi) -> Value {
 /// Keys inside request bodies (batch keys, batch items, transaction compares and ops).
 fn constrain_body_keys(v: &mut Value) {
     let schemas = &mut v["components"]["schemas"];
+    if schemas["RegisterBody"]["properties"]["capabilities"].is_object() {
+        schemas["RegisterBody"]["properties"]["capabilities"] = json!({
+            "type": "array", "maxItems": 64,
+            "items": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_PATTERN}
+        });
+    }
     schemas["KeysBody"]["properties"]["keys"]["items"] = key_schema();
     for s in ["BatchPutItem", "TxnCompareBody", "TxnOpBody"] {
         if schemas[s]["properties"]["key"].is_object() {
@@ -179,6 +191,12 @@ fn edit(v: &mut Value) {
                         } else if matches!(p.get("name").and_then(Value::as_str), Some("key" | "name")) {
                             p.insert("schema".into(), key_schema());
                         }
+                    }
+                    Some("query") if p.get("name").and_then(Value::as_str) == Some("prefix") => {
+                        p.insert(
+                            "schema".into(),
+                            json!({"type": "string", "maxLength": KEY_MAX_CHARS, "pattern": PREFIX_PATTERN}),
+                        );
                     }
                     Some("header") => {
                         let name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string();
