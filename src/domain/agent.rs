@@ -101,6 +101,7 @@ pub struct RegisterBody {
     metadata: Option<Value>,
     /// Marked `lost` when no heartbeat arrives for this long (1000..=3600000, default 30000).
     #[schema(minimum = 1000, maximum = 3600000)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     heartbeat_ttl_ms: Option<u64>,
 }
 

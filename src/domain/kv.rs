@@ -206,8 +206,8 @@ pub struct PutBody {
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
     /// Expire the key this many milliseconds after the write (1 ..= 315360000000).
-    #[serde(default)]
     #[schema(minimum = 1, maximum = 315360000000_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub ttl_ms: Option<u64>,
 }
 
@@ -224,6 +224,7 @@ pub enum OnConflict {
 pub struct RollbackBody {
     /// A retained version whose value and metadata become the new version.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::domain::json::int::req")]
     pub version: u64,
 }
 
@@ -272,10 +273,10 @@ pub struct BatchPutItem {
     pub value: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub ttl_ms: Option<u64>,
     /// Write only if the key is at this version (0 = only if absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub if_version: Option<u64>,
 }
 
@@ -367,12 +368,12 @@ pub struct BatchDeleteResult {
 #[serde(deny_unknown_fields)]
 pub struct IncrBody {
     /// Amount to add (default 1; may be negative), |by| ≤ 2^53-1.
-    #[serde(default)]
     #[schema(minimum = -9007199254740991_i64, maximum = 9007199254740991_i64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub by: Option<i64>,
     /// Expiry set when this increment creates the counter (fixed window).
-    #[serde(default)]
     #[schema(minimum = 1, maximum = 315360000000_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub ttl_ms: Option<u64>,
 }
 

@@ -43,9 +43,11 @@ pub struct AcquireBody {
     pub owner: String,
     /// The lock expires this long after acquire / renew (1..=86400000).
     #[schema(minimum = 1, maximum = 86400000)]
+    #[serde(deserialize_with = "crate::domain::json::int::req")]
     pub ttl_ms: u64,
     /// Wait up to this long (≤ 30000) for a held lock; woken at once by its release.
     #[schema(minimum = 0, maximum = 30000)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub wait_ms: Option<u64>,
 }
 
@@ -59,6 +61,7 @@ pub struct RenewBody {
     )]
     pub token: String,
     #[schema(minimum = 1, maximum = 86400000)]
+    #[serde(deserialize_with = "crate::domain::json::int::req")]
     pub ttl_ms: u64,
 }
 

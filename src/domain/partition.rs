@@ -56,14 +56,17 @@ pub struct CreateBody {
     pub owner_agent: String,
     /// Bytes of keys + values + metadata it may hold (≥ 1).
     #[schema(minimum = 1, maximum = 1125899906842624_u64)]
+    #[serde(deserialize_with = "crate::domain::json::int::req")]
     pub quota_bytes: u64,
     #[schema(minimum = 1, maximum = 1099511627776_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub max_keys: Option<u64>,
     /// short_term (default TTL 30 min), working (2 h), long_term (24 h) or shared (none).
     #[schema(value_type = Tier)]
     pub tier: String,
     /// Overrides the tier's default TTL (0 = none).
     #[schema(minimum = 0, maximum = 315360000000_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub default_ttl_ms: Option<u64>,
 }
 
@@ -91,9 +94,11 @@ impl CreateBody {
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
     #[schema(minimum = 1, maximum = 1125899906842624_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub quota_bytes: Option<u64>,
     /// 0 removes the limit.
     #[schema(minimum = 0, maximum = 1099511627776_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub max_keys: Option<u64>,
 }
 

@@ -101,18 +101,22 @@ pub struct EnqueueBody {
     payload: Option<Value>,
     /// 0 (highest) ..= 9, default 5. FIFO within a priority.
     #[schema(minimum = 0, maximum = 9)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     priority: Option<u8>,
     /// Not before this many ms from now.
     #[schema(minimum = 0, maximum = 315360000000_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     delay_ms: Option<u64>,
     /// Not before this time: RFC 3339 text or unix ms.
     #[schema(value_type = Option<String>)]
     run_at: Option<Value>,
     /// Leases allowed before the task is dead-lettered (1..=100, default 3).
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     max_attempts: Option<u32>,
     /// Retry delay after the first failure, doubled per attempt (default 1000).
     #[schema(minimum = 0, maximum = 86400000)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     backoff_ms: Option<u64>,
     /// A repeated key returns the existing task (200) while that task is retained.
     #[schema(
@@ -123,6 +127,7 @@ pub struct EnqueueBody {
     idempotency_key: Option<String>,
     /// How long a completed or dead task is kept (default one day, at most 30 days).
     #[schema(minimum = 0, maximum = 2592000000_u64)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     retention_ms: Option<u64>,
 }
 
@@ -193,12 +198,15 @@ pub struct LeaseBody {
     pub worker: String,
     /// 1..=100, default 1.
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub max_tasks: Option<u32>,
     /// How long the lease lasts unless extended (1..=86400000).
     #[schema(minimum = 1, maximum = 86400000)]
+    #[serde(deserialize_with = "crate::domain::json::int::req")]
     pub lease_ms: u64,
     /// Long-poll this long (≤ 30000) when nothing is ready; woken at once by an enqueue.
     #[schema(minimum = 0, maximum = 30000)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub wait_ms: Option<u64>,
 }
 
@@ -249,6 +257,7 @@ pub struct NackBody {
     pub error: String,
     /// Overrides the backoff for this retry.
     #[schema(minimum = 0, maximum = 86400000)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub retry_delay_ms: Option<u64>,
 }
 
@@ -262,6 +271,7 @@ pub struct ExtendBody {
     )]
     pub lease_token: String,
     #[schema(minimum = 1, maximum = 86400000)]
+    #[serde(deserialize_with = "crate::domain::json::int::req")]
     pub lease_ms: u64,
 }
 

@@ -21,7 +21,7 @@ pub const MAX_TXN_OPS: usize = 128;
 pub struct TxnCompareBody {
     key: String,
     /// The key's version must equal this (0 = absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     version: Option<u64>,
     /// The key must (true) or must not (false) exist.
     #[serde(default)]
@@ -51,7 +51,7 @@ pub struct TxnOpBody {
     value: Option<Value>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     ttl_ms: Option<u64>,
 }
 
