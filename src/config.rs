@@ -12,31 +12,53 @@ use serde::{Deserialize, Serialize};
 /// Prefix of every environment variable the service reads (`SWARMSTATE_REDIS_URL` → `redis_url`).
 pub const ENV_PREFIX: &str = "SWARMSTATE_";
 
-/// Every setting, in the order the README's table lists them. Environment variables are the
-/// upper-cased names with [`ENV_PREFIX`]; anything else under the prefix is ignored.
-pub const SETTINGS: &[&str] = &[
-    "listen",
-    "redis_url",
-    "data_dir",
-    "log",
-    "log_format",
-    "key_prefix",
-    "body_limit_bytes",
-    "command_timeout_ms",
-    "request_timeout_ms",
-    "ws_ping_interval_ms",
-    "keyspace_relay",
-    "redis_pool_size",
-    "history_versions",
-    "changelog_retention",
-    "startup_timeout_ms",
-    "redis_server_bin",
-    "embedded_appendfsync",
-    "tokens_file",
-    "backup_dir",
-    "backup_key",
-    "pool_capacity_bytes",
+/// Every setting, in the order the README's table lists them, with a one-line meaning (shown by
+/// `swarmstate serve --help`). Environment variables are the upper-cased names with
+/// [`ENV_PREFIX`]; anything else under the prefix is ignored.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("listen", "HTTP address (loopback by default)"),
+    ("redis_url", "redis://, rediss:// (TLS), redis+sentinel://…/<master>, redis-cluster://h1:p1,h2:p2; none: embedded redis-server"),
+    ("data_dir", "the embedded Redis keeps its append-only file under <data_dir>/redis"),
+    ("log", "tracing filter, e.g. swarmstate=debug,tower_http=debug"),
+    ("log_format", "text or json"),
+    ("key_prefix", "first component of every Redis key"),
+    ("body_limit_bytes", "larger request bodies are 413"),
+    ("command_timeout_ms", "Redis deadline; 503 past it"),
+    ("request_timeout_ms", "deadline of a whole request, body upload included (408)"),
+    ("ws_ping_interval_ms", "WebSocket ping interval; silent for three intervals closes with 4001"),
+    ("keyspace_relay", "relay keyspace notifications as expire / evict / external events"),
+    ("redis_pool_size", "pipelined Redis connections"),
+    ("history_versions", "versions kept per key, current included"),
+    ("changelog_retention", "approximate entries kept per namespace change log"),
+    ("startup_timeout_ms", "how long start-up waits for Redis"),
+    ("redis_server_bin", "executable of the embedded Redis"),
+    ("embedded_appendfsync", "everysec, or always to fsync every write"),
+    ("tokens_file", "bearer tokens file"),
+    ("backup_dir", "where backups are written (default <data_dir>/backups)"),
+    ("backup_key", "backup encryption key"),
+    ("pool_capacity_bytes", "sum of all partition quotas allowed (507 pool_exhausted beyond)"),
 ];
+
+/// Every setting with its environment variable and default, for `serve --help`.
+pub fn settings_help() -> String {
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut out = String::from(
+        "Settings (flags > SWARMSTATE_* environment > --config TOML file, same names > defaults):\n",
+    );
+    for (name, meaning) in SETTINGS {
+        let default = match &defaults[name] {
+            serde_json::Value::Null => "none".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        out.push_str(&format!(
+            "  {name:<22} {:<34} default: {default}\n  {:<22} {meaning}\n",
+            format!("{ENV_PREFIX}{}", name.to_uppercase()),
+            ""
+        ));
+    }
+    out
+}
 
 /// The validated service configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,8 +189,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        let env =
-            Env::prefixed(ENV_PREFIX).filter(|k| SETTINGS.iter().any(|s| k.as_str().eq_ignore_ascii_case(s)));
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|k| SETTINGS.iter().any(|(s, _)| k.as_str().eq_ignore_ascii_case(s)));
         fig = fig.merge(env).merge(Serialized::defaults(cli));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
@@ -389,6 +411,29 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `serve --help` and the README's table list every setting the config has, and nothing
+    /// else; the README shows its env variable.
+    #[test]
+    fn every_setting_is_in_the_help_and_the_readme() {
+        let fields = serde_json::to_value(Config::default()).unwrap();
+        let fields: Vec<&String> = fields.as_object().unwrap().keys().collect();
+        let mut listed: Vec<&str> = SETTINGS.iter().map(|(n, _)| *n).collect();
+        listed.sort();
+        let mut fields: Vec<&str> = fields.iter().map(|s| s.as_str()).collect();
+        fields.sort();
+        assert_eq!(listed, fields);
+        let help = settings_help();
+        let readme = include_str!("../README.md");
+        for (name, _) in SETTINGS {
+            let env = format!("{ENV_PREFIX}{}", name.to_uppercase());
+            assert!(help.contains(name) && help.contains(&env), "{name} not in --help");
+            assert!(
+                readme.contains(&format!("| `{name}` | `{env}` |")),
+                "{name} not in the README table"
+            );
+        }
+    }
 
     #[test]
     fn url_forms_parse() {

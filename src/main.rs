@@ -25,6 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (with its own redis-server when no Redis URL is configured).
+    #[command(after_help = swarmstate::config::settings_help())]
     Serve {
         /// TOML configuration file (lower priority than env and flags).
         #[arg(long, env = "SWARMSTATE_CONFIG")]
