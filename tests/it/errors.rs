@@ -180,103 +180,321 @@ async fn slow_and_vanishing_clients_are_cut_off() {
     app.stop().await;
 }
 
-/// The body as a client that sent `Accept-Encoding: gzip` reads it (browsers, SDKs, curl
-/// --compressed): gunzipped when the response says so, an error when it cannot be.
-fn decoded(r: &crate::common::Resp) -> Result<serde_json::Value, String> {
-    use std::io::Read;
-    let raw = match r.header("content-encoding").as_deref() {
-        Some("gzip") => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&r.body[..])
-                .read_to_end(&mut out)
-                .map_err(|e| format!("labelled gzip but does not gunzip: {e}"))?;
-            out
+/// Every kind of answer, asked for with each encoding a client may accept, comes back in that
+/// encoding (or plain for `identity`), decodes (the client panics when a body does not), and
+/// has its content type: successes, the 404/405/413 fallbacks and rejections, malformed JSON,
+/// and the metrics text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_encoded_as_the_client_accepts() {
+    let mut cfg = crate::common::test_config(&crate::common::shared_redis_url());
+    cfg.body_limit_bytes = 16 * 1024;
+    let app = TestApp::with_config(cfg).await;
+    let json_ct = ("content-type", "application/json");
+    let value = json!({"value": "x".repeat(4000)}).to_string();
+    let oversized = json!({"value": "x".repeat(20 * 1024)}).to_string();
+    for enc in ["gzip", "br", "identity"] {
+        let ae = ("accept-encoding", enc);
+        let k = format!("/v1/ns/enc/kv/{enc}");
+        // method, path, headers, body, status, content type, problem code
+        type Case<'a> = (
+            &'a str,
+            String,
+            Vec<(&'a str, &'a str)>,
+            &'a [u8],
+            u16,
+            &'a str,
+            Option<&'a str>,
+        );
+        let json = "application/json";
+        let problem = "application/problem+json";
+        let cases: Vec<Case> = vec![
+            (
+                "PUT",
+                k.clone(),
+                vec![ae, json_ct],
+                value.as_bytes(),
+                201,
+                json,
+                None,
+            ),
+            ("GET", k.clone(), vec![ae], b"", 200, json, None),
+            (
+                "GET",
+                format!("{k}-absent"),
+                vec![ae],
+                b"",
+                404,
+                problem,
+                Some("not_found"),
+            ),
+            (
+                "GET",
+                "/no/such/route".into(),
+                vec![ae],
+                b"",
+                404,
+                problem,
+                Some("not_found"),
+            ),
+            (
+                "DELETE",
+                "/v1/namespaces".into(),
+                vec![ae],
+                b"",
+                405,
+                problem,
+                Some("method_not_allowed"),
+            ),
+            (
+                "POST",
+                k.clone(),
+                vec![ae, json_ct],
+                br#"{"value": 1}"#,
+                405,
+                problem,
+                Some("method_not_allowed"),
+            ),
+            (
+                "PUT",
+                k.clone(),
+                vec![ae, json_ct],
+                oversized.as_bytes(),
+                413,
+                problem,
+                Some("payload_too_large"),
+            ),
+            (
+                "PUT",
+                k.clone(),
+                vec![ae, json_ct],
+                b"{bad",
+                400,
+                problem,
+                Some("malformed_json"),
+            ),
+            (
+                "PUT",
+                k.clone(),
+                vec![ae, json_ct, ("if-match", "\"9\"")],
+                value.as_bytes(),
+                412,
+                problem,
+                Some("version_mismatch"),
+            ),
+            (
+                "GET",
+                "/v1/ns/BAD/kv/k".into(),
+                vec![ae],
+                b"",
+                400,
+                problem,
+                Some("invalid_name"),
+            ),
+            ("GET", "/metrics".into(), vec![ae], b"", 200, "text/plain", None),
+        ];
+        for (method, path, headers, body, status, ct, code) in cases {
+            let what = format!("{enc}: {method} {path}");
+            let r = app.req(method, &path, &headers, Some(body)).await;
+            assert_eq!(r.status, status, "{what}: {}", r.text());
+            let got_ct = r.header("content-type").unwrap_or_default();
+            assert!(got_ct.starts_with(ct), "{what}: content-type {got_ct}");
+            // Everything here is over the compressor's 32-byte floor: compressed when asked.
+            let want_enc = (enc != "identity").then_some(enc);
+            assert_eq!(r.header("content-encoding").as_deref(), want_enc, "{what}");
+            if want_enc.is_some() {
+                assert!(
+                    r.raw.len() < r.body.len(),
+                    "{what}: {} raw bytes for {}",
+                    r.raw.len(),
+                    r.body.len()
+                );
+                assert!(
+                    r.header("vary")
+                        .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")),
+                    "{what}"
+                );
+            } else {
+                assert_eq!(r.raw, r.body, "{what}");
+            }
+            match code {
+                Some(code) => {
+                    let p = r.problem(status, code);
+                    assert_eq!(p["instance"], path.as_str(), "{what}: {p}");
+                }
+                None if ct == "text/plain" => assert!(r.text().contains("http_requests_total"), "{what}"),
+                None => assert!(r.json().is_object(), "{what}"),
+            }
         }
-        None => r.body.to_vec(),
-        Some(other) => return Err(format!("unexpected content-encoding {other}")),
-    };
-    serde_json::from_slice(&raw).map_err(|e| format!("not JSON once decoded: {e}"))
+        // The large value round-trips whatever the encoding.
+        assert_eq!(app.get(&k).await.json()["value"].as_str().unwrap().len(), 4000);
+    }
+    // A client that prefers br gets br; one that accepts nothing in particular gets identity.
+    let r = app
+        .req(
+            "GET",
+            "/v1/ns/enc/kv/br",
+            &[("accept-encoding", "gzip;q=0.5, br;q=1")],
+            None,
+        )
+        .await;
+    assert_eq!(r.header("content-encoding").as_deref(), Some("br"));
+    let r = app
+        .req("GET", "/v1/ns/enc/kv/br", &[("accept-encoding", "")], None)
+        .await;
+    assert_eq!(r.header("content-encoding"), None);
+    // Small answers stay plain (not worth compressing) and still decode.
+    let r = app.get("/healthz").await;
+    assert_eq!(r.status, 200);
+    app.stop().await;
 }
 
+/// Server-Sent Events are not compressed even for a client that accepts gzip or br (a
+/// compressor would hold events back until its buffer fills): events arrive at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_answer_decodes_for_a_client_that_accepts_gzip() {
+async fn event_streams_are_not_buffered_by_compression() {
+    use std::time::{Duration, Instant};
     let app = TestApp::start().await;
-    let gz = ("accept-encoding", "gzip, deflate, br");
-    let json_ct = ("content-type", "application/json");
-    let value = json!({"value": "x".repeat(2000)}).to_string();
-    // method, path, headers, body, status, problem code
-    type Case<'a> = (
-        &'a str,
-        &'a str,
-        Vec<(&'a str, &'a str)>,
-        &'a [u8],
-        u16,
-        Option<&'a str>,
-    );
-    let cases: Vec<Case> = vec![
-        (
-            "PUT",
-            "/v1/ns/gz/kv/k",
-            vec![gz, json_ct],
-            value.as_bytes(),
-            201,
-            None,
-        ),
-        ("GET", "/v1/ns/gz/kv/k", vec![gz], b"", 200, None),
-        (
-            "GET",
-            "/v1/ns/gz/kv/absent",
-            vec![gz],
-            b"",
-            404,
-            Some("not_found"),
-        ),
-        (
-            "PUT",
-            "/v1/ns/gz/kv/k",
-            vec![gz, json_ct],
-            b"{bad",
-            400,
-            Some("malformed_json"),
-        ),
-        (
-            "PUT",
-            "/v1/ns/gz/kv/k",
-            vec![gz, json_ct, ("if-match", "\"9\"")],
-            value.as_bytes(),
-            412,
-            Some("version_mismatch"),
-        ),
-        (
-            "DELETE",
-            "/v1/queues/q",
-            vec![gz],
-            b"",
-            405,
-            Some("method_not_allowed"),
-        ),
-        ("GET", "/no/such/route", vec![gz], b"", 404, Some("not_found")),
-        ("GET", "/v1/ns/BAD/kv/k", vec![gz], b"", 400, Some("invalid_name")),
-    ];
-    let mut compressed_problems = 0;
-    for (method, path, headers, body, status, code) in cases {
-        let r = app.req(method, path, &headers, Some(body)).await;
-        assert_eq!(r.status, status, "{method} {path}");
-        let doc = decoded(&r).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        if let Some(code) = code {
-            assert_eq!(doc["code"], code, "{method} {path}: {doc}");
-            assert_eq!(doc["instance"], path, "{method} {path}: {doc}");
-            assert!(r
-                .header("content-type")
+    for (path, enc) in [
+        ("/v1/ns/sseenc/events", "gzip"),
+        ("/v1/queues/sseenc/events", "gzip, deflate, br"),
+    ] {
+        // `stream_h` refuses an event stream with a content-encoding.
+        let (status, headers, mut body) = app.stream_h(path, &[("accept-encoding", enc)]).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            headers["content-type"]
+                .to_str()
                 .unwrap()
-                .starts_with("application/problem+json"));
-            compressed_problems += usize::from(r.header("content-encoding").is_some());
+                .starts_with("text/event-stream"),
+            "{path}: {headers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = Instant::now();
+        if path.contains("/queues/") {
+            let r = app.post("/v1/queues/sseenc/tasks", json!({"payload": "p"})).await;
+            assert!(r.status == 201 || r.status == 200, "{}", r.text());
+        } else {
+            assert_eq!(
+                app.put("/v1/ns/sseenc/kv/k", json!({"value": 1})).await.status,
+                201
+            );
         }
+        let got = crate::common::ws::sse_events(&mut body, 1, Duration::from_secs(3)).await;
+        assert!(
+            !got.is_empty(),
+            "{path}: no event within 3 s with accept-encoding {enc}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{path}: event after {:?}",
+            start.elapsed()
+        );
     }
-    // Problem documents are large enough to be compressed: the check above saw gzip bodies.
-    assert!(
-        compressed_problems >= 5,
-        "only {compressed_problems} problem documents were gzip-encoded"
+    // A stream refused before it starts is an ordinary (compressed, decodable) problem document.
+    let (status, headers, body) = app
+        .stream_h("/v1/ns/BAD/events", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        headers.get("content-encoding").map(|v| v.to_str().unwrap()),
+        Some("gzip")
     );
+    use http_body_util::BodyExt;
+    let doc: serde_json::Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(doc["code"], "invalid_name");
+    app.stop().await;
+}
+
+/// The WebSocket upgrade of a client that sends `Accept-Encoding` (browsers do) is a plain
+/// 101 with no content-encoding, and frames flow; a GET without the upgrade headers is a
+/// decodable problem document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_with_accept_encoding() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = TestApp::start().await;
+    let mut req = format!("{}/v1/watch", app.base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("accept-encoding", "gzip, deflate, br".parse().unwrap());
+    let (mut ws, res) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket upgrade");
+    assert_eq!(res.status().as_u16(), 101);
+    assert!(
+        res.headers().get("content-encoding").is_none(),
+        "{:?}",
+        res.headers()
+    );
+    ws.send(Message::Text(
+        json!({"op": "watch", "id": "w", "namespace": "wsenc"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer to the watch")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first, Message::Text(_)), "{first:?}");
+    let r = app.get("/v1/watch").await;
+    assert!(r.status >= 400, "{}", r.status);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/problem+json")
+    );
+    app.stop().await;
+}
+
+/// The 408 the timeout layer answers a stalled upload with is a problem document encoded as
+/// the client accepts, like every other answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_upload_gets_a_decodable_problem_in_every_encoding() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let mut cfg = crate::common::test_config(&crate::common::shared_redis_url());
+    cfg.request_timeout_ms = 300;
+    let app = TestApp::with_config(cfg).await;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    for enc in ["gzip", "br", "identity"] {
+        // Half a body, then nothing: the upload never ends.
+        let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(b"{\"value\":"),
+        ))]);
+        let body = StreamBody::new(futures::StreamExt::chain(first, futures::stream::pending()));
+        let req = hyper::Request::builder()
+            .method("PUT")
+            .uri(format!("{}/v1/ns/slow/kv/{enc}", app.base))
+            .header("content-type", "application/json")
+            .header("accept-encoding", enc)
+            .body(body)
+            .unwrap();
+        let res = tokio::time::timeout(std::time::Duration::from_secs(5), client.request(req))
+            .await
+            .expect("answered within the deadline")
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 408, "{enc}");
+        let headers = res.headers().clone();
+        let want = (enc != "identity").then_some(enc);
+        assert_eq!(
+            headers.get("content-encoding").map(|v| v.to_str().unwrap()),
+            want,
+            "{enc}"
+        );
+        let raw = res.into_body().collect().await.unwrap().to_bytes();
+        let body = crate::common::http::decode_body(enc, &headers, &raw);
+        let ct = headers.get("content-type").map(|v| v.to_str().unwrap());
+        assert_eq!(ct, Some("application/problem+json"), "{enc}");
+        crate::common::openapi::check("PUT", &format!("/v1/ns/slow/kv/{enc}"), 408, ct, &body);
+        let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p["code"], "request_timeout", "{enc}: {p}");
+    }
+    app.get("/v1/ns/slow/kv/gzip").await.problem(404, "not_found");
     app.stop().await;
 }

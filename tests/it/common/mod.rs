@@ -2,6 +2,7 @@
 //! stream clients ([`ws`]).
 
 pub mod http;
+pub mod openapi;
 pub mod redis;
 pub mod ws;
 

@@ -67,7 +67,7 @@ pub async fn events_until(ws: &mut Ws, id: &str, until_rev: u64) -> Vec<Value> {
 /// Read SSE events (id, event, data) from a body until `want` events named like a change
 /// kind have arrived or `wait` passes without data.
 pub async fn sse_events(
-    body: &mut hyper::body::Incoming,
+    body: &mut super::http::StreamBody,
     want: usize,
     wait: Duration,
 ) -> Vec<(Option<String>, String, Value)> {
