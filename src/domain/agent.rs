@@ -26,6 +26,7 @@ pub const STATES: &[&str] = &[
 pub struct Agent {
     pub id: String,
     /// initializing, ready, running, paused, terminating, terminated, error, or lost.
+    #[schema(value_type = AgentState)]
     pub state: String,
     #[schema(value_type = Vec<String>)]
     pub capabilities: Box<RawValue>,

@@ -273,6 +273,8 @@ pub struct BatchPutItem {
     pub value: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// Expire the key this many milliseconds after the write (1 ..= 315360000000).
+    #[schema(minimum = 1, maximum = 315360000000_u64)]
     #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     pub ttl_ms: Option<u64>,
     /// Write only if the key is at this version (0 = only if absent).

@@ -34,6 +34,7 @@ pub struct Task {
     pub priority: u8,
     /// `delayed` (run_at in the future), `ready`, `leased`, `failed` (last attempt failed, waiting
     /// for its backoff), `completed` or `dead` (attempts exhausted; in the dead-letter list).
+    #[schema(value_type = TaskStateDoc)]
     pub state: String,
     /// Leases so far (an expired lease counts).
     pub attempts: u32,
@@ -351,6 +352,19 @@ impl TaskEvent {
         };
         Some(TaskEvent { id, state })
     }
+}
+
+/// Every state a task can be in (for the OpenAPI document; the service compares text).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(as = TaskState, rename_all = "snake_case")]
+pub enum TaskStateDoc {
+    Delayed,
+    Ready,
+    Leased,
+    Failed,
+    Completed,
+    Dead,
 }
 
 /// The states a published task event names (the ones that matter for wake-ups; others are

@@ -51,6 +51,8 @@ pub struct TxnOpBody {
     value: Option<Value>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    /// Expire the key this many milliseconds after the write (1 ..= 315360000000).
+    #[schema(minimum = 1, maximum = 315360000000_u64)]
     #[serde(default, deserialize_with = "crate::domain::json::int::opt")]
     ttl_ms: Option<u64>,
 }

@@ -39,7 +39,7 @@ use problem::X_REQUEST_ID;
     info(
         title = "swarmstate",
         description = "Coordination state for multi-agent systems: versioned JSON key/value with compare-and-swap, history and transactions, stored in Redis. Errors are RFC 9457 problem documents with a stable `code`.",
-        license(name = "Apache-2.0")
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     paths(
         kv::get_entry,
@@ -53,7 +53,8 @@ use problem::X_REQUEST_ID;
         crate::error::Problem,
         crate::error::ErrorCode,
         crate::domain::kv::OnConflict,
-        crate::domain::agent::AgentState
+        crate::domain::agent::AgentState,
+        crate::domain::queue::TaskStateDoc
     )),
     tags(
         (name = "kv", description = "Versioned key/value"),
