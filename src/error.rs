@@ -167,6 +167,22 @@ pub struct Problem {
     /// For `version_mismatch`: the entry's current version (0 when it does not exist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<u64>,
+    /// For `redis_unavailable`: whether a write took effect — `not_applied` (Redis refused it
+    /// before running it), `unknown` (no answer: it may have been applied; retry with a
+    /// precondition or the same Idempotency-Key), `applied_unconfirmed` (durability wait timed out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Outcome>)]
+    pub outcome: Option<String>,
+}
+
+/// What a failed write did (the `outcome` of a 503).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum Outcome {
+    NotApplied,
+    Unknown,
+    AppliedUnconfirmed,
 }
 
 /// The error every handler returns.

@@ -230,9 +230,13 @@ impl Store {
     }
 }
 
-/// Errors that mean "Redis is not answering right now" become 503 `redis_unavailable`.
+/// Errors that mean "Redis is not answering right now" become 503 `redis_unavailable`, with
+/// the `outcome` of a write (DESIGN.md "Names and limits"): `not_applied` when Redis refused
+/// the command before running it (LOADING, BUSY, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN,
+/// NOREPLICAS), `unknown` when the answer never came (timeout, broken connection, topology
+/// change): the write may have been applied.
 pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
-    let transient_reply = [
+    let refused_reply = [
         "LOADING",
         "BUSY",
         "MASTERDOWN",
@@ -248,22 +252,41 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         ErrorKind::IO => "io",
         ErrorKind::Canceled => "canceled",
         ErrorKind::Cluster | ErrorKind::Routing | ErrorKind::Sentinel => "topology",
-        _ if transient_reply => "busy",
+        _ if refused_reply => "busy",
         _ => "other",
     };
     metrics::counter!("redis_errors_total", "kind" => kind).increment(1);
     if kind == "other" {
-        ApiError::internal(format!("redis {command}: {e}"))
-    } else {
-        tracing::warn!(command, error = %e, "Redis unavailable");
-        let detail = if kind == "io" || kind == "canceled" {
-            format!(
-                "the connection to Redis failed during {command}; a write may or may not have been applied, \
-                 read the current state before retrying"
-            )
-        } else {
-            format!("Redis did not answer {command} in time ({kind}); retry shortly")
-        };
-        ApiError::unavailable(detail)
+        return ApiError::internal(format!("redis {command}: {e}"));
     }
+    tracing::warn!(command, error = %e, "Redis unavailable");
+    let (outcome, detail) = if kind == "busy" {
+        (
+            "not_applied",
+            format!(
+                "Redis refused {command} ({}); nothing was applied, retry shortly",
+                first_word(e.details())
+            ),
+        )
+    } else {
+        let why = match kind {
+            "timeout" => format!("Redis did not answer {command} within command_timeout_ms"),
+            "topology" => format!("the Redis topology changed during {command}"),
+            _ => format!("the connection to Redis failed during {command}"),
+        };
+        (
+            "unknown",
+            format!(
+                "{why}; a write may or may not have been applied: read the current state, or retry \
+                 with a precondition (If-Match) or the same Idempotency-Key"
+            ),
+        )
+    };
+    let mut err = ApiError::unavailable(detail);
+    err.extra.insert("outcome".into(), outcome.into());
+    err
+}
+
+fn first_word(s: &str) -> &str {
+    s.split_whitespace().next().unwrap_or(s)
 }

@@ -274,3 +274,72 @@ async fn a_write_whose_connection_drops_is_never_applied_twice() {
     assert_eq!(r.json()["value"], 2);
     app.stop().await;
 }
+
+/// A write whose answer never came says so (`outcome: unknown`) and does not advise a blind
+/// retry: with Redis paused past the command timeout the increment answers 503, and once Redis
+/// resumes it turns out to have been applied. A write Redis refused up front (a read-only
+/// replica) is `not_applied`, and indeed changed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_on_a_write_states_its_outcome() {
+    let redis = RedisServer::start(&[]);
+    let mut cfg = test_config(&redis.url());
+    cfg.command_timeout_ms = 300;
+    let app = TestApp::with_config(cfg).await;
+    let r = app.post("/v1/ns/o/counters/n/incr", json!({"by": 1})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let admin = crate::common::redis_client(&redis.url()).await;
+
+    let _: () = admin
+        .custom(
+            fred::cmd!("CLIENT"),
+            vec!["PAUSE".to_string(), "1500".into(), "WRITE".into()],
+        )
+        .await
+        .unwrap();
+    let r = app.post("/v1/ns/o/counters/n/incr", json!({"by": 1})).await;
+    let p = r.problem(503, "redis_unavailable");
+    assert_eq!(p["outcome"], "unknown", "{p}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("may or may not have been applied"), "{p}");
+    assert!(
+        detail.contains("Idempotency-Key") && !detail.contains("retry shortly"),
+        "{p}"
+    );
+    // When Redis resumes, the write it held is applied: a blind retry would count twice.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = app.get("/v1/ns/o/kv/n").await;
+        if v.status == 200 && v.json()["value"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paused increment was never applied: {}",
+            v.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A replica refuses writes before running them: nothing applied, and the answer says so.
+    let dead = free_port();
+    let _: () = admin
+        .custom(
+            fred::cmd!("REPLICAOF"),
+            vec!["127.0.0.1".to_string(), dead.to_string()],
+        )
+        .await
+        .unwrap();
+    let r = app.post("/v1/ns/o/counters/n/incr", json!({"by": 1})).await;
+    let p = r.problem(503, "redis_unavailable");
+    assert_eq!(p["outcome"], "not_applied", "{p}");
+    let _: () = admin
+        .custom(fred::cmd!("REPLICAOF"), vec!["NO".to_string(), "ONE".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get("/v1/ns/o/kv/n").await.json()["value"],
+        2,
+        "the refused write changed nothing"
+    );
+    app.stop().await;
+}
