@@ -44,6 +44,11 @@ impl Server {
         let report = loop {
             match migrate::run(&store).await {
                 Ok(r) => break r,
+                Err(migrate::MigrateError::Redis(e)) if crate::store::is_refusal_text(&e) => {
+                    return Err(format!(
+                        "Redis refused the service: {e} (check the ACL user's permissions)"
+                    ))
+                }
                 Err(migrate::MigrateError::Redis(e)) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, "Redis not ready for migrations yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;

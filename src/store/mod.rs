@@ -90,6 +90,10 @@ impl Store {
             let pool = build()?;
             match pool.init().await {
                 Ok(_) => break pool,
+                Err(e) if is_permanent(&e) => return Err(format!(
+                    "Redis at {} refused the connection: {e} (check the password / ACL user in redis_url)",
+                    crate::config::redact(url)
+                )),
                 Err(e) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, url = %crate::config::redact(url), "Redis not reachable yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -228,6 +232,24 @@ impl Store {
                 .into(),
         ]
     }
+}
+
+/// Errors retrying cannot heal: authentication and permission refusals, bad configuration.
+pub fn is_permanent(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url) || is_refusal_text(e.details())
+}
+
+/// Reply texts of authentication and permission refusals.
+pub fn is_refusal_text(s: &str) -> bool {
+    [
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "ERR AUTH",
+        "invalid username-password",
+    ]
+    .iter()
+    .any(|w| s.contains(w))
 }
 
 /// Errors that mean "Redis is not answering right now" become 503 `redis_unavailable`, with

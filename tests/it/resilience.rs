@@ -343,3 +343,43 @@ async fn a_503_on_a_write_states_its_outcome() {
     );
     app.stop().await;
 }
+
+/// Authentication refusals cannot heal by waiting: start-up fails at once with Redis' answer
+/// instead of retrying for the whole start-up timeout (issue 11, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_fails_at_once_when_redis_refuses_the_password() {
+    let redis = RedisServer::start(&[]);
+    let admin = crate::common::redis_client(&redis.url()).await;
+    let _: () = admin
+        .custom(
+            fred::cmd!("CONFIG"),
+            vec!["SET".to_string(), "requirepass".into(), "s3cret".into()],
+        )
+        .await
+        .unwrap();
+    let port = redis.url().rsplit(':').next().unwrap().to_string();
+    for (url, word) in [
+        (format!("redis://127.0.0.1:{port}"), "NOAUTH"),
+        (format!("redis://:wrong@127.0.0.1:{port}"), "WRONGPASS"),
+    ] {
+        let mut cfg = test_config(&url);
+        cfg.startup_timeout_ms = 20_000;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let start = Instant::now();
+        let err = match swarmstate::app::Server::start(cfg, listener, false).await {
+            Ok(_) => panic!("{url}: started without the password"),
+            Err(e) => e,
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{url}: took {:?}",
+            start.elapsed()
+        );
+        assert!(err.contains(word), "{url}: {err}");
+        assert!(!err.contains("wrong@"), "the password is redacted: {err}");
+    }
+    // With the password it starts.
+    let app = TestApp::with_config(test_config(&format!("redis://:s3cret@127.0.0.1:{port}"))).await;
+    assert_eq!(app.get("/readyz").await.status, 200);
+    app.stop().await;
+}
