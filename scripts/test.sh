@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy, unit tests and the integration tests (which start
-# their own redis-server processes), then the SDK checks (scripts/sdk-tests.sh). Installs
+# their own redis-server processes), then the SDK checks (scripts/sdk-tests.sh) and the README
+# tour run against a fresh service (scripts/readme-tour.sh). Installs
 # redis-server, redis-tools, prometheus (promtool), python3-venv (and Rust) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +16,7 @@ echo ">> cargo clippy"
 cargo clippy --locked --all-targets --all-features -- -D warnings
 echo ">> cargo test"
 cargo test --locked
-echo ">> SDK checks (openapi-spec-validator, generated Python client)"
+echo ">> SDK checks (spec validators, generated Python and TypeScript clients, schemathesis)"
 bash scripts/sdk-tests.sh
+echo ">> README tour against a fresh service"
+bash scripts/readme-tour.sh

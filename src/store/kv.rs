@@ -362,10 +362,12 @@ impl Store {
             max,
             "LIMIT".into(),
             0i64.into(),
-            (limit as i64).into(),
+            // One more than the page: whether another page follows (null cursor on the last).
+            (limit as i64 + 1).into(),
         ];
         let mut names: Vec<String> = self.timed("zrangebylex", self.client().custom(cmd, args)).await?;
-        let mut full = names.len() == limit;
+        let mut full = names.len() > limit;
+        names.truncate(limit);
         if with_values && !names.is_empty() {
             let sizes = self.sizes(ns, &names).await?;
             let mut total = 0u64;

@@ -100,6 +100,16 @@ async fn every_list_pages_with_limit_and_cursor() {
     );
     assert_eq!(walk(&app, "/v1/agents", "id").await.0, names("a", 7));
 
+    // Keys by prefix: four keys are exactly two pages (no empty third page).
+    for k in ["k/a", "k/b", "k/c", "k/d", "other"] {
+        app.put(&format!("/v1/ns/keys/kv/{k}"), json!({"value": 1})).await;
+    }
+    let (keys, pages) = walk(&app, "/v1/ns/keys/kv?prefix=k/", "key").await;
+    assert_eq!(
+        (keys, pages),
+        (vec!["k/a".into(), "k/b".into(), "k/c".into(), "k/d".into()], 2)
+    );
+
     // History, newest first, over pages of two.
     for i in 1..=5 {
         app.put("/v1/ns/h/kv/doc", json!({"value": i})).await;
