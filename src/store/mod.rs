@@ -90,10 +90,12 @@ impl Store {
             let pool = build()?;
             match pool.init().await {
                 Ok(_) => break pool,
-                Err(e) if is_permanent(&e) => return Err(format!(
+                Err(e) if is_permanent(&e) => {
+                    return Err(format!(
                     "Redis at {} refused the connection: {e} (check the password / ACL user in redis_url)",
                     crate::config::redact(url)
-                )),
+                ))
+                }
                 Err(e) if Instant::now() < deadline => {
                     tracing::warn!(error = %e, url = %crate::config::redact(url), "Redis not reachable yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
