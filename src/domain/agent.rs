@@ -220,6 +220,7 @@ impl AgentFilter {
 pub struct AgentList {
     pub items: Vec<Agent>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

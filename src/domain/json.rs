@@ -26,7 +26,7 @@ pub mod int {
     use serde::de::{Deserializer, Error, Visitor};
     use serde::Deserialize;
 
-    /// Largest integer every float below it represents exactly.
+    /// 2^53: every whole float below it is exact (2^53 + 1 parses as 2^53, so it is refused).
     const EXACT: f64 = 9_007_199_254_740_992.0;
 
     struct Integral(i128);
@@ -46,7 +46,7 @@ pub mod int {
                     Ok(Integral(v.into()))
                 }
                 fn visit_f64<E: Error>(self, v: f64) -> Result<Integral, E> {
-                    if v.fract() == 0.0 && v.abs() <= EXACT {
+                    if v.fract() == 0.0 && v.abs() < EXACT {
                         Ok(Integral(v as i128))
                     } else {
                         Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))

@@ -233,6 +233,7 @@ pub struct EntryPage {
     #[schema(value_type = Vec<EntryDoc>)]
     pub items: Vec<Entry>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -402,5 +403,6 @@ pub struct NamespaceInfo {
 pub struct NamespaceList {
     pub items: Vec<NamespaceInfo>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }

@@ -131,6 +131,7 @@ pub enum Tier {
 pub struct PartitionList {
     pub items: Vec<Partition>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

@@ -280,6 +280,7 @@ pub struct ExtendBody {
 pub struct QueueList {
     pub items: Vec<QueueStats>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -289,6 +290,7 @@ pub struct DeadList {
     /// Dead tasks in all.
     pub total: u64,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

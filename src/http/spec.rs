@@ -112,6 +112,7 @@ fn edit(v: &mut Value) {
     });
     let conflict = json!({
         "description": "Conflict: `stale_fencing_token` (x-fencing-token is not the lock's newest), `idempotency_key_in_flight` (the first request with this Idempotency-Key still runs; Retry-After), or the operation's own conflict",
+        "headers": {"Retry-After": {"description": "Seconds to wait (idempotency_key_in_flight)", "schema": {"type": "integer"}}},
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     });
     let reused = json!({
@@ -163,7 +164,8 @@ fn edit(v: &mut Value) {
                     for (status, r) in responses.iter_mut() {
                         if matches!(status.as_str(), "200" | "201" | "304") {
                             if let Some(r) = r.as_object_mut() {
-                                r.insert("headers".into(), etag.clone());
+                                let h = r.entry("headers").or_insert_with(|| json!({}));
+                                h["ETag"] = etag["ETag"].clone();
                             }
                         }
                     }

@@ -3,11 +3,16 @@
 //! with another fingerprint is 422 `idempotency_key_reused`, one while the first still runs is
 //! 409 `idempotency_key_in_flight`.
 //!
+//! Kept: every answer of a request that reached its operation — successes, refusals such as
+//! 404/409/412/507, and 5xx whose outcome is unknown (a repeat replays that 503 rather than
+//! applying the write a second time). Not kept (a repeat runs again): 400/405/413/415/422
+//! (nothing ran) and a 503 with outcome `not_applied` (Redis refused the command up front).
+//!
 //! Not atomic with the operation: the record is reserved before the operation and written after
-//! it, in the same hash slot but by separate commands. If the service dies between the
-//! operation and the record, the reservation expires after `request_timeout_ms` and a repeat
-//! then runs the operation again; a 5xx answer (outcome unknown) is not kept, so the client's
-//! retry runs again too — pair the key with a precondition where a double apply matters.
+//! it, in the same hash slot but by separate commands. The operation and the keeping of its
+//! answer run on their own task, so a client that disconnects or times out does not cut them
+//! short. Only if the service process dies between the two does the reservation expire after
+//! `request_timeout_ms` + 1 s and a repeat then runs the operation again.
 
 use super::Ops;
 use crate::domain::idempotency::{Answer, Home, Record, RETAIN_MS};

@@ -194,17 +194,21 @@ impl Ops {
                     .ok_or_else(not_ours)?,
             ),
         };
-        let items = self
+        // One more than the page: whether an older retained version follows.
+        let mut items = self
             .store
-            .kv_history(ns, key, limit, below)
+            .kv_history(ns, key, limit + 1, below)
             .await?
             .ok_or_else(|| key_not_found(key))?;
-        let next = match items.last() {
-            Some(last) if items.len() == limit && last.version > 1 => {
-                Some(encode_cursor(&format!("v{}", last.version)))
-            }
-            _ => None,
-        };
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = more
+            .then(|| {
+                items
+                    .last()
+                    .map(|last| encode_cursor(&format!("v{}", last.version)))
+            })
+            .flatten();
         Ok((items, next))
     }
 

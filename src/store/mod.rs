@@ -301,8 +301,9 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         (
             "unknown",
             format!(
-                "{why}; a write may or may not have been applied: read the current state, or retry \
-                 with a precondition (If-Match) or the same Idempotency-Key"
+                "{why}; a write may or may not have been applied: read the current state before \
+                 retrying, or retry with a precondition (If-Match); a repeat with the same \
+                 Idempotency-Key replays this answer, it does not apply the write twice"
             ),
         )
     };

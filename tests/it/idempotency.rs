@@ -110,7 +110,9 @@ async fn a_key_still_running_is_409_and_refusals_are_kept_too() {
     let body = r#"{"items": [{"key": "a", "value": 1}]}"#;
     let id = record_id("anonymous", "POST", "/v1/ns/r/batch/put", "slow");
     let key = app.keys().idempotency(&Home::Namespace("r".into()), &id);
-    let running = json!({"fingerprint": fingerprint("", body.as_bytes()), "answer": null});
+    // The fingerprint covers the query and the headers that change a write (here content-type).
+    let context = "\ncontent-type: application/json";
+    let running = json!({"fingerprint": fingerprint(context, body.as_bytes()), "answer": null});
     let _: () = app
         .redis()
         .await
@@ -162,5 +164,114 @@ async fn long_polls_ignore_the_key_and_bad_keys_are_refused() {
             .problem(400, "invalid_argument");
     }
     assert_eq!(ready(&app, "lp").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_not_kept_and_headers_are_part_of_the_request() {
+    let app = TestApp::start().await;
+    app.put("/v1/ns/h/kv/n", json!({"value": 0})).await;
+    let incr = |fence: &'static str| {
+        let app = &app;
+        async move {
+            app.req(
+                "POST",
+                "/v1/ns/h/counters/n/incr",
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", "fix-me"),
+                    ("x-change-reason", fence),
+                ],
+                Some(br#"{"by": 1}"#),
+            )
+            .await
+        }
+    };
+    // A malformed header is a 400 that ran nothing: the corrected request runs.
+    let bad = app
+        .req(
+            "POST",
+            "/v1/ns/h/counters/n/incr",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "fix-me"),
+                ("x-fencing-token", "garbage"),
+            ],
+            Some(br#"{"by": 1}"#),
+        )
+        .await;
+    bad.problem(400, "invalid_argument");
+    let ok = incr("first").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.header("idempotent-replayed"), None);
+    // The same body with another header that changes the write is another request.
+    incr("second").await.problem(422, "idempotency_key_reused");
+    assert_eq!(
+        incr("first").await.header("idempotent-replayed").as_deref(),
+        Some("true")
+    );
+    assert_eq!(app.get("/v1/ns/h/kv/n").await.json()["value"], 1);
+
+    // The path as the router reads it: `%6Aobs` is the queue `jobs`.
+    for path in ["/v1/queues/jobs/tasks", "/v1/queues/%6Aobs/tasks"] {
+        post_key(&app, path, "enc", r#"{"payload": 1}"#).await;
+    }
+    assert_eq!(ready(&app, "jobs").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_and_clients_that_leave_do_not_apply_twice() {
+    let app = TestApp::start().await;
+    // A 1.2 MB answer (1000 entries of 900 bytes) is kept like any other.
+    let big = "x".repeat(900);
+    let items: Vec<Value> = (0..1000)
+        .map(|i| json!({"key": format!("k{i}"), "value": big}))
+        .collect();
+    let body = json!({ "items": items }).to_string();
+    let first = post_key(&app, "/v1/ns/big/batch/put", "big", &body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(first.body.len() > 1_100_000, "{}", first.body.len());
+    let again = post_key(&app, "/v1/ns/big/batch/put", "big", &body).await;
+    assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(app.get("/v1/ns/big/kv/k999").await.json()["version"], 1);
+
+    // A client that sends a large batch and goes away at once: the batch finishes and its answer
+    // is kept, so the repeat replays it (409 while it still runs) instead of writing twice.
+    let small: Vec<Value> = (0..1000)
+        .map(|i| json!({"key": format!("g{i}"), "value": i}))
+        .collect();
+    let body = json!({ "items": small }).to_string();
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/ns/big/batch/put HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nidempotency-key: gone\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    use tokio::io::AsyncWriteExt;
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    drop(sock);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = post_key(&app, "/v1/ns/big/batch/put", "gone", &body).await;
+        match r.status {
+            409 => {
+                r.problem(409, "idempotency_key_in_flight");
+                assert!(std::time::Instant::now() < deadline, "still in flight");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            200 => break,
+            s => panic!("{s}: {}", r.text()),
+        }
+    }
+    for k in ["g0", "g500", "g999"] {
+        assert_eq!(
+            app.get(&format!("/v1/ns/big/kv/{k}")).await.json()["version"],
+            1,
+            "{k}"
+        );
+    }
     app.stop().await;
 }

@@ -116,6 +116,16 @@ async fn every_list_pages_with_limit_and_cursor() {
     }
     let (versions, _) = walk(&app, "/v1/ns/h/kv/doc/history", "version").await;
     assert_eq!(versions, ["5", "4", "3", "2", "1"]);
+    // Retention (10 versions) trimmed the oldest: the last page still ends with a null cursor.
+    for i in 1..=12 {
+        app.put("/v1/ns/h/kv/long", json!({"value": i})).await;
+    }
+    let (versions, pages) = walk(&app, "/v1/ns/h/kv/long/history", "version").await;
+    assert_eq!(versions.len(), 10, "{versions:?}");
+    assert_eq!(
+        (versions[0].as_str(), versions[9].as_str(), pages),
+        ("12", "3", 5)
+    );
     app.stop().await;
 }
 

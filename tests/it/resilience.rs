@@ -275,6 +275,16 @@ async fn a_write_whose_connection_drops_is_never_applied_twice() {
     app.stop().await;
 }
 
+async fn keyed_incr(app: &TestApp, key: &str) -> crate::common::Resp {
+    app.req(
+        "POST",
+        "/v1/ns/o/counters/n/incr",
+        &[("content-type", "application/json"), ("idempotency-key", key)],
+        Some(br#"{"by": 10}"#),
+    )
+    .await
+}
+
 /// A write whose answer never came says so (`outcome: unknown`) and does not advise a blind
 /// retry: with Redis paused past the command timeout the increment answers 503, and once Redis
 /// resumes it turns out to have been applied. A write Redis refused up front (a read-only
@@ -305,6 +315,10 @@ async fn a_503_on_a_write_states_its_outcome() {
         detail.contains("Idempotency-Key") && !detail.contains("retry shortly"),
         "{p}"
     );
+    // With an Idempotency-Key the reservation comes first; paused too, it times out before the
+    // increment was sent: `not_applied`.
+    let first = keyed_incr(&app, "once").await;
+    assert_eq!(first.problem(503, "redis_unavailable")["outcome"], "not_applied");
     // When Redis resumes, the write it held is applied: a blind retry would count twice.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -319,6 +333,37 @@ async fn a_503_on_a_write_states_its_outcome() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The reservation the paused Redis took late holds the key (409), so nothing runs twice.
+    keyed_incr(&app, "once")
+        .await
+        .problem(409, "idempotency_key_in_flight");
+
+    // A 5xx that reached the operation is kept: the repeat replays it, even once Redis would
+    // accept the write (here the service's user lost FCALL: 500 internal).
+    let acl = |rule: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let _: () = admin
+                .custom(
+                    fred::cmd!("ACL"),
+                    vec!["SETUSER".to_string(), "default".into(), rule.into()],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    acl("-fcall").await;
+    keyed_incr(&app, "perm").await.problem(500, "internal");
+    acl("+fcall").await;
+    let again = keyed_incr(&app, "perm").await;
+    assert_eq!(
+        again.header("idempotent-replayed").as_deref(),
+        Some("true"),
+        "{}",
+        again.text()
+    );
+    again.problem(500, "internal");
+    assert_eq!(app.get("/v1/ns/o/kv/n").await.json()["value"], 2);
 
     // A replica refuses writes before running them: nothing applied, and the answer says so.
     let dead = free_port();
