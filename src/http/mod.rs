@@ -23,6 +23,7 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::Router;
 use tower::ServiceBuilder;
+use tower_http::classify::StatusInRangeAsFailures;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -106,10 +107,11 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-                // 5xx answers are logged at WARN here: the ones that are our fault are logged at
-                // ERROR where they arise (`ApiError::internal`); 503 and 507 are not bugs.
+                // 500..=506 are logged at WARN here: the ones that are our fault are logged at
+                // ERROR where they arise (`ApiError::internal`). 507 (quota_exceeded,
+                // pool_exhausted) is the client's, like a 4xx: not logged as a failure.
                 .layer(
-                    TraceLayer::new_for_http()
+                    TraceLayer::new(StatusInRangeAsFailures::new(500..=506).into_make_classifier())
                         .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
                 )
                 // Outside `observe`: the problem documents it writes are compressed like every
