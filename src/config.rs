@@ -25,6 +25,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("body_limit_bytes", "larger request bodies are 413"),
     ("command_timeout_ms", "Redis deadline; 503 past it"),
     ("request_timeout_ms", "deadline of a whole request, body upload included (408)"),
+    ("header_timeout_ms", "a request's headers must arrive within this (also ends idle keep-alive waits)"),
+    ("idle_timeout_ms", "a connection with no bytes moving either way for this long is closed"),
+    ("max_connections", "open HTTP connections at most; more wait in the listen backlog (1024)"),
+    ("shutdown_grace_ms", "on SIGTERM, open requests and streams get this long before they are cut"),
     ("ws_ping_interval_ms", "WebSocket ping interval; silent for three intervals closes with 4001"),
     ("keyspace_relay", "relay keyspace notifications as expire / evict / external events"),
     ("redis_pool_size", "pipelined Redis connections"),
@@ -85,6 +89,16 @@ pub struct Config {
     /// Deadline of a whole request, body upload included; past it the client gets 408
     /// `request_timeout` (slow or stalled clients cannot hold a request open forever).
     pub request_timeout_ms: u64,
+    /// A request's headers must arrive within this; hyper starts the timer whenever a
+    /// connection waits for its next request, so an idle keep-alive connection ends then too.
+    pub header_timeout_ms: u64,
+    /// A connection on which no byte moved either way for this long is closed (a request that
+    /// streams or long-polls writes well within it).
+    pub idle_timeout_ms: u64,
+    /// Open HTTP connections at most; more connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// On SIGTERM: how long open requests, streams and sockets get before they are cut.
+    pub shutdown_grace_ms: u64,
     /// WebSocket keepalive: a ping this often; a client silent for three intervals is closed
     /// with 4001.
     pub ws_ping_interval_ms: u64,
@@ -126,6 +140,10 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             command_timeout_ms: 2000,
             request_timeout_ms: 60_000,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            shutdown_grace_ms: 10_000,
             ws_ping_interval_ms: 15_000,
             keyspace_relay: true,
             redis_pool_size: 1,
@@ -229,6 +247,18 @@ impl Config {
         }
         if !(100..=3_600_000).contains(&self.request_timeout_ms) {
             return bad("request_timeout_ms: must be between 100 and 3600000".into());
+        }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            return bad("header_timeout_ms: must be between 100 and 600000".into());
+        }
+        if !(100..=3_600_000).contains(&self.idle_timeout_ms) {
+            return bad("idle_timeout_ms: must be between 100 and 3600000".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return bad("max_connections: must be between 1 and 1000000".into());
+        }
+        if self.shutdown_grace_ms > 600_000 {
+            return bad("shutdown_grace_ms: must be at most 600000".into());
         }
         if !(100..=600_000).contains(&self.ws_ping_interval_ms) {
             return bad("ws_ping_interval_ms: must be between 100 and 600000".into());

@@ -5,6 +5,7 @@
 //! serve. Shutdown (SIGTERM / Ctrl-C): stop accepting, finish in-flight requests, stop
 //! background tasks, close Redis, then stop the embedded redis-server.
 
+pub mod serve;
 pub mod tasks;
 
 use std::net::SocketAddr;
@@ -76,11 +77,8 @@ impl Server {
         let (stop, stopped) = shutdown::channel();
         let app = crate::http::router(state.clone());
         let http_stop = shutdown::wait(stopped.clone());
-        let http = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(http_stop).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let limits = serve::Limits::of(&state.cfg);
+        let http = tokio::spawn(serve::serve(listener, app, limits, http_stop));
         let background = tasks::spawn(&ops, state.metrics.clone(), stopped);
         tracing::info!(%addr, "swarmstate listening");
         Ok(Server {
@@ -106,9 +104,7 @@ impl Server {
 /// `swarmstate serve`: everything from start-up to graceful exit. An `Err` is printed and
 /// the process exits 1.
 pub async fn run(mut cfg: Config) -> Result<(), String> {
-    let listener = TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let listener = serve::listen(&cfg.listen).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let embedded = match cfg.redis_url {
         Some(_) => None,
         None => {

@@ -4,6 +4,7 @@ mod agents;
 mod bodies;
 mod cli;
 mod common;
+mod connections;
 mod errors;
 mod idempotency;
 mod kv;
