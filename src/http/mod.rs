@@ -25,6 +25,7 @@ use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::classify::StatusInRangeAsFailures;
 use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -105,6 +106,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(
             ServiceBuilder::new()
+                // A client's x-request-id is kept only when it is short, visible ASCII (a
+                // 64 KB one was echoed back whole); otherwise a fresh one is made.
+                .map_request(problem::sanitize_request_id)
                 .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 // 500..=506 are logged at WARN here: the ones that are our fault are logged at
@@ -119,6 +123,9 @@ pub fn router(state: AppState) -> Router {
                 // replaced and no client could decode them).
                 .layer(CompressionLayer::new())
                 .layer(middleware::from_fn(problem::observe))
+                // A declared Content-Length over the limit is 413 at once, before any body byte
+                // is awaited (the lazy limit below catches chunked bodies as they stream).
+                .layer(RequestBodyLimitLayer::new(body_limit))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
                     request_timeout,

@@ -45,6 +45,19 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
     }
 }
 
+/// Drop a client's `x-request-id` unless it is 1..=128 visible ASCII characters, so a fresh
+/// one is made instead of echoing (and logging) whatever arrived.
+pub fn sanitize_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let ok = req.headers().get(&X_REQUEST_ID).is_none_or(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+    });
+    if !ok {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    req
+}
+
 /// 404 for any route that does not exist.
 pub async fn fallback(method: Method) -> ApiError {
     ApiError::not_found(format!("no route for {method} here"))

@@ -48,6 +48,8 @@ pub async fn watch_socket(State(st): State<AppState>, ws: WebSocketUpgrade) -> R
 enum Ctrl {
     Ping,
     Idle,
+    /// A frame over the size limit arrived: close with 1009.
+    TooBig,
 }
 
 async fn run(st: AppState, socket: WebSocket) {
@@ -69,6 +71,13 @@ async fn run(st: AppState, socket: WebSocket) {
                         let _ = sink.send(Message::Close(Some(CloseFrame {
                             code: 4001,
                             reason: "no pong or message for three ping intervals".into(),
+                        }))).await;
+                        return;
+                    }
+                    Some(Ctrl::TooBig) => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame {
+                            code: 1009,
+                            reason: "message too big".into(),
                         }))).await;
                         return;
                     }
@@ -142,6 +151,11 @@ async fn run(st: AppState, socket: WebSocket) {
                 session.binary();
                 continue;
             }
+            Err(e) if is_too_big(&e) => {
+                let _ = ctrl_tx.try_send(Ctrl::TooBig);
+                server_closing = true;
+                break;
+            }
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
@@ -174,4 +188,11 @@ async fn run(st: AppState, socket: WebSocket) {
         .await;
     }
     metrics::gauge!("ws_connections").decrement(1.0);
+}
+
+/// A frame or message over `MAX_FRAME` (tungstenite's capacity error; axum does not expose
+/// its type, only its text).
+fn is_too_big(e: &axum::Error) -> bool {
+    let t = e.to_string();
+    t.contains("Space limit exceeded") || t.contains("too long") || t.contains("too big")
 }

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::Ops;
-use crate::domain::names::{validate_name, validate_pattern, MAX_KEY_BYTES};
+use crate::domain::names::{validate_name, validate_pattern, validate_prefix};
 use crate::domain::watch::{ClientOp, Event, Replay};
 
 /// Frames queued per connection before the consumer counts as too slow.
@@ -204,8 +204,9 @@ impl Session {
                     return;
                 }
                 let prefix = prefix.unwrap_or_default();
-                if prefix.len() > MAX_KEY_BYTES {
-                    self.out.error(Some(&id), "invalid_argument", "prefix too long");
+                if let Err(e) = validate_prefix(&prefix) {
+                    // The same rule as the HTTP listing's prefix.
+                    self.out.error(Some(&id), "invalid_argument", &e.detail);
                     return;
                 }
                 let spec = WatchSpec::new(&id, namespace, prefix, from_revision, values.unwrap_or(true));

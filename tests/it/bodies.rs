@@ -71,3 +71,41 @@ async fn whole_floats_are_integers_and_fractions_are_refused() {
         .problem(400, "malformed_json");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"PUT /v1/ns/b/kv/a HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("413 not sent before the body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.contains("application/problem+json") && head.contains("payload_too_large"),
+        "{head}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+
+    // A request id a client sends is kept when sane, replaced when not.
+    let r = app
+        .req("GET", "/healthz", &[("x-request-id", "trace-123")], None)
+        .await;
+    assert_eq!(r.header("x-request-id").as_deref(), Some("trace-123"));
+    let long = "r".repeat(65_536);
+    let r = app
+        .req("GET", "/v1/ns/b/kv/none", &[("x-request-id", &long)], None)
+        .await;
+    let id = r.header("x-request-id").unwrap();
+    assert!(id.len() <= 128 && id != long, "{}", id.len());
+    assert_eq!(r.problem(404, "not_found")["request_id"], id.as_str());
+    app.stop().await;
+}
