@@ -30,6 +30,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("max_connections", "open HTTP connections at most; more wait in the listen backlog (1024)"),
     ("shutdown_grace_ms", "on SIGTERM, open requests and streams get this long before they are cut"),
     ("ws_ping_interval_ms", "WebSocket ping interval; silent for three intervals closes with 4001"),
+    ("ws_send_timeout_ms", "a WebSocket write that cannot progress this long drops the consumer"),
     ("keyspace_relay", "relay keyspace notifications as expire / evict / external events"),
     ("redis_pool_size", "pipelined Redis connections"),
     ("history_versions", "versions kept per key, current included"),
@@ -102,6 +103,9 @@ pub struct Config {
     /// WebSocket keepalive: a ping this often; a client silent for three intervals is closed
     /// with 4001.
     pub ws_ping_interval_ms: u64,
+    /// A WebSocket write (the kernel's buffers full: the client reads nothing) that makes no
+    /// progress for this long drops the consumer.
+    pub ws_send_timeout_ms: u64,
     /// Relay Redis keyspace notifications (expirations, evictions, writes by other clients)
     /// into the change log; sets `notify-keyspace-events` on the primaries when allowed.
     pub keyspace_relay: bool,
@@ -145,6 +149,7 @@ impl Default for Config {
             max_connections: 10_000,
             shutdown_grace_ms: 10_000,
             ws_ping_interval_ms: 15_000,
+            ws_send_timeout_ms: 5_000,
             keyspace_relay: true,
             redis_pool_size: 1,
             history_versions: 10,
@@ -259,6 +264,9 @@ impl Config {
         }
         if self.shutdown_grace_ms > 600_000 {
             return bad("shutdown_grace_ms: must be at most 600000".into());
+        }
+        if !(100..=600_000).contains(&self.ws_send_timeout_ms) {
+            return bad("ws_send_timeout_ms: must be between 100 and 600000".into());
         }
         if !(100..=600_000).contains(&self.ws_ping_interval_ms) {
             return bad("ws_ping_interval_ms: must be between 100 and 600000".into());

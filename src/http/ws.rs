@@ -59,6 +59,7 @@ async fn run(st: AppState, socket: WebSocket) {
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Ctrl>(4);
     // Dropped when the writer ends (socket closed by us, or a write failed).
     let (writer_alive, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
+    let send_timeout = Duration::from_millis(st.cfg.ws_send_timeout_ms);
     let mut writer = tokio::spawn(async move {
         let _alive = writer_alive;
         loop {
@@ -87,21 +88,44 @@ async fn run(st: AppState, socket: WebSocket) {
                     Some(text) => {
                         // Everything already queued goes out in one write (one syscall, one
                         // TCP segment where it fits) instead of one per frame.
-                        let mut bytes = text.len();
-                        if sink.feed(Message::Text(Utf8Bytes::from(text))).await.is_err() {
-                            return;
-                        }
-                        for _ in 0..WRITE_BATCH {
+                        let mut batch = vec![text];
+                        while batch.len() <= WRITE_BATCH {
                             let Ok(more) = inbox.frames.try_recv() else { break };
-                            bytes += more.len();
-                            if sink.feed(Message::Text(Utf8Bytes::from(more))).await.is_err() {
-                                return;
+                            batch.push(more);
+                        }
+                        let bytes = batch.iter().map(String::len).sum();
+                        let write = async {
+                            for t in batch {
+                                sink.feed(Message::Text(Utf8Bytes::from(t))).await?;
                             }
+                            sink.flush().await
+                        };
+                        // A consumer whose socket buffers are full makes no progress at all:
+                        // it is dropped when a write stalls past the send timeout, or when the
+                        // queue behind the stalled write passes its budget meanwhile.
+                        let stalled = tokio::select! {
+                            r = tokio::time::timeout(send_timeout, write) => match r {
+                                Ok(Ok(())) => false,
+                                Ok(Err(_)) => return,
+                                Err(_) => true,
+                            },
+                            _ = inbox.slow.recv() => true,
+                        };
+                        if !stalled {
+                            inbox.sent(bytes);
+                            continue;
                         }
-                        if sink.flush().await.is_err() {
-                            return;
-                        }
-                        inbox.sent(bytes);
+                        // The close frame goes after what is still buffered; it gets one more
+                        // send timeout to get out (a client that reads again sees 4008), then
+                        // the socket is dropped either way.
+                        metrics::counter!("watch_clients_dropped_total").increment(1);
+                        tracing::debug!("WebSocket consumer stalled (full socket or queue); closing with 4008");
+                        let close = sink.send(Message::Close(Some(CloseFrame {
+                            code: 4008,
+                            reason: "consumer too slow; reconnect and resume with from_revision".into(),
+                        })));
+                        let _ = tokio::time::timeout(send_timeout, close).await;
+                        return;
                     }
                     None => {
                         let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "going away".into() }))).await;
