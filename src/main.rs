@@ -82,8 +82,16 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // fred logs every dropped connection at WARN ("Broadcasting error"), also when the service
+    // closes its own at shutdown; the service reports Redis trouble itself (503s, reconnects),
+    // so fred speaks at ERROR unless the filter names it.
+    let directives = if cfg.log.contains("fred") {
+        cfg.log.clone()
+    } else {
+        format!("{},fred=error", cfg.log)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fred=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a terminal, not for files, journald or a log collector.

@@ -65,7 +65,8 @@ impl Server {
             "connected to Redis"
         );
         let cfg = Arc::new(cfg);
-        let ops = Arc::new(Ops::new(store, cfg.clone(), embedded));
+        let (stop, stopped) = shutdown::channel();
+        let ops = Arc::new(Ops::new(store, cfg.clone(), embedded, stopped.clone()));
         let state = AppState {
             ops: ops.clone(),
             cfg,
@@ -74,7 +75,6 @@ impl Server {
         // Connected and migrated: Redis answers (the metrics upkeep checks it from now on).
         metrics::gauge!("redis_up").set(1.0);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (stop, stopped) = shutdown::channel();
         let app = crate::http::router(state.clone());
         let http_stop = shutdown::wait(stopped.clone());
         let limits = serve::Limits::of(&state.cfg);
@@ -94,6 +94,11 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.http.await;
+        // WebSockets left the HTTP loop when they upgraded: wait for their 1001 handshakes.
+        self.state
+            .ops
+            .sockets_closed(std::time::Duration::from_millis(self.state.cfg.shutdown_grace_ms))
+            .await;
         for t in self.background {
             let _ = t.await;
         }

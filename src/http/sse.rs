@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use utoipa::IntoParams;
@@ -113,6 +114,8 @@ pub async fn events_sse(
         };
         Some((Ok::<_, std::convert::Infallible>(event), (inbox, task, sent)))
     });
+    // Ends when the service stops (clients reconnect with Last-Event-ID).
+    let stream = stream.take_until(st.ops.stopping());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -134,5 +137,6 @@ pub async fn queue_events_sse(State(st): State<AppState>, Path(q): Path<String>)
         };
         Some((Ok::<_, std::convert::Infallible>(e), rx))
     });
+    let stream = stream.take_until(st.ops.stopping());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

@@ -54,6 +54,7 @@ enum Ctrl {
 
 async fn run(st: AppState, socket: WebSocket) {
     metrics::gauge!("ws_connections").increment(1.0);
+    let _open = st.ops.socket_open();
     let (mut sink, mut stream) = socket.split();
     let (out, mut inbox) = outbox();
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Ctrl>(4);
@@ -149,9 +150,16 @@ async fn run(st: AppState, socket: WebSocket) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = tokio::time::Instant::now();
     let mut server_closing = false;
+    let stopping = st.ops.stopping();
+    tokio::pin!(stopping);
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
+            _ = &mut stopping => {
+                // Shutting down: the writer says 1001 once the session's watches end.
+                server_closing = true;
+                break;
+            }
             _ = &mut writer_gone => {
                 // The writer ended: it closed the socket (4008, 4001) or a write failed.
                 server_closing = true;

@@ -31,6 +31,8 @@ impl Ops {
             None
         };
         let token = uuid::Uuid::new_v4().simple().to_string();
+        let stop = self.stopping();
+        tokio::pin!(stop);
         loop {
             let notified = wake.as_ref().map(|w| w.notified());
             tokio::pin!(notified);
@@ -79,6 +81,13 @@ impl Ops {
                     tokio::select! {
                         _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } } => {}
                         _ = tokio::time::sleep_until(until) => {}
+                        _ = &mut stop => {
+                            metrics::counter!("locks_contended_total").increment(1);
+                            return Err(ApiError::new(
+                                ErrorCode::LockHeld,
+                                format!("held by `{owner}` until {} (the service is shutting down)", rfc3339(exp)),
+                            ));
+                        }
                     }
                 }
             }

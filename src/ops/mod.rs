@@ -25,6 +25,7 @@ use crate::live::pubsub::PubSub;
 use crate::live::queues::QueueHub;
 use crate::live::relay::Relay;
 use crate::live::wake::Wakeups;
+use crate::shutdown::Stopped;
 use crate::store::Store;
 
 /// Everything an operation needs: Redis and the process's live state. One per process,
@@ -35,6 +36,10 @@ pub struct Ops {
     started: Instant,
     /// Whether Redis is the embedded child.
     embedded: bool,
+    /// The service's stop signal: long-polls answer, streams end, sockets close on it.
+    stopped: Stopped,
+    /// Open WebSocket sessions (shutdown waits for their close handshakes).
+    sockets: Arc<Sockets>,
     /// Change-log readers shared by all watchers of this process.
     hub: Arc<Hub>,
     /// Pub/sub subscriptions shared by all sockets of this process.
@@ -50,12 +55,14 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub fn new(store: Store, cfg: Arc<Config>, embedded: bool) -> Ops {
+    pub fn new(store: Store, cfg: Arc<Config>, embedded: bool, stopped: Stopped) -> Ops {
         Ops {
             store,
             cfg,
             started: Instant::now(),
             embedded,
+            stopped,
+            sockets: Arc::default(),
             hub: Arc::default(),
             pubsub: Arc::default(),
             presence: Arc::default(),
@@ -63,6 +70,34 @@ impl Ops {
             queues: Arc::default(),
             relay: Arc::default(),
         }
+    }
+
+    /// Resolves once the service is stopping (SIGTERM): long-polls answer with what they have,
+    /// event streams end, WebSockets close with 1001.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::shutdown::wait(self.stopped.clone())
+    }
+
+    /// Held by a WebSocket session while it is open.
+    pub fn socket_open(&self) -> SocketOpen {
+        self.sockets
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SocketOpen(self.sockets.clone())
+    }
+
+    /// Wait until every WebSocket session has ended, at most `within`.
+    pub async fn sockets_closed(&self, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let notified = self.sockets.closed.notified();
+                if self.sockets.open.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
     }
 
     /// For the composition root (`app`): background tasks and shutdown.
@@ -80,5 +115,22 @@ impl Ops {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+}
+
+/// Count of open WebSocket sessions.
+#[derive(Default)]
+pub struct Sockets {
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// One open WebSocket session; dropping it counts the session closed.
+pub struct SocketOpen(Arc<Sockets>);
+
+impl Drop for SocketOpen {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.closed.notify_waiters();
     }
 }

@@ -63,6 +63,8 @@ impl Ops {
             let chan = self.queues.chan(q);
             // A wake-up is handed on if this request goes away before using it.
             let mut wake = PassOn(&chan.ready, false);
+            let stop = self.stopping();
+            tokio::pin!(stop);
             loop {
                 // Armed before the lease call, so an enqueue between the call and the wait wakes us.
                 let notified = chan.ready.notified();
@@ -86,6 +88,8 @@ impl Ops {
                 tokio::select! {
                     _ = &mut notified => wake.1 = true,
                     _ = tokio::time::sleep_until(until) => {}
+                    // Shutting down: answer now with what there is (nothing).
+                    _ = &mut stop => break r.tasks,
                 }
             }
         };

@@ -189,3 +189,112 @@ fn openapi_subcommand_prints_the_spec() {
     assert_eq!(v["openapi"], "3.1.0");
     assert!(v["paths"]["/v1/ns/{ns}/kv/{key}"].is_object());
 }
+
+/// SIGTERM with an open SSE stream, an open WebSocket and a waiting long-poll: each client sees
+/// a clean end (the stream ends, the socket gets 1001, the lease answers with no tasks), the
+/// process exits 0 well within shutdown_grace_ms, and nothing is logged at WARN on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_sockets_and_long_polls_cleanly() {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = data.path().join("service.log");
+    let child = bin()
+        .arg("serve")
+        .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWARMSTATE_DATA_DIR", data.path())
+        .env("SWARMSTATE_LOG", "info")
+        .env_remove("SWARMSTATE_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let ready =
+        tokio::task::spawn_blocking(move || wait_status(port, "/readyz", 200, Duration::from_secs(20)));
+    assert!(ready.await.unwrap(), "service did not become ready");
+    let addr = format!("127.0.0.1:{port}");
+    let raw = |req: String| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+            (r.is_ok(), String::from_utf8_lossy(&out).to_string())
+        }
+    };
+    let sse = tokio::spawn(raw(
+        "GET /v1/ns/app/events?from_revision=0 HTTP/1.1\r\nhost: x\r\n\r\n".to_string(),
+    ));
+    let body = r#"{"worker": "w", "lease_ms": 1000, "wait_ms": 25000}"#;
+    let lease = tokio::spawn(raw(format!(
+        "POST /v1/queues/q/lease HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/watch"))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        r#"{"op": "watch", "id": "w", "namespace": "app"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let _progress = ws.next().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = Instant::now();
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                    return Some(u16::from(f.code))
+                }
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket was not closed");
+    assert_eq!(code, Some(1001), "WebSocket close code");
+    let (ended, text) = sse.await.unwrap();
+    assert!(ended, "the SSE stream did not end: {text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("event: progress"),
+        "{text}"
+    );
+    let (ended, text) = lease.await.unwrap();
+    assert!(
+        ended && text.starts_with("HTTP/1.1 200") && text.contains(r#"{"tasks":[]}"#),
+        "{text}"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "exit took {:?}",
+        start.elapsed()
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    let after = log.split("shutting down").nth(1).unwrap_or("");
+    assert!(
+        !after.contains("WARN") && !after.contains("ERROR"),
+        "noise at shutdown:\n{after}"
+    );
+}
