@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod connections;
 mod errors;
+mod faults;
 mod idempotency;
 mod kv;
 mod listings;

@@ -173,11 +173,25 @@ impl TestApp {
     /// Like [`TestApp::req`] but `None` when the service cannot be reached or does not answer
     /// within 10 s (for tests that kill it).
     pub async fn try_req(&self, method: &str, path: &str, body: Option<Value>) -> Option<Resp> {
-        let b = hyper::Request::builder()
+        self.try_req_h(method, path, &[], body).await
+    }
+
+    /// [`TestApp::try_req`] with extra request headers.
+    pub async fn try_req_h(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Option<Resp> {
+        let mut b = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path))
             .header("content-type", "application/json")
             .header("accept-encoding", ACCEPT_ENCODING);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
         let body = Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()));
         let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(b.body(body).ok()?))
             .await
