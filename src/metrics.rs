@@ -69,6 +69,10 @@ fn describe() {
         "Watch sockets closed with 4008 for falling behind"
     );
     describe_counter!(
+        "watch_resets_total",
+        "Namespace histories found lost and started again under a reader (watchers told compacted/reset)"
+    );
+    describe_counter!(
         "watch_log_entries_read_total",
         "Change-log entries read by this process's log readers"
     );
@@ -121,6 +125,7 @@ fn describe() {
     for name in [
         "watch_events_sent_total",
         "watch_clients_dropped_total",
+        "watch_resets_total",
         "watch_log_entries_read_total",
         "keyspace_external_writes_total",
         "keyspace_notifications_lost_total",

@@ -1,6 +1,7 @@
 
 --[[ Key/value. Namespace keys (all share the `{ns}` hash tag; see src/store/keys.rs):
-  meta  hash    rev = namespace revision, bytes = bytes used by live entries;
+  meta  hash    rev = namespace revision, ep = epoch of this history (set at revision 1),
+                bytes = bytes used by live entries;
                 qb / qk / dttl = a partition's quota bytes, max keys, default TTL
   idx   zset    every live key, score 0, ordered by byte value (ZRANGEBYLEX listing)
   log   stream  change log, one entry per revision with id 0-<revision>, capped (MAXLEN ~);
@@ -40,8 +41,16 @@ local function limits(ctx)
   return ctx.lim
 end
 
+-- The next revision. Revision 1 starts a new history of the namespace: it gets a new epoch
+-- (meta `ep`, the server time in microseconds), so readers can tell a history that was lost
+-- and started again (Redis restarted without persistence, FLUSHALL) from the one they knew.
 local function bump(ctx)
-  return redis.call('HINCRBY', ctx.meta, 'rev', 1)
+  local rev = redis.call('HINCRBY', ctx.meta, 'rev', 1)
+  if rev == 1 then
+    local t = redis.call('TIME')
+    redis.call('HSET', ctx.meta, 'ep', t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  return rev
 end
 
 -- Append one change to the namespace log under id 0-<rev>.

@@ -39,7 +39,32 @@ pub struct Event {
     json: [OnceLock<String>; 2],
 }
 
+/// `kind` of the marker a namespace reader broadcasts when the history was reset (never sent
+/// to clients as an event: watches answer it with `compacted`, reason `reset`).
+pub const RESET: &str = "reset";
+
 impl Event {
+    /// The marker of a reset history of `ns`.
+    pub fn reset(ns: &str) -> Event {
+        Event {
+            kind: RESET.to_string(),
+            namespace: ns.to_string(),
+            key: String::new(),
+            version: 0,
+            revision: 0,
+            value: None,
+            agent_id: None,
+            change_reason: None,
+            time: String::new(),
+            ts_ms: 0,
+            json: Default::default(),
+        }
+    }
+
+    pub fn is_reset(&self) -> bool {
+        self.kind == RESET
+    }
+
     /// The event's JSON text (`with_value: false` leaves the value out).
     pub fn json(&self, with_value: bool) -> &str {
         let with_value = with_value || self.value.is_none();

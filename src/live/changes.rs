@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use crate::domain::time::now_ms;
 use crate::domain::watch::Event;
 use crate::error::{ApiError, ApiResult};
-use crate::store::log::LogReader;
+use crate::store::log::{LogReader, Read};
 use crate::store::Store;
 
 /// Live events buffered per namespace before a slow watcher must re-read from Redis.
@@ -78,8 +78,9 @@ impl Hub {
         }
         let hub = self.clone();
         let ns = ns.to_string();
+        let store = store.clone();
         tokio::spawn(async move {
-            let reader = read_loop(reader, &ns, &tx).await;
+            let reader = read_loop(reader, &ns, &tx, &store).await;
             reader.close().await;
             if let Ok(mut feeds) = hub.feeds.lock() {
                 if feeds.get(&ns).map(|t| t.same_channel(&tx)).unwrap_or(false) {
@@ -97,13 +98,26 @@ fn read_counter() -> &'static metrics::Counter {
 }
 
 /// Tail the log until no receiver is left; hands the reader back.
-async fn read_loop(mut reader: LogReader, ns: &str, tx: &broadcast::Sender<Arc<Event>>) -> LogReader {
+async fn read_loop(
+    mut reader: LogReader,
+    ns: &str,
+    tx: &broadcast::Sender<Arc<Event>>,
+    store: &Store,
+) -> LogReader {
     loop {
         if tx.receiver_count() == 0 {
             return reader;
         }
         match reader.next().await {
-            Ok(events) => {
+            Ok(Read::Reset) => {
+                tracing::warn!(ns, "the namespace's history was lost and started again (Redis restarted without its data, FLUSHALL, failover to a stale replica); watchers are told to resync");
+                metrics::counter!("watch_resets_total").increment(1);
+                // The registry may be gone too: the next write registers the namespace again.
+                store.forget_namespace(ns);
+                let _ = tx.send(Arc::new(Event::reset(ns)));
+                return reader;
+            }
+            Ok(Read::Events(events)) => {
                 for e in events {
                     read_counter().increment(1);
                     // Lag: change committed in Redis → read by this process's reader (both

@@ -359,8 +359,22 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
             }
         },
     };
-    if spec.from.is_some() && !catch_up(&ops, &spec, &out, &mut last).await {
-        return;
+    if let Some(from) = spec.from {
+        // A resume past the namespace's revision: that history is gone (Redis lost its data).
+        match ops.store.revision(&spec.ns).await {
+            Ok(rev) if rev < from => {
+                reset(&spec, &out);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                out.error(Some(&spec.id), e.code.as_str(), &e.detail);
+                return;
+            }
+        }
+        if !catch_up(&ops, &spec, &out, &mut last).await {
+            return;
+        }
     }
     // The first `progress` tells the client the watch is live from this revision on.
     out.frame(json!({"type": "progress", "id": spec.id, "revision": last}).to_string());
@@ -383,6 +397,10 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
             }
             Ok(Ok(e)) => {
                 active = true;
+                if e.is_reset() {
+                    reset(&spec, &out);
+                    return;
+                }
                 if e.revision <= last {
                     continue;
                 }
@@ -420,6 +438,14 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
             }
         }
     }
+}
+
+/// The namespace's history was lost under the watcher (or before its resume): it must resync
+/// from revision 0 (DESIGN.md "Watch": `compacted` with reason `reset`).
+fn reset(spec: &WatchSpec, out: &Outbox) {
+    out.frame(
+        json!({"type": "compacted", "id": spec.id, "compact_revision": 0, "reason": "reset"}).to_string(),
+    );
 }
 
 /// Send every retained change after `last`, page by page. False when the watch must end

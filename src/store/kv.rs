@@ -230,6 +230,7 @@ impl Store {
         match r.status()?.as_str() {
             "ok" => {
                 let entry = read_written(&mut r, ns, key, Some(value), metadata, prov)?;
+                self.history_began(ns, entry.mod_revision).await?;
                 Ok(PutOutcome::Written {
                     entry,
                     created: r.flag(),
@@ -316,6 +317,7 @@ impl Store {
             "ok" => {
                 let value = r.i64("value")?;
                 let entry = read_written(&mut r, ns, key, Some(value.to_string()), None, prov)?;
+                self.history_began(ns, entry.mod_revision).await?;
                 Ok((value, entry))
             }
             "not_a_counter" => Err(ApiError::new(

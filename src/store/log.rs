@@ -27,12 +27,48 @@ pub struct LogReader {
     client: Client,
     ns: String,
     log: String,
+    meta: String,
     last: String,
+    /// The epoch of the history being read (`None`: none yet, or written before epochs).
+    epoch: Option<String>,
+    /// The newest revision this reader has seen the namespace at.
+    rev: u64,
+}
+
+/// What a read of the log found.
+pub enum Read {
+    /// Entries after the last one read (empty when the block timed out).
+    Events(Vec<Event>),
+    /// The namespace's history was lost and started again (its epoch changed, or its revision
+    /// went backwards): what this reader read before no longer exists.
+    Reset,
 }
 
 impl LogReader {
-    /// The next entries after the last one read (empty when the block timed out).
-    pub async fn next(&mut self) -> Result<Vec<Event>, fred::error::Error> {
+    /// The next entries after the last one read, or the news that the history was reset.
+    pub async fn next(&mut self) -> Result<Read, fred::error::Error> {
+        let events = self.read().await?;
+        // After every read (at least once a second), before anything read is handed on.
+        let (rev, epoch): (Option<u64>, Option<String>) =
+            self.client.hmget(self.meta.as_str(), vec!["rev", "ep"]).await?;
+        let rev = rev.unwrap_or(0);
+        let reset = rev < self.rev
+            || match (&self.epoch, &epoch) {
+                (Some(known), now) => now.as_ref() != Some(known),
+                (None, _) => false,
+            };
+        if reset {
+            return Ok(Read::Reset);
+        }
+        self.rev = rev;
+        if self.epoch.is_none() {
+            // The first write of a new namespace sets its epoch.
+            self.epoch = epoch;
+        }
+        Ok(Read::Events(events))
+    }
+
+    async fn read(&mut self) -> Result<Vec<Event>, fred::error::Error> {
         // A BLOCK that times out answers nil: no entries.
         let v: fred::types::Value = self
             .client
@@ -78,12 +114,16 @@ impl Store {
             .next()
             .map(|(id, _)| id)
             .unwrap_or_else(|| "0-0".into());
+        let (rev, epoch) = self.epoch(ns).await?;
         let client = self.dedicated_client().await?;
         Ok(LogReader {
             client,
             ns: ns.to_string(),
             log,
+            meta: self.keys().ns(ns).meta,
             last,
+            epoch,
+            rev,
         })
     }
 
@@ -133,6 +173,17 @@ impl Store {
                 .filter_map(|(id, f)| Event::from_log(ns, &id, f))
                 .collect(),
         ))
+    }
+
+    /// The namespace's current revision and the epoch of its history.
+    pub async fn epoch(&self, ns: &str) -> ApiResult<(u64, Option<String>)> {
+        let (rev, ep): (Option<u64>, Option<String>) = self
+            .timed(
+                "hmget",
+                self.client().hmget(self.keys().ns(ns).meta, vec!["rev", "ep"]),
+            )
+            .await?;
+        Ok((rev.unwrap_or(0), ep))
     }
 
     /// The namespace's current revision.

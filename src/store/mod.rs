@@ -109,7 +109,7 @@ impl Store {
                 }
             }
         };
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 pool,
                 fred_cfg,
@@ -120,7 +120,9 @@ impl Store {
                 registered: RwLock::new(HashSet::new()),
             }),
             pin: None,
-        })
+        };
+        store.forget_registrations_on_reconnect();
+        Ok(store)
     }
 
     fn pool(&self) -> &Pool {
@@ -197,6 +199,41 @@ impl Store {
     /// registry lives in another slot, so it cannot join the write's atomic call.
     pub async fn register_namespace(&self, ns: &str) -> ApiResult<()> {
         self.register_once(ns, self.inner.keys.namespaces(), ns).await
+    }
+
+    /// After a reconnect Redis may have come back without its data: forget every registration
+    /// so the next writes make them again (one SADD each).
+    fn forget_registrations_on_reconnect(&self) {
+        for c in self.inner.pool.clients() {
+            let inner = Arc::downgrade(&self.inner);
+            // The task lives as long as the client; its handle is not needed.
+            drop(c.on_reconnect(move |_server| {
+                if let Some(i) = inner.upgrade() {
+                    if let Ok(mut s) = i.registered.write() {
+                        s.clear();
+                    }
+                }
+                async { Ok(()) }
+            }));
+        }
+    }
+
+    /// A write answered with revision 1 began the namespace's history, maybe again after Redis
+    /// lost it (and its registry): register it for sure, not from this process's memo.
+    pub async fn history_began(&self, ns: &str, revision: u64) -> ApiResult<()> {
+        if revision == 1 {
+            self.forget_namespace(ns);
+            self.register_namespace(ns).await?;
+        }
+        Ok(())
+    }
+
+    /// Forget that this process registered `ns` (its history was reset, or its reader ended):
+    /// the next write registers it again.
+    pub fn forget_namespace(&self, ns: &str) {
+        if let Ok(mut s) = self.inner.registered.write() {
+            s.remove(ns);
+        }
     }
 
     /// SADD `member` to the registry set `set` unless this process already did (`tag` names

@@ -389,11 +389,17 @@ async fn a_value_near_the_body_limit_reaches_watchers_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_removed_by_another_client_is_no_longer_reconciled() {
     let app = TestApp::start().await;
-    app.put("/v1/ns/pz/kv/k", json!({"value": 1, "ttl_ms": 400}))
+    // Another client (a connection of its own, fast even on a loaded machine) removes the
+    // TTL well before it runs out.
+    let other = app.redis().await;
+    app.put("/v1/ns/pz/kv/k", json!({"value": 1, "ttl_ms": 1500}))
         .await;
     let ekey = app.keys().ns("pz").entry("k");
-    redis_cli(&app.redis_url, &["PERSIST", &ekey]);
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let persisted: bool = fred::prelude::KeysInterface::persist(&other, &ekey)
+        .await
+        .unwrap();
+    assert!(persisted, "the TTL was already gone");
+    tokio::time::sleep(Duration::from_millis(2700)).await;
     // Still there, and no longer in the expiry index the reconciler scans every second.
     assert_eq!(app.get("/v1/ns/pz/kv/k").await.json()["value"], 1);
     let ttl_index = app.keys().ns("pz").ttl;

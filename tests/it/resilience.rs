@@ -428,3 +428,122 @@ async fn start_up_fails_at_once_when_redis_refuses_the_password() {
     assert_eq!(app.get("/readyz").await.status, 200);
     app.stop().await;
 }
+
+/// Redis restarted without its data under a live watcher, a resume across that loss, and a
+/// FLUSHALL: each watcher is told `compacted` with reason `reset` instead of silently seeing
+/// revisions start again, and the namespace is listed again once written (issue 11, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_are_told_when_redis_loses_the_history() {
+    use crate::common::ws::{connect, next, send};
+    let mut redis = RedisServer::start(&["--save", "", "--appendonly", "no"]);
+    let app = TestApp::with_config(test_config(&redis.url())).await;
+    for i in 0..5 {
+        app.put(&format!("/v1/ns/ep/kv/k{i}"), json!({"value": i})).await;
+    }
+    let mut ws = connect(&app).await;
+    send(&mut ws, json!({"op": "watch", "id": "live", "namespace": "ep"})).await;
+    let p = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (p["type"].as_str(), p["revision"].as_u64()),
+        (Some("progress"), Some(5)),
+        "{p}"
+    );
+
+    // Redis comes back empty; a new history of the namespace starts at revision 1.
+    redis.restart();
+    let lost = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = app.put("/v1/ns/ep/kv/new", json!({"value": "after"})).await;
+        if r.status == 201 {
+            assert_eq!(r.json()["mod_revision"], 1, "{}", r.text());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write after the restart: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let frame = loop {
+        let m = next(&mut ws, Duration::from_secs(10))
+            .await
+            .expect("the watcher was told nothing");
+        if m["type"] != "progress" {
+            break m;
+        }
+    };
+    assert_eq!(
+        frame["type"], "compacted",
+        "a new history's event reached the watcher: {frame}"
+    );
+    assert_eq!(
+        (frame["reason"].as_str(), frame["compact_revision"].as_u64()),
+        (Some("reset"), Some(0)),
+        "{frame}"
+    );
+    eprintln!("reset detected {:?} after Redis came back", lost.elapsed());
+
+    // A resume from the old history's revision is told the same.
+    let mut ws = connect(&app).await;
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "resume", "namespace": "ep", "from_revision": 5}),
+    )
+    .await;
+    let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (m["type"].as_str(), m["reason"].as_str()),
+        (Some("compacted"), Some("reset")),
+        "{m}"
+    );
+    // The namespace is listed again.
+    let list = app.get("/v1/namespaces").await.json();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["namespace"] == "ep"),
+        "{list}"
+    );
+
+    // FLUSHALL under a live watcher of the new history.
+    let mut ws = connect(&app).await;
+    send(&mut ws, json!({"op": "watch", "id": "f", "namespace": "ep"})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "progress"
+    );
+    let admin = crate::common::redis_client(&redis.url()).await;
+    let _: () = admin.flushall(false).await.unwrap();
+    let frame = loop {
+        let m = next(&mut ws, Duration::from_secs(10))
+            .await
+            .expect("FLUSHALL went unnoticed");
+        if m["type"] != "progress" {
+            break m;
+        }
+    };
+    assert_eq!(
+        (frame["type"].as_str(), frame["reason"].as_str()),
+        (Some("compacted"), Some("reset")),
+        "{frame}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.put("/v1/ns/ep/kv/again", json!({"value": 1})).await.status != 201 {
+        assert!(Instant::now() < deadline, "no write after FLUSHALL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = app.get("/v1/namespaces").await.json();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["namespace"] == "ep"),
+        "re-registered after FLUSHALL: {list}"
+    );
+    app.stop().await;
+}
