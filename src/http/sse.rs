@@ -94,7 +94,20 @@ pub async fn events_sse(
     let sent = inbox.counter();
     let task = AbortOnDrop(tokio::spawn(run_watch(st.ops.clone(), spec, out)));
     let stream = futures::stream::unfold((inbox, task, sent), |(mut inbox, task, sent)| async move {
-        let text = inbox.frames.recv().await?;
+        let Some(text) = inbox.frames.recv().await else {
+            // The watch ended. If it ended because this consumer fell behind its budget, say so
+            // in a last event (the frames queued before it have been written by now).
+            if inbox.slow.try_recv().is_ok() {
+                metrics::counter!("watch_clients_dropped_total").increment(1);
+                inbox.slow.close();
+                let e = SseEvent::default().event("error").data(
+                    serde_json::json!({"code": "slow_consumer", "message": "this stream fell too far behind; reconnect with Last-Event-ID"})
+                        .to_string(),
+                );
+                return Some((Ok(e), (inbox, task, sent)));
+            }
+            return None;
+        };
         sent.fetch_sub(text.len(), Ordering::Relaxed);
         let msg: serde_json::Value = serde_json::from_str(&text).ok()?;
         let kind = msg["type"].as_str().unwrap_or("message").to_string();

@@ -622,3 +622,56 @@ async fn a_client_whose_socket_is_full_is_dropped_within_the_send_timeout() {
     }
     assert_eq!(app.get("/healthz").await.status, 200);
 }
+
+/// An SSE consumer that falls too far behind gets a last `event: error` with code
+/// `slow_consumer`, then the stream ends (it reconnects with Last-Event-ID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sse_consumer_is_told_and_the_stream_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /v1/ns/ssef/events HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = s.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ~24 MB of events while the client reads nothing.
+    let value = "v".repeat(16 * 1024);
+    for chunk in 0..24 {
+        let items: Vec<Value> = (0..60)
+            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
+            .collect();
+        assert_eq!(
+            app.post("/v1/ns/ssef/batch/put", json!({"items": items}))
+                .await
+                .status,
+            200
+        );
+    }
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            all.extend_from_slice(&buf[..n]);
+            // The chunked body's end.
+            if all.ends_with(b"0\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream did not end");
+    let text = String::from_utf8_lossy(&all);
+    let tail = &text[text.len().saturating_sub(400)..];
+    assert!(
+        tail.contains("event: error") && tail.contains("slow_consumer"),
+        "{tail}"
+    );
+}
