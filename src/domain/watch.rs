@@ -123,6 +123,10 @@ pub enum ClientOp {
         /// Include values in put events (default true).
         #[serde(default)]
         values: Option<bool>,
+        /// The `epoch` of an earlier `progress`: a resume into another history of the
+        /// namespace answers `compacted` with reason `reset`.
+        #[serde(default)]
+        epoch: Option<String>,
     },
     Subscribe {
         id: String,

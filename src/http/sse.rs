@@ -36,6 +36,10 @@ pub struct EventsQuery {
     prefix: Option<String>,
     /// Include values in put events (default true).
     values: Option<bool>,
+    /// The `epoch` of an earlier `progress` event: resuming into another history of the
+    /// namespace (Redis lost its data since) answers `compacted` with reason `reset`.
+    #[param(max_length = 64)]
+    epoch: Option<String>,
 }
 
 /// Aborts the watch task when the SSE stream is dropped (client gone).
@@ -88,7 +92,8 @@ pub async fn events_sse(
         prefix,
         last_event_id.or(q.from_revision),
         q.values.unwrap_or(true),
-    );
+    )
+    .in_epoch(q.epoch);
     // SSE: the stream below takes frames one by one; the byte budget is released as it does.
     let (out, inbox) = outbox();
     let sent = inbox.counter();

@@ -122,9 +122,17 @@ pub struct WatchSpec {
     prefix: String,
     from: Option<u64>,
     values: bool,
+    /// The epoch of the history `from` belongs to (from an earlier `progress`), if known.
+    epoch: Option<String>,
 }
 
 impl WatchSpec {
+    /// Resume only within this epoch of the namespace's history.
+    pub fn in_epoch(mut self, epoch: Option<String>) -> WatchSpec {
+        self.epoch = epoch.filter(|e| !e.is_empty());
+        self
+    }
+
     pub fn new(id: &str, ns: String, prefix: String, from: Option<u64>, values: bool) -> WatchSpec {
         WatchSpec {
             id_json: serde_json::to_string(id).unwrap_or_default(),
@@ -133,6 +141,7 @@ impl WatchSpec {
             prefix,
             from,
             values,
+            epoch: None,
         }
     }
 }
@@ -199,6 +208,7 @@ impl Session {
                 prefix,
                 from_revision,
                 values,
+                epoch,
             } => {
                 if self.refuse(&id, validate_name("namespace", &namespace).err()) {
                     return;
@@ -209,7 +219,8 @@ impl Session {
                     self.out.error(Some(&id), "invalid_argument", &e.detail);
                     return;
                 }
-                let spec = WatchSpec::new(&id, namespace, prefix, from_revision, values.unwrap_or(true));
+                let spec = WatchSpec::new(&id, namespace, prefix, from_revision, values.unwrap_or(true))
+                    .in_epoch(epoch);
                 let task = tokio::spawn(run_watch(ops, spec, out));
                 self.watches.insert(id, task);
             }
@@ -349,35 +360,29 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
             return;
         }
     };
-    let mut last = match spec.from {
-        Some(f) => f,
-        None => match ops.store.revision(&spec.ns).await {
-            Ok(r) => r,
-            Err(e) => {
-                out.error(Some(&spec.id), e.code.as_str(), &e.detail);
-                return;
-            }
-        },
-    };
-    if let Some(from) = spec.from {
-        // A resume past the namespace's revision: that history is gone (Redis lost its data).
-        match ops.store.revision(&spec.ns).await {
-            Ok(rev) if rev < from => {
-                reset(&spec, &out);
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                out.error(Some(&spec.id), e.code.as_str(), &e.detail);
-                return;
-            }
-        }
-        if !catch_up(&ops, &spec, &out, &mut last).await {
+    let (rev, epoch) = match ops.store.epoch(&spec.ns).await {
+        Ok(x) => x,
+        Err(e) => {
+            out.error(Some(&spec.id), e.code.as_str(), &e.detail);
             return;
         }
+    };
+    // A resume into another history than the one it came from (the client's epoch differs),
+    // or past the namespace's revision: that history is gone (Redis lost its data).
+    let other_epoch = spec.epoch.is_some() && spec.epoch != epoch;
+    if other_epoch || spec.from.is_some_and(|f| rev < f) {
+        reset(&spec, &out);
+        return;
     }
-    // The first `progress` tells the client the watch is live from this revision on.
-    out.frame(json!({"type": "progress", "id": spec.id, "revision": last}).to_string());
+    let mut last = spec.from.unwrap_or(rev);
+    if spec.from.is_some() && !catch_up(&ops, &spec, &out, &mut last).await {
+        return;
+    }
+    // The first `progress` tells the client the watch is live from this revision on, and in
+    // which epoch of the namespace's history (send it back as `epoch` when resuming).
+    let progress_frame =
+        |last: u64| json!({"type": "progress", "id": spec.id, "revision": last, "epoch": epoch}).to_string();
+    out.frame(progress_frame(last));
     // One timer per watch (not one per event): a tick with nothing sent since the last one
     // sends `progress`.
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -389,9 +394,7 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
         };
         match next {
             Err(()) => {
-                if !std::mem::take(&mut active)
-                    && !out.frame(json!({"type": "progress", "id": spec.id, "revision": last}).to_string())
-                {
+                if !std::mem::take(&mut active) && !out.frame(progress_frame(last)) {
                     return;
                 }
             }

@@ -448,6 +448,10 @@ async fn watchers_are_told_when_redis_loses_the_history() {
         (Some("progress"), Some(5)),
         "{p}"
     );
+    let old_epoch = p["epoch"]
+        .as_str()
+        .expect("progress carries the epoch")
+        .to_string();
 
     // Redis comes back empty; a new history of the namespace starts at revision 1.
     redis.restart();
@@ -496,6 +500,40 @@ async fn watchers_are_told_when_redis_loses_the_history() {
     assert_eq!(
         (m["type"].as_str(), m["reason"].as_str()),
         (Some("compacted"), Some("reset")),
+        "{m}"
+    );
+    // Once the new history has passed the old revision, only the epoch tells them apart.
+    for i in 0..6 {
+        app.put(&format!("/v1/ns/ep/kv/n{i}"), json!({"value": i})).await;
+    }
+    let mut ws = connect(&app).await;
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "e", "namespace": "ep", "from_revision": 5, "epoch": old_epoch}),
+    )
+    .await;
+    let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (m["type"].as_str(), m["reason"].as_str()),
+        (Some("compacted"), Some("reset")),
+        "{m}"
+    );
+    // With the epoch of the history it knows, a resume goes on as usual.
+    let mut ws = connect(&app).await;
+    send(&mut ws, json!({"op": "watch", "id": "n", "namespace": "ep"})).await;
+    let p = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let new_epoch = p["epoch"].as_str().unwrap().to_string();
+    assert_ne!(new_epoch, old_epoch);
+    let mut ws = connect(&app).await;
+    send(
+        &mut ws,
+        json!({"op": "watch", "id": "n2", "namespace": "ep", "from_revision": 6, "epoch": new_epoch}),
+    )
+    .await;
+    let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (m["type"].as_str(), m["event"]["revision"].as_u64()),
+        (Some("event"), Some(7)),
         "{m}"
     );
     // The namespace is listed again.
