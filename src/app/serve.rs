@@ -8,8 +8,8 @@
 //!
 //! Shutdown: the listener closes at once, every connection is told to finish (hyper's graceful
 //! shutdown: in-flight requests complete, keep-alive ends) and is cut after
-//! `shutdown_grace_ms`. An upgraded connection (WebSocket) leaves this loop when it upgrades:
-//! it no longer counts against `max_connections` and keeps itself alive with pings.
+//! `shutdown_grace_ms`. An upgraded connection (WebSocket) leaves this loop when it upgrades
+//! but keeps its slot (the socket holds it) and keeps itself alive with pings.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -107,23 +107,27 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let finishing = finishing.clone();
-        conns.spawn(async move {
-            connection(tcp, app, limits, finishing).await;
-            drop(permit);
-        });
+        conns.spawn(connection(tcp, permit, app, limits, finishing));
     }
     drop(listener);
     let _ = finish.send(true);
     while conns.join_next().await.is_some() {}
 }
 
-async fn connection(tcp: TcpStream, app: Router, limits: Limits, mut finishing: watch::Receiver<bool>) {
+async fn connection(
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+    app: Router,
+    limits: Limits,
+    mut finishing: watch::Receiver<bool>,
+) {
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Watched {
         inner: tcp,
         started,
         activity: activity.clone(),
+        _slot: permit,
     });
     let mut builder = http1::Builder::new();
     builder
@@ -178,11 +182,13 @@ async fn connection(tcp: TcpStream, app: Router, limits: Limits, mut finishing: 
     }
 }
 
-/// A TCP stream that records when bytes last moved (ms since `started`).
+/// A TCP stream that records when bytes last moved (ms since `started`), holding its
+/// connection slot for as long as the socket lives — an upgraded WebSocket included.
 struct Watched {
     inner: TcpStream,
     started: Instant,
     activity: Arc<AtomicU64>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Watched {

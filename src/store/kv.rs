@@ -397,6 +397,17 @@ impl Store {
     }
 
     pub async fn kv_txn(&self, ns: &str, plan: &TxnPlan, prov: &Provenance) -> ApiResult<TxnResponse> {
+        let resp = self.kv_txn_call(ns, plan, prov).await?;
+        // A revision no higher than the ops run means the history may have begun in this
+        // transaction (maybe again after Redis lost it): register for sure (one SADD at worst).
+        let ops = plan.success.len().max(plan.failure.len()) as u64;
+        if resp.revision >= 1 && resp.revision <= ops {
+            self.history_began(ns, 1).await?;
+        }
+        Ok(resp)
+    }
+
+    async fn kv_txn_call(&self, ns: &str, plan: &TxnPlan, prov: &Provenance) -> ApiResult<TxnResponse> {
         if !plan.success.is_empty() || !plan.failure.is_empty() {
             self.register_namespace(ns).await?;
         }

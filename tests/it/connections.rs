@@ -146,3 +146,35 @@ async fn a_connection_with_nothing_moving_is_closed_after_the_idle_timeout() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_websocket_keeps_its_connection_slot() {
+    let mut cfg = test_config(&shared_redis_url());
+    cfg.max_connections = 2;
+    let app = TestApp::with_config(cfg).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let ws1 = crate::common::ws::connect(&app).await;
+    let ws2 = crate::common::ws::connect(&app).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two WebSockets hold both slots: a third client waits in the backlog.
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf))
+            .await
+            .is_err(),
+        "served past max_connections while two WebSockets are open"
+    );
+    drop(ws1);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("not served after a WebSocket closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(ws2);
+    app.stop().await;
+}

@@ -583,5 +583,31 @@ async fn watchers_are_told_when_redis_loses_the_history() {
             .any(|n| n["namespace"] == "ep"),
         "re-registered after FLUSHALL: {list}"
     );
+    // A transaction that begins a new history registers it as well.
+    let _: () = admin.flushall(false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = app
+            .post(
+                "/v1/ns/ep/txn",
+                json!({"success": [{"op": "put", "key": "a", "value": 1}, {"op": "put", "key": "b", "value": 2}]}),
+            )
+            .await;
+        if r.status == 200 {
+            assert_eq!(r.json()["revision"], 2, "{}", r.text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "no txn after FLUSHALL: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = app.get("/v1/namespaces").await.json();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["namespace"] == "ep"),
+        "re-registered by a txn: {list}"
+    );
     app.stop().await;
 }
