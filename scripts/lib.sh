@@ -36,3 +36,20 @@ ensure_python_venv() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
   fi
 }
+
+# Start target/debug/swarmstate on a free loopback port with a fresh data dir (its own
+# redis-server), wait until /readyz answers, and stop it (and remove the dir) on exit.
+# Sets $port, $data and $service. Needs python3 (free port) and curl.
+start_service() {
+  data=$(mktemp -d)
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  SWARMSTATE_DATA_DIR="$data" SWARMSTATE_LISTEN="127.0.0.1:$port" SWARMSTATE_LOG=warn \
+    target/debug/swarmstate serve >"$data/service.log" 2>&1 &
+  service=$!
+  trap 'kill "$service" 2>/dev/null; wait "$service" 2>/dev/null; rm -rf "$data"' EXIT
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$data/service.log"; exit 1; }
+}

@@ -21,16 +21,6 @@ if [ ! -x target/debug/swarmstate ]; then
   cargo build --locked -q --bin swarmstate
 fi
 
-data=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-SWARMSTATE_DATA_DIR="$data" SWARMSTATE_LISTEN="127.0.0.1:$port" SWARMSTATE_LOG=warn \
-  target/debug/swarmstate serve >"$data/service.log" 2>&1 &
-service=$!
-trap 'kill "$service" 2>/dev/null; wait "$service" 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$data/service.log"; exit 1; }
+start_service
 echo ">> README tour ($readme) against a fresh service on :$port"
 python3 tests/sdk/readme_tour.py "$readme" "http://127.0.0.1:$port" || { echo ">> service log:"; tail -20 "$data/service.log"; exit 1; }

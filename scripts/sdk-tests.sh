@@ -30,17 +30,7 @@ rm -rf "$out/python"
 "$py" -m pip install -q --disable-pip-version-check "$out/python"
 
 # A live service with its own redis-server (the embedded default) on a free port.
-data=$(mktemp -d)
-port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-SWARMSTATE_DATA_DIR="$data" SWARMSTATE_LISTEN="127.0.0.1:$port" SWARMSTATE_LOG=warn \
-  target/debug/swarmstate serve >"$data/service.log" 2>&1 &
-service=$!
-trap 'kill "$service" 2>/dev/null; wait "$service" 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$data/service.log"; exit 1; }
+start_service
 echo ">> python SDK scenario"
 "$py" tests/sdk/python_scenario.py "http://127.0.0.1:$port"
 bash scripts/sdk-ts.sh "http://127.0.0.1:$port"
