@@ -228,6 +228,21 @@ async fn ttl_expiry_arrives_as_an_expire_event() {
     assert_eq!(exp["event"]["revision"], 2);
 }
 
+/// Write `batches` × `per_batch` entries of `value_bytes` each into `ns` (for consumers that
+/// stop reading).
+async fn flood(app: &TestApp, ns: &str, batches: usize, per_batch: usize, value_bytes: usize) {
+    let value = "v".repeat(value_bytes);
+    for chunk in 0..batches {
+        let items: Vec<Value> = (0..per_batch)
+            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
+            .collect();
+        let r = app
+            .post(&format!("/v1/ns/{ns}/batch/put"), json!({"items": items}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_never_reads_is_closed_with_4008() {
     let app = TestApp::start().await;
@@ -239,18 +254,7 @@ async fn a_consumer_that_never_reads_is_closed_with_4008() {
     );
     // ~20 MB of events while the client reads nothing: socket buffers fill, then the bounded
     // per-connection queue, and the server gives up on the consumer.
-    let value = "v".repeat(1000);
-    for chunk in 0..20 {
-        let items: Vec<Value> = (0..1000)
-            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
-            .collect();
-        assert_eq!(
-            app.post("/v1/ns/fl/batch/put", json!({"items": items}))
-                .await
-                .status,
-            200
-        );
-    }
+    flood(&app, "fl", 20, 1000, 1000).await;
     // Now read: buffered frames, then the end — the 4008 close frame when it still got out
     // within ws_send_timeout_ms, else the dropped socket itself.
     let code = close_code(&mut ws).await;
@@ -540,14 +544,7 @@ async fn many_consumers_that_never_read_are_closed_and_memory_stays_bounded() {
     let before = rss_mib();
     // 48 MB of events for each of 40 sockets that read nothing: ~1.9 GB if the server queued
     // them all. Per connection it queues at most 4 MiB (and 1024 frames), then gives up.
-    let value = "v".repeat(32 * 1024);
-    for chunk in 0..60 {
-        let items: Vec<Value> = (0..25)
-            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
-            .collect();
-        let r = app.post("/v1/ns/mem/batch/put", json!({"items": items})).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
+    flood(&app, "mem", 60, 25, 32 * 1024).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grown = rss_mib().saturating_sub(before);
     assert!(grown < 600, "server memory grew by {grown} MiB");
@@ -587,18 +584,7 @@ async fn a_client_whose_socket_is_full_is_dropped_within_the_send_timeout() {
         socks.push(ws); // not read again until the end
     }
     let before = dropped(&app.get("/metrics").await.text());
-    let value = "v".repeat(16 * 1024);
-    for chunk in 0..24 {
-        let items: Vec<Value> = (0..60)
-            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
-            .collect();
-        assert_eq!(
-            app.post("/v1/ns/full/batch/put", json!({"items": items}))
-                .await
-                .status,
-            200
-        );
-    }
+    flood(&app, "full", 24, 60, 16 * 1024).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while dropped(&app.get("/metrics").await.text()) < before + 3.0 {
         assert!(
@@ -639,18 +625,7 @@ async fn a_slow_sse_consumer_is_told_and_the_stream_ends() {
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // ~24 MB of events while the client reads nothing.
-    let value = "v".repeat(16 * 1024);
-    for chunk in 0..24 {
-        let items: Vec<Value> = (0..60)
-            .map(|i| json!({"key": format!("k{chunk}-{i}"), "value": value}))
-            .collect();
-        assert_eq!(
-            app.post("/v1/ns/ssef/batch/put", json!({"items": items}))
-                .await
-                .status,
-            200
-        );
-    }
+    flood(&app, "ssef", 24, 60, 16 * 1024).await;
     let mut all = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), async {
         let mut buf = vec![0u8; 1 << 16];
