@@ -147,10 +147,7 @@ async fn start_up_waits_while_redis_loads_its_dataset() {
     // A dataset large enough that loading the AOF takes a moment after a restart.
     let mut redis = RedisServer::start(&["--appendonly", "yes", "--enable-debug-command", "yes"]);
     let raw = crate::common::redis_client(&redis.url()).await;
-    let _: () = raw
-        .custom(fred::cmd!("DEBUG"), vec!["POPULATE", "3000000", "pad", "64"])
-        .await
-        .unwrap();
+    command(&raw, &["DEBUG", "POPULATE", "3000000", "pad", "64"]).await;
     let _: () = raw
         .custom(fred::cmd!("BGREWRITEAOF"), Vec::<String>::new())
         .await
@@ -285,6 +282,14 @@ async fn keyed_incr(app: &TestApp, key: &str) -> crate::common::Resp {
     .await
 }
 
+/// Run a Redis command whose answer does not matter (admin steps of a test).
+async fn command(client: &fred::clients::Client, words: &[&str]) {
+    let (name, args) = words.split_first().unwrap();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let cmd = fred::types::CustomCommand::new(name.to_string(), fred::types::ClusterHash::FirstKey, false);
+    let _: fred::types::Value = client.custom(cmd, args).await.unwrap();
+}
+
 /// A write whose answer never came says so (`outcome: unknown`) and does not advise a blind
 /// retry: with Redis paused past the command timeout the increment answers 503, and once Redis
 /// resumes it turns out to have been applied. A write Redis refused up front (a read-only
@@ -299,13 +304,7 @@ async fn a_503_on_a_write_states_its_outcome() {
     assert_eq!(r.status, 200, "{}", r.text());
     let admin = crate::common::redis_client(&redis.url()).await;
 
-    let _: () = admin
-        .custom(
-            fred::cmd!("CLIENT"),
-            vec!["PAUSE".to_string(), "1500".into(), "WRITE".into()],
-        )
-        .await
-        .unwrap();
+    command(&admin, &["CLIENT", "PAUSE", "1500", "WRITE"]).await;
     let r = app.post("/v1/ns/o/counters/n/incr", json!({"by": 1})).await;
     let p = r.problem(503, "redis_unavailable");
     assert_eq!(p["outcome"], "unknown", "{p}");
@@ -340,21 +339,9 @@ async fn a_503_on_a_write_states_its_outcome() {
 
     // A 5xx that reached the operation is kept: the repeat replays it, even once Redis would
     // accept the write (here the service's user lost FCALL: 500 internal).
-    let acl = |rule: &'static str| {
-        let admin = admin.clone();
-        async move {
-            let _: () = admin
-                .custom(
-                    fred::cmd!("ACL"),
-                    vec!["SETUSER".to_string(), "default".into(), rule.into()],
-                )
-                .await
-                .unwrap();
-        }
-    };
-    acl("-fcall").await;
+    command(&admin, &["ACL", "SETUSER", "default", "-fcall"]).await;
     keyed_incr(&app, "perm").await.problem(500, "internal");
-    acl("+fcall").await;
+    command(&admin, &["ACL", "SETUSER", "default", "+fcall"]).await;
     let again = keyed_incr(&app, "perm").await;
     assert_eq!(
         again.header("idempotent-replayed").as_deref(),
@@ -367,20 +354,11 @@ async fn a_503_on_a_write_states_its_outcome() {
 
     // A replica refuses writes before running them: nothing applied, and the answer says so.
     let dead = free_port();
-    let _: () = admin
-        .custom(
-            fred::cmd!("REPLICAOF"),
-            vec!["127.0.0.1".to_string(), dead.to_string()],
-        )
-        .await
-        .unwrap();
+    command(&admin, &["REPLICAOF", "127.0.0.1", &dead.to_string()]).await;
     let r = app.post("/v1/ns/o/counters/n/incr", json!({"by": 1})).await;
     let p = r.problem(503, "redis_unavailable");
     assert_eq!(p["outcome"], "not_applied", "{p}");
-    let _: () = admin
-        .custom(fred::cmd!("REPLICAOF"), vec!["NO".to_string(), "ONE".into()])
-        .await
-        .unwrap();
+    command(&admin, &["REPLICAOF", "NO", "ONE"]).await;
     assert_eq!(
         app.get("/v1/ns/o/kv/n").await.json()["value"],
         2,
@@ -395,13 +373,7 @@ async fn a_503_on_a_write_states_its_outcome() {
 async fn start_up_fails_at_once_when_redis_refuses_the_password() {
     let redis = RedisServer::start(&[]);
     let admin = crate::common::redis_client(&redis.url()).await;
-    let _: () = admin
-        .custom(
-            fred::cmd!("CONFIG"),
-            vec!["SET".to_string(), "requirepass".into(), "s3cret".into()],
-        )
-        .await
-        .unwrap();
+    command(&admin, &["CONFIG", "SET", "requirepass", "s3cret"]).await;
     let port = redis.url().rsplit(':').next().unwrap().to_string();
     for (url, word) in [
         (format!("redis://127.0.0.1:{port}"), "NOAUTH"),
