@@ -38,7 +38,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("startup_timeout_ms", "how long start-up waits for Redis"),
     ("redis_server_bin", "executable of the embedded Redis"),
     ("embedded_appendfsync", "everysec, or always to fsync every write"),
-    ("tokens_file", "bearer tokens file"),
+    ("tokens_file", "bearer tokens file (TOML); re-read on SIGHUP and when it changes"),
+    ("insecure_no_auth", "allow a non-loopback listen address without a tokens file"),
+    ("metrics_public", "serve /metrics without a token"),
+    ("agent_rate_per_sec", "request budget per x-agent-id (burst 2x); none: no budget"),
+    ("ws_max_watches", "watches and subscriptions per WebSocket connection"),
     ("backup_dir", "where backups are written (default <data_dir>/backups)"),
     ("backup_key", "backup encryption key"),
     ("pool_capacity_bytes", "sum of all partition quotas allowed (507 pool_exhausted beyond)"),
@@ -122,8 +126,19 @@ pub struct Config {
     pub redis_server_bin: String,
     /// `appendfsync` of the embedded Redis: `always` or `everysec`.
     pub embedded_appendfsync: String,
-    /// Bearer tokens file (used by the auth issue; accepted and checked for existence now).
+    /// Bearer tokens file (TOML `[[token]]` entries). Without it every route is open and the
+    /// service listens on loopback only (unless `insecure_no_auth`).
     pub tokens_file: Option<PathBuf>,
+    /// Start on a non-loopback address without a tokens file (anyone who reaches the port
+    /// can do anything).
+    pub insecure_no_auth: bool,
+    /// `/metrics` without a token (false: any valid token).
+    pub metrics_public: bool,
+    /// Request budget per `x-agent-id` value (per second, burst twice that), beside the
+    /// token's own `rate_per_sec`.
+    pub agent_rate_per_sec: Option<u32>,
+    /// Watches and subscriptions one WebSocket connection may hold.
+    pub ws_max_watches: usize,
     /// Backup directory (backups issue). Defaults to `<data_dir>/backups`.
     pub backup_dir: Option<PathBuf>,
     /// Backup encryption key (backups issue).
@@ -158,6 +173,10 @@ impl Default for Config {
             redis_server_bin: "redis-server".into(),
             embedded_appendfsync: "everysec".into(),
             tokens_file: None,
+            insecure_no_auth: false,
+            metrics_public: true,
+            agent_rate_per_sec: None,
+            ws_max_watches: 256,
             backup_dir: None,
             backup_key: None,
             pool_capacity_bytes: 10 * 1024 * 1024 * 1024,
@@ -192,6 +211,21 @@ pub struct CliOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_file: Option<PathBuf>,
+}
+
+/// Why the service must not start as configured: listening beyond loopback with no tokens
+/// file (exit 2). `None` when the address is loopback, tokens are set, or `insecure_no_auth`.
+pub fn insecure_listen(cfg: &Config) -> Option<String> {
+    let addr: SocketAddr = cfg.listen.parse().ok()?;
+    if addr.ip().is_loopback() || cfg.tokens_file.is_some() || cfg.insecure_no_auth {
+        return None;
+    }
+    Some(format!(
+        "refusing to listen on {} without authentication: anyone who can reach it could read and \
+         change everything. Either set SWARMSTATE_TOKENS_FILE (create tokens with `swarmstate token new`), \
+         or set SWARMSTATE_INSECURE_NO_AUTH=true to run open on purpose (or listen on 127.0.0.1)",
+        cfg.listen
+    ))
 }
 
 /// A configuration problem, reported at start-up.
@@ -290,9 +324,16 @@ impl Config {
             return bad(format!("log: `{}` is not a tracing filter: {e}", self.log));
         }
         if let Some(t) = &self.tokens_file {
-            if !t.exists() {
-                return bad(format!("tokens_file: {} does not exist", t.display()));
-            }
+            let text = std::fs::read_to_string(t)
+                .map_err(|e| ConfigError(format!("tokens_file: {}: {e}", t.display())))?;
+            crate::domain::auth::parse_tokens(&text)
+                .map_err(|e| ConfigError(format!("tokens_file: {}: {e}", t.display())))?;
+        }
+        if self.agent_rate_per_sec == Some(0) {
+            return bad("agent_rate_per_sec: must be at least 1 (leave it unset for no budget)".into());
+        }
+        if !(1..=100_000).contains(&self.ws_max_watches) {
+            return bad("ws_max_watches: must be between 1 and 100000".into());
         }
         if self.pool_capacity_bytes == 0 {
             return bad("pool_capacity_bytes: must be greater than 0".into());

@@ -55,6 +55,13 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// The first request with this `Idempotency-Key` is still running; retry later.
     IdempotencyKeyInFlight,
+    /// No bearer token, or one the tokens file does not know (with `WWW-Authenticate: Bearer`).
+    Unauthorized,
+    /// The token is valid but its permission or scope does not cover this operation (the
+    /// detail names what is missing).
+    Forbidden,
+    /// The token (or the `x-agent-id`) is over its request budget; see `Retry-After`.
+    RateLimited,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
     /// An unexpected server error; see the log for the request id.
@@ -83,6 +90,9 @@ impl ErrorCode {
             | IdempotencyKeyInFlight => StatusCode::CONFLICT,
             CounterOverflow | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             QuotaExceeded | PoolExhausted => StatusCode::INSUFFICIENT_STORAGE,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,6 +123,9 @@ impl ErrorCode {
             PoolExhausted => "Pool exhausted",
             IdempotencyKeyReused => "Idempotency key reused",
             IdempotencyKeyInFlight => "Idempotency key in flight",
+            Unauthorized => "Unauthorized",
+            Forbidden => "Forbidden",
+            RateLimited => "Rate limited",
             RedisUnavailable => "Redis unavailable",
             Internal => "Internal server error",
         }
@@ -143,6 +156,9 @@ impl ErrorCode {
             PoolExhausted => "pool_exhausted",
             IdempotencyKeyReused => "idempotency_key_reused",
             IdempotencyKeyInFlight => "idempotency_key_in_flight",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            RateLimited => "rate_limited",
             RedisUnavailable => "redis_unavailable",
             Internal => "internal",
         }
@@ -223,6 +239,12 @@ impl ApiError {
         );
         e.extra.insert("current_version".into(), current.into());
         e
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, detail)
+    }
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, detail)
     }
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorCode::RedisUnavailable, detail);

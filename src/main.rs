@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use swarmstate::config::{CliOverrides, Config};
+use swarmstate::domain::auth::{Permission, TokenEntry};
 
 /// mimalloc: the service allocates many small, short-lived buffers per request; glibc malloc
 /// spent ~20% of CPU under load (perf), mimalloc a fraction of that.
@@ -35,6 +36,40 @@ enum Command {
     },
     /// Print the OpenAPI 3.1 document.
     Openapi,
+    /// Bearer tokens for the tokens file.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token (once: only its SHA-256 is kept) on the first line, then a
+    /// blank line and the `[[token]]` entry to add to the tokens file.
+    New {
+        /// Shown in logs and metrics.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated globs over namespace and partition names.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Comma-separated globs over queue names.
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
+        /// Comma-separated globs over pub/sub channels.
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// read | write | admin
+        #[arg(long, default_value = "read")]
+        permission: String,
+        /// Request budget per second (burst twice that).
+        #[arg(long)]
+        rate_per_sec: Option<u32>,
+        /// Comma-separated globs of the agent ids the token may act as.
+        #[arg(long, value_delimiter = ',')]
+        agents: Option<Vec<String>>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +88,48 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Token {
+            command:
+                TokenCommand::New {
+                    name,
+                    namespaces,
+                    queues,
+                    channels,
+                    permission,
+                    rate_per_sec,
+                    agents,
+                },
+        } => {
+            let permission = match permission.as_str() {
+                "read" => Permission::Read,
+                "write" => Permission::Write,
+                "admin" => Permission::Admin,
+                other => {
+                    eprintln!("error: --permission must be read, write or admin (not `{other}`)");
+                    return ExitCode::from(2);
+                }
+            };
+            let entry = TokenEntry {
+                name,
+                sha256: String::new(),
+                namespaces,
+                queues,
+                channels,
+                permission,
+                rate_per_sec,
+                agents,
+            };
+            match swarmstate::domain::auth::new_token(entry) {
+                Ok((secret, entry)) => {
+                    println!("{secret}\n\n{entry}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve { config, overrides } => {
             let cfg = match Config::load(config.as_deref(), &overrides) {
                 Ok(c) => c,
@@ -61,6 +138,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if let Some(why) = swarmstate::config::insecure_listen(&cfg) {
+                eprintln!("error: {why}");
+                return ExitCode::from(2);
+            }
             init_logging(&cfg);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

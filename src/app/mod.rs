@@ -38,6 +38,7 @@ impl Server {
             .redis_url
             .clone()
             .ok_or_else(|| "no redis_url to connect to".to_string())?;
+        let auth = Arc::new(crate::ops::auth::Auth::load(&cfg).map_err(|e| format!("tokens_file: {e}"))?);
         let store = Store::connect(&cfg, &url).await?;
         // Redis may accept connections before it can serve (loading its dataset, failing
         // over): retry migrations until the start-up deadline, but stop at once on a refusal.
@@ -66,7 +67,7 @@ impl Server {
         );
         let cfg = Arc::new(cfg);
         let (stop, stopped) = shutdown::channel();
-        let ops = Arc::new(Ops::new(store, cfg.clone(), embedded, stopped.clone()));
+        let ops = Arc::new(Ops::new(store, cfg.clone(), embedded, stopped.clone(), auth));
         let state = AppState {
             ops: ops.clone(),
             cfg,

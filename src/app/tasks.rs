@@ -34,6 +34,7 @@ pub fn spawn(ops: &Arc<Ops>, metrics: PrometheusHandle, stopped: Stopped) -> Vec
             stopped.clone(),
         )),
         tokio::spawn(presence_watcher(ops.clone(), stopped.clone())),
+        tokio::spawn(ops.auth().clone().watch(stopped.clone())),
         tokio::spawn(metrics_upkeep(metrics, store.clone(), stopped)),
     ]
 }

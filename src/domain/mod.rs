@@ -3,6 +3,7 @@
 //! transport apply the same rules). Imports nothing of ours but [`crate::error`].
 
 pub mod agent;
+pub mod auth;
 pub mod idempotency;
 pub mod json;
 pub mod kv;

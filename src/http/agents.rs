@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{JsonBody, Q};
+use super::extract::{JsonBody, Who, Q};
 use super::problem::json_response;
 use crate::domain::agent::{Agent, AgentFilter, AgentList, AgentState, RegisterBody, StateBody};
 use crate::domain::page::{Page, PageQuery};
@@ -51,12 +51,13 @@ pub struct ListQuery {
 )]
 pub async fn register(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RegisterBody>,
 ) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::OK,
-        &st.ops.agent_register(&id, b).await?,
+        &st.ops.agent_register(&who, &id, b).await?,
     ))
 }
 
@@ -70,8 +71,15 @@ pub async fn register(
         (status = 409, description = "`invalid_transition`: the agent was marked lost or terminated; register again", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn heartbeat(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.agent_heartbeat(&id).await?))
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.agent_heartbeat(&who, &id).await?,
+    ))
 }
 
 /// Lifecycle transition.
@@ -87,12 +95,13 @@ pub async fn heartbeat(State(st): State<AppState>, Path(id): Path<String>) -> Ap
 )]
 pub async fn set_state(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<StateBody>,
 ) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::OK,
-        &st.ops.agent_set_state(&id, &b).await?,
+        &st.ops.agent_set_state(&who, &id, &b).await?,
     ))
 }
 
@@ -105,8 +114,12 @@ pub async fn set_state(
         (status = 404, description = "Not registered", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_agent(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.agent(&id).await?))
+pub async fn get_agent(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(json_response(StatusCode::OK, &st.ops.agent(&who, &id).await?))
 }
 
 /// Registered agents, optionally filtered by state and capability.
@@ -118,7 +131,11 @@ pub async fn get_agent(State(st): State<AppState>, Path(id): Path<String>) -> Ap
         (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_agents(State(st): State<AppState>, Q(q): Q<ListQuery>) -> ApiResult<Response> {
+pub async fn list_agents(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Q(q): Q<ListQuery>,
+) -> ApiResult<Response> {
     let filter = AgentFilter {
         state: q.state,
         capability: q.capability,
@@ -127,6 +144,6 @@ pub async fn list_agents(State(st): State<AppState>, Q(q): Q<ListQuery>) -> ApiR
         cursor: q.cursor,
         limit: q.limit,
     })?;
-    let (items, next_cursor) = st.ops.agents(&filter, &page).await?;
+    let (items, next_cursor) = st.ops.agents(&who, &filter, &page).await?;
     Ok(json_response(StatusCode::OK, &AgentList { items, next_cursor }))
 }

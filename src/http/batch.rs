@@ -8,7 +8,7 @@ use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{etag, parse_json, JsonBody, Q};
+use super::extract::{etag, parse_json, JsonBody, Who, Q};
 use super::problem::json_response;
 use crate::domain::kv::{
     BatchDeleteResult, BatchGetResult, BatchPutBody, BatchPutResult, IncrBody, IncrResponse, KeysBody,
@@ -39,10 +39,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 pub async fn batch_get(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(ns): Path<String>,
     JsonBody(body): JsonBody<KeysBody>,
 ) -> ApiResult<Response> {
-    let items = st.ops.batch_get(&ns, &body).await?;
+    let items = st.ops.batch_get(&who, &ns, &body).await?;
     Ok(json_response(StatusCode::OK, &BatchGetResult { items }))
 }
 
@@ -58,11 +59,12 @@ pub async fn batch_get(
 )]
 pub async fn batch_put(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(ns): Path<String>,
     prov: Provenance,
     JsonBody(body): JsonBody<BatchPutBody>,
 ) -> ApiResult<Response> {
-    let items = st.ops.batch_put(&ns, body, &prov).await?;
+    let items = st.ops.batch_put(&who, &ns, body, &prov).await?;
     Ok(json_response(StatusCode::OK, &BatchPutResult { items }))
 }
 
@@ -75,11 +77,12 @@ pub async fn batch_put(
 )]
 pub async fn batch_delete(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(ns): Path<String>,
     prov: Provenance,
     JsonBody(body): JsonBody<KeysBody>,
 ) -> ApiResult<Response> {
-    let items = st.ops.batch_delete(&ns, &body, &prov).await?;
+    let items = st.ops.batch_delete(&who, &ns, &body, &prov).await?;
     Ok(json_response(StatusCode::OK, &BatchDeleteResult { items }))
 }
 
@@ -95,11 +98,12 @@ pub async fn batch_delete(
 )]
 pub async fn txn(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(ns): Path<String>,
     prov: Provenance,
     JsonBody(body): JsonBody<TxnBody>,
 ) -> ApiResult<Response> {
-    let out = st.ops.txn(&ns, &body, &prov).await?;
+    let out = st.ops.txn(&who, &ns, &body, &prov).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
 
@@ -116,6 +120,7 @@ pub async fn txn(
 )]
 pub async fn incr_counter(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((ns, name)): Path<(String, String)>,
     prov: Provenance,
     body: Bytes,
@@ -130,7 +135,7 @@ pub async fn incr_counter(
     } else {
         parse_json(&body)?
     };
-    let (value, entry) = st.ops.kv_incr(&ns, &name, body, &prov).await?;
+    let (value, entry) = st.ops.kv_incr(&who, &ns, &name, body, &prov).await?;
     let mut res = json_response(
         StatusCode::OK,
         &IncrResponse {
@@ -152,8 +157,12 @@ pub async fn incr_counter(
         (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_namespaces(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<Response> {
-    let (items, next_cursor) = st.ops.namespaces(&Page::parse(&q)?).await?;
+pub async fn list_namespaces(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Q(q): Q<PageQuery>,
+) -> ApiResult<Response> {
+    let (items, next_cursor) = st.ops.namespaces(&who, &Page::parse(&q)?).await?;
     Ok(json_response(
         StatusCode::OK,
         &NamespaceList { items, next_cursor },

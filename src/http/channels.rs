@@ -7,7 +7,7 @@ use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Who};
 use super::problem::json_response;
 use crate::domain::watch::{PublishBody, PublishResult};
 use crate::error::ApiResult;
@@ -29,11 +29,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 pub async fn publish(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(channel): Path<String>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::OK,
-        &st.ops.publish(&channel, body).await?,
+        &st.ops.publish(&who, &channel, body).await?,
     ))
 }

@@ -8,9 +8,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::domain::auth::Caller;
 use crate::domain::kv::{Expect, Provenance};
 use crate::domain::names::{parse_fence, validate_key, validate_name};
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::state::AppState;
 
 /// A JSON request body. Parsed whatever the Content-Type says (curl's `-d` sends a form type),
 /// with syntax errors answered 400 `malformed_json` and shape errors 422 `invalid_body`.
@@ -88,6 +90,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
             .await
             .map(|axum::extract::Query(t)| Q(t))
             .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
+    }
+}
+
+/// The caller the auth layer ([`super::auth`]) found for this request. Fails closed: a route
+/// the layer did not authenticate gets 401 while a tokens file is in use.
+pub struct Who(pub Caller);
+
+impl FromRequestParts<AppState> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            Some(c) => Ok(Who(c.clone())),
+            None if !st.ops.auth().enabled() => Ok(Who(Caller::Open)),
+            None => Err(ApiError::unauthorized(
+                "this route needs `Authorization: Bearer <token>`",
+            )),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Operations routes: liveness, readiness, status and Prometheus metrics.
 
+use super::extract::Who;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,8 +46,8 @@ pub async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
         (status = 503, description = "Redis unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn status(State(st): State<AppState>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.status().await?))
+pub async fn status(State(st): State<AppState>, Who(who): Who) -> ApiResult<Response> {
+    Ok(json_response(StatusCode::OK, &st.ops.status(&who).await?))
 }
 
 /// Prometheus text exposition.

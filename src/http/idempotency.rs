@@ -11,6 +11,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use super::problem::X_REQUEST_ID;
+use crate::domain::auth::Caller;
 use crate::domain::idempotency::{
     fingerprint, home_of, record_id, validate_key, Answer, HEADER, KEPT_HEADERS, REPLAYED,
 };
@@ -73,7 +74,10 @@ pub async fn layer(State(st): State<AppState>, req: Request, next: Next) -> Resp
         }
         Err(rej) => return ApiError::bad_request(format!("reading the body failed: {rej}")).into_response(),
     };
-    let id = record_id(ANONYMOUS, parts.method.as_str(), &path, &key);
+    // Keys are the token's own: another token's request with the same key and body runs
+    // (and is authorised) by itself instead of replaying someone else's answer.
+    let owner = parts.extensions.get::<Caller>().map_or(ANONYMOUS, |c| c.name());
+    let id = record_id(owner, parts.method.as_str(), &path, &key);
     let fp = fingerprint(&context, &bytes);
     let ticket = match st.ops.idem_begin(home, id, fp).await {
         Ok(Begin::Run(t)) => t,

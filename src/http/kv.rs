@@ -10,8 +10,9 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{etag, parse_etag, precondition, AnyJson, JsonBody, KvPath, KvSub, Q};
+use super::extract::{etag, parse_etag, precondition, AnyJson, JsonBody, KvPath, KvSub, Who, Q};
 use super::problem::json_response;
+use crate::domain::auth::Caller;
 use crate::domain::kv::{Entry, EntryDoc, EntryPage, Expect, OnConflict, Provenance, PutBody, RollbackBody};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
@@ -84,6 +85,7 @@ fn created_or_ok(created: bool) -> StatusCode {
 /// GET dispatcher for the wildcard key route: the entry or its history.
 async fn get_dispatch(
     State(st): State<AppState>,
+    Who(who): Who,
     kp: KvPath,
     Q(q): Q<GetQuery>,
     headers: HeaderMap,
@@ -93,7 +95,7 @@ async fn get_dispatch(
             if q.version.is_some() {
                 return Err(ApiError::bad_request("`version` does not apply to history"));
             }
-            get_history(st, kp, q.limit, q.cursor).await
+            get_history(st, &who, kp, q.limit, q.cursor).await
         }
         _ => {
             if q.limit.is_some() || q.cursor.is_some() {
@@ -101,7 +103,7 @@ async fn get_dispatch(
                     "`limit` and `cursor` only apply to .../history",
                 ));
             }
-            get_entry(st, kp, q.version, headers).await
+            get_entry(st, &who, kp, q.version, headers).await
         }
     }
 }
@@ -109,11 +111,12 @@ async fn get_dispatch(
 /// POST dispatcher for the wildcard key route: rollback.
 async fn post_dispatch(
     State(st): State<AppState>,
+    Who(who): Who,
     kp: KvPath,
     prov: Provenance,
     body: JsonBody<RollbackBody>,
 ) -> ApiResult<Response> {
-    rollback_entry(st, kp, prov, body).await
+    rollback_entry(st, &who, kp, prov, body).await
 }
 
 /// Read an entry (or a retained version of it).
@@ -133,11 +136,12 @@ async fn post_dispatch(
 )]
 pub async fn get_entry(
     st: AppState,
+    who: &Caller,
     kp: KvPath,
     version: Option<u64>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let e = st.ops.kv_get(&kp.ns, &kp.key, version).await?;
+    let e = st.ops.kv_get(who, &kp.ns, &kp.key, version).await?;
     if version.is_none() {
         if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
             if inm.trim() == "*" || parse_etag(inm.trim()) == Some(e.version) {
@@ -175,6 +179,7 @@ pub async fn get_entry(
 )]
 pub async fn put_entry(
     State(st): State<AppState>,
+    Who(who): Who,
     kp: KvPath,
     Q(q): Q<PutQuery>,
     headers: HeaderMap,
@@ -184,7 +189,7 @@ pub async fn put_entry(
     let pre = precondition(&headers, true)?;
     let w = st
         .ops
-        .kv_put(&kp.ns, &kp.key, body, pre, q.on_conflict, &prov)
+        .kv_put(&who, &kp.ns, &kp.key, body, pre, q.on_conflict, &prov)
         .await?;
     Ok(entry_response(created_or_ok(w.created), &w.entry))
 }
@@ -207,6 +212,7 @@ pub async fn put_entry(
 )]
 pub async fn patch_entry(
     State(st): State<AppState>,
+    Who(who): Who,
     kp: KvPath,
     headers: HeaderMap,
     prov: Provenance,
@@ -233,7 +239,10 @@ pub async fn patch_entry(
         Some(Expect::Version(v)) => Some(v),
         Some(_) => return Err(ApiError::bad_request("If-Match must name a version")),
     };
-    let e = st.ops.kv_patch(&kp.ns, &kp.key, &patch, if_match, &prov).await?;
+    let e = st
+        .ops
+        .kv_patch(&who, &kp.ns, &kp.key, &patch, if_match, &prov)
+        .await?;
     Ok(entry_response(StatusCode::OK, &e))
 }
 
@@ -253,12 +262,13 @@ pub async fn patch_entry(
 )]
 pub async fn delete_entry(
     State(st): State<AppState>,
+    Who(who): Who,
     kp: KvPath,
     headers: HeaderMap,
     prov: Provenance,
 ) -> ApiResult<Response> {
     let expect = precondition(&headers, false)?.unwrap_or(Expect::Any);
-    st.ops.kv_delete(&kp.ns, &kp.key, expect, &prov).await?;
+    st.ops.kv_delete(&who, &kp.ns, &kp.key, expect, &prov).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -278,13 +288,14 @@ pub async fn delete_entry(
 )]
 pub async fn get_history(
     st: AppState,
+    who: &Caller,
     kp: KvPath,
     limit: Option<usize>,
     cursor: Option<String>,
 ) -> ApiResult<Response> {
     let (items, next_cursor) = st
         .ops
-        .kv_history(&kp.ns, &kp.key, limit, cursor.as_deref())
+        .kv_history(who, &kp.ns, &kp.key, limit, cursor.as_deref())
         .await?;
     Ok(json_response(StatusCode::OK, &EntryPage { items, next_cursor }))
 }
@@ -304,6 +315,7 @@ pub async fn get_history(
 )]
 pub async fn rollback_entry(
     st: AppState,
+    who: &Caller,
     kp: KvPath,
     prov: Provenance,
     JsonBody(body): JsonBody<RollbackBody>,
@@ -314,7 +326,10 @@ pub async fn rollback_entry(
             "POST is only for .../rollback",
         ));
     }
-    let e = st.ops.kv_rollback(&kp.ns, &kp.key, body.version, &prov).await?;
+    let e = st
+        .ops
+        .kv_rollback(who, &kp.ns, &kp.key, body.version, &prov)
+        .await?;
     Ok(entry_response(StatusCode::OK, &e))
 }
 
@@ -329,12 +344,14 @@ pub async fn rollback_entry(
 )]
 pub async fn list_entries(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(ns): Path<String>,
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Response> {
     let (items, next_cursor) = st
         .ops
         .kv_list(
+            &who,
             &ns,
             q.prefix,
             q.cursor.as_deref(),

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{header_str, JsonBody};
+use super::extract::{header_str, JsonBody, Who};
 use super::problem::json_response;
 use crate::domain::lock::{AcquireBody, Granted, LockInfo, RenewBody};
 use crate::error::ApiResult;
@@ -30,12 +30,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 pub async fn acquire(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((ns, name)): Path<(String, String)>,
     JsonBody(b): JsonBody<AcquireBody>,
 ) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::OK,
-        &st.ops.lock_acquire(&ns, &name, b).await?,
+        &st.ops.lock_acquire(&who, &ns, &name, b).await?,
     ))
 }
 
@@ -52,12 +53,13 @@ pub async fn acquire(
 )]
 pub async fn renew(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((ns, name)): Path<(String, String)>,
     JsonBody(b): JsonBody<RenewBody>,
 ) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::OK,
-        &st.ops.lock_renew(&ns, &name, b).await?,
+        &st.ops.lock_renew(&who, &ns, &name, b).await?,
     ))
 }
 
@@ -74,11 +76,12 @@ pub async fn renew(
 )]
 pub async fn release(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     st.ops
-        .lock_release(&ns, &name, header_str(&headers, "x-lock-token"))
+        .lock_release(&who, &ns, &name, header_str(&headers, "x-lock-token"))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -94,7 +97,11 @@ pub async fn release(
 )]
 pub async fn get_lock(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((ns, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.lock_get(&ns, &name).await?))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.lock_get(&who, &ns, &name).await?,
+    ))
 }

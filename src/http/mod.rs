@@ -4,6 +4,7 @@
 //! 413), leaves as a problem document ([`problem`]).
 
 pub mod agents;
+pub mod auth;
 pub mod batch;
 pub mod channels;
 pub mod extract;
@@ -102,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi()))
         .fallback(problem::fallback)
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::layer))
+        // Outside the idempotency layer: a replay needs the same token as the first request.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::layer))
         .route_layer(middleware::from_fn(problem::capture_route))
         .with_state(state)
         .layer(
@@ -116,6 +119,15 @@ pub fn router(state: AppState) -> Router {
                 // pool_exhausted) is the client's, like a 4xx: not logged as a failure.
                 .layer(
                     TraceLayer::new(StatusInRangeAsFailures::new(500..=506).into_make_classifier())
+                        // DefaultMakeSpan's fields, with `?access_token=` redacted.
+                        .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+                            tracing::debug_span!(
+                                "request",
+                                method = %req.method(),
+                                uri = %auth::redacted_uri(req.uri()),
+                                version = ?req.version(),
+                            )
+                        })
                         .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
                 )
                 // Outside `observe`: the problem documents it writes are compressed like every

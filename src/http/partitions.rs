@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{JsonBody, Q};
+use super::extract::{JsonBody, Who, Q};
 use super::problem::json_response;
 use crate::domain::page::{Page, PageQuery};
 use crate::domain::partition::{CreateBody, Partition, PartitionList, PatchBody, Pool};
@@ -31,10 +31,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 507, description = "`pool_exhausted`", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody>) -> ApiResult<Response> {
+pub async fn create(
+    State(st): State<AppState>,
+    Who(who): Who,
+    JsonBody(b): JsonBody<CreateBody>,
+) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::CREATED,
-        &st.ops.partition_create(b).await?,
+        &st.ops.partition_create(&who, b).await?,
     ))
 }
 
@@ -47,8 +51,8 @@ pub async fn create(State(st): State<AppState>, JsonBody(b): JsonBody<CreateBody
         (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<Response> {
-    let (items, next_cursor) = st.ops.partitions(&Page::parse(&q)?).await?;
+pub async fn list(State(st): State<AppState>, Who(who): Who, Q(q): Q<PageQuery>) -> ApiResult<Response> {
+    let (items, next_cursor) = st.ops.partitions(&who, &Page::parse(&q)?).await?;
     Ok(json_response(
         StatusCode::OK,
         &PartitionList { items, next_cursor },
@@ -64,8 +68,15 @@ pub async fn list(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<R
         (status = 404, description = "No such partition", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_partition(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.partition(&name).await?))
+pub async fn get_partition(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.partition(&who, &name).await?,
+    ))
 }
 
 /// Change the quota or key limit (lowering below usage only stops growth).
@@ -81,12 +92,13 @@ pub async fn get_partition(State(st): State<AppState>, Path(name): Path<String>)
 )]
 pub async fn patch(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(name): Path<String>,
     JsonBody(b): JsonBody<PatchBody>,
 ) -> ApiResult<Response> {
     Ok(json_response(
         StatusCode::OK,
-        &st.ops.partition_patch(&name, &b).await?,
+        &st.ops.partition_patch(&who, &name, &b).await?,
     ))
 }
 
@@ -99,8 +111,12 @@ pub async fn patch(
         (status = 404, description = "No such partition", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    st.ops.partition_delete(&name).await?;
+pub async fn delete(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    st.ops.partition_delete(&who, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -109,6 +125,6 @@ pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Api
     get, path = "/v1/pool", tag = "partitions", operation_id = "pool_get",
     responses((status = 200, description = "The pool", body = Pool))
 )]
-pub async fn pool(State(st): State<AppState>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.pool().await?))
+pub async fn pool(State(st): State<AppState>, Who(who): Who) -> ApiResult<Response> {
+    Ok(json_response(StatusCode::OK, &st.ops.pool(&who).await?))
 }

@@ -8,7 +8,7 @@ use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{header_str, JsonBody, Q};
+use super::extract::{header_str, JsonBody, Who, Q};
 use super::problem::json_response;
 use crate::domain::page::{Page, PageQuery};
 use crate::domain::queue::{
@@ -48,10 +48,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 pub async fn enqueue(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(q): Path<String>,
     JsonBody(b): JsonBody<EnqueueBody>,
 ) -> ApiResult<Response> {
-    let (task, created) = st.ops.enqueue(&q, b).await?;
+    let (task, created) = st.ops.enqueue(&who, &q, b).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -73,10 +74,11 @@ pub async fn enqueue(
 )]
 pub async fn lease(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(q): Path<String>,
     JsonBody(b): JsonBody<LeaseBody>,
 ) -> ApiResult<Response> {
-    let tasks = st.ops.lease(&q, &b).await?;
+    let tasks = st.ops.lease(&who, &q, &b).await?;
     Ok(json_response(StatusCode::OK, &LeaseResult { tasks }))
 }
 
@@ -95,12 +97,13 @@ pub async fn lease(
 )]
 pub async fn ack(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((q, id)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<AckBody>,
 ) -> ApiResult<Response> {
     let fence = fence_header(&headers);
-    let t = st.ops.ack(&q, &id, &b, fence).await?;
+    let t = st.ops.ack(&who, &q, &id, &b, fence).await?;
     Ok(json_response(StatusCode::OK, &t))
 }
 
@@ -126,12 +129,13 @@ fn fence_header(h: &HeaderMap) -> Option<&str> {
 )]
 pub async fn nack(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((q, id)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<NackBody>,
 ) -> ApiResult<Response> {
     let fence = fence_header(&headers);
-    let t = st.ops.nack(&q, &id, &b, fence).await?;
+    let t = st.ops.nack(&who, &q, &id, &b, fence).await?;
     Ok(json_response(StatusCode::OK, &t))
 }
 
@@ -149,10 +153,11 @@ pub async fn nack(
 )]
 pub async fn extend(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((q, id)): Path<(String, String)>,
     JsonBody(b): JsonBody<ExtendBody>,
 ) -> ApiResult<Response> {
-    let t = st.ops.extend(&q, &id, &b).await?;
+    let t = st.ops.extend(&who, &q, &id, &b).await?;
     Ok(json_response(StatusCode::OK, &t))
 }
 
@@ -167,9 +172,10 @@ pub async fn extend(
 )]
 pub async fn get_task(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((q, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.task(&q, &id).await?))
+    Ok(json_response(StatusCode::OK, &st.ops.task(&who, &q, &id).await?))
 }
 
 /// Every queue with its counts.
@@ -181,8 +187,12 @@ pub async fn get_task(
         (status = 400, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_queues(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiResult<Response> {
-    let (items, next_cursor) = st.ops.queues(&Page::parse(&q)?).await?;
+pub async fn list_queues(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Q(q): Q<PageQuery>,
+) -> ApiResult<Response> {
+    let (items, next_cursor) = st.ops.queues(&who, &Page::parse(&q)?).await?;
     Ok(json_response(StatusCode::OK, &QueueList { items, next_cursor }))
 }
 
@@ -192,8 +202,15 @@ pub async fn list_queues(State(st): State<AppState>, Q(q): Q<PageQuery>) -> ApiR
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Queue status", body = QueueStats))
 )]
-pub async fn queue_status(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.queue_stats(&q).await?))
+pub async fn queue_status(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(q): Path<String>,
+) -> ApiResult<Response> {
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.queue_stats(&who, &q).await?,
+    ))
 }
 
 /// The dead-letter list, oldest first.
@@ -204,10 +221,11 @@ pub async fn queue_status(State(st): State<AppState>, Path(q): Path<String>) -> 
 )]
 pub async fn list_dead(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(q): Path<String>,
     Q(p): Q<PageQuery>,
 ) -> ApiResult<Response> {
-    let (items, total, next_cursor) = st.ops.dead(&q, &p).await?;
+    let (items, total, next_cursor) = st.ops.dead(&who, &q, &p).await?;
     Ok(json_response(
         StatusCode::OK,
         &DeadList {
@@ -229,9 +247,13 @@ pub async fn list_dead(
 )]
 pub async fn retry_dead(
     State(st): State<AppState>,
+    Who(who): Who,
     Path((q, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.retry_dead(&q, &id).await?))
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.retry_dead(&who, &q, &id).await?,
+    ))
 }
 
 /// Remove every dead task.
@@ -240,8 +262,12 @@ pub async fn retry_dead(
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Purged", body = Purged))
 )]
-pub async fn purge_dead(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
-    let purged = st.ops.purge_dead(&q).await?;
+pub async fn purge_dead(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(q): Path<String>,
+) -> ApiResult<Response> {
+    let purged = st.ops.purge_dead(&who, &q).await?;
     Ok(json_response(StatusCode::OK, &Purged { purged }))
 }
 
@@ -251,8 +277,11 @@ pub async fn purge_dead(State(st): State<AppState>, Path(q): Path<String>) -> Ap
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Paused", body = QueueStats))
 )]
-pub async fn pause(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.pause(&q, true).await?))
+pub async fn pause(State(st): State<AppState>, Who(who): Who, Path(q): Path<String>) -> ApiResult<Response> {
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.pause(&who, &q, true).await?,
+    ))
 }
 
 /// Hand out tasks again.
@@ -261,6 +290,9 @@ pub async fn pause(State(st): State<AppState>, Path(q): Path<String>) -> ApiResu
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "Resumed", body = QueueStats))
 )]
-pub async fn resume(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
-    Ok(json_response(StatusCode::OK, &st.ops.pause(&q, false).await?))
+pub async fn resume(State(st): State<AppState>, Who(who): Who, Path(q): Path<String>) -> ApiResult<Response> {
+    Ok(json_response(
+        StatusCode::OK,
+        &st.ops.pause(&who, &q, false).await?,
+    ))
 }

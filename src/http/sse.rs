@@ -14,10 +14,10 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::Q;
-use crate::domain::names::{validate_name, MAX_KEY_BYTES};
+use super::extract::{Who, Q};
+use crate::domain::names::MAX_KEY_BYTES;
 use crate::error::{ApiError, ApiResult};
-use crate::ops::watch::{outbox, run_watch, WatchSpec};
+use crate::ops::watch::{outbox, run_watch, watch_scope, WatchSpec};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -68,11 +68,12 @@ impl Drop for AbortOnDrop {
 )]
 pub async fn events_sse(
     State(st): State<AppState>,
+    Who(who): Who,
     Path(ns): Path<String>,
     Q(q): Q<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    validate_name("namespace", &ns)?;
+    watch_scope(&who, &ns)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -143,8 +144,12 @@ pub async fn events_sse(
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, description = "text/event-stream: one `task` event per state change", content_type = "text/event-stream"))
 )]
-pub async fn queue_events_sse(State(st): State<AppState>, Path(q): Path<String>) -> ApiResult<Response> {
-    let rx = st.ops.queue_events(&q).await?;
+pub async fn queue_events_sse(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(q): Path<String>,
+) -> ApiResult<Response> {
+    let rx = st.ops.queue_events(&who, &q).await?;
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let e = match rx.recv().await {
             Ok(ev) => SseEvent::default().event("task").data(ev.as_ref()),

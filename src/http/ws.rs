@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::extract::Who;
+use crate::domain::auth::Caller;
 use crate::ops::watch::{outbox, Session};
 use crate::state::AppState;
 
@@ -32,7 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     get, path = "/v1/watch", tag = "watch", operation_id = "watch_socket",
     responses((status = 101, description = "WebSocket: JSON text frames, see DESIGN.md \"Watch over WebSocket\""))
 )]
-pub async fn watch_socket(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn watch_socket(State(st): State<AppState>, Who(who): Who, ws: WebSocketUpgrade) -> Response {
     // Small eager read buffer (it is allocated per socket up front; client frames are small
     // and it grows for larger ones); frames are batched up to 64 KiB before a write. The
     // write buffer itself is not capped here: what can be queued is (SEND_QUEUE_BYTES), and a
@@ -41,7 +43,7 @@ pub async fn watch_socket(State(st): State<AppState>, ws: WebSocketUpgrade) -> R
         .max_message_size(MAX_FRAME)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(64 * 1024)
-        .on_upgrade(move |socket| run(st, socket))
+        .on_upgrade(move |socket| run(st, who, socket))
 }
 
 /// Connection-level instructions for the writer task.
@@ -52,7 +54,7 @@ enum Ctrl {
     TooBig,
 }
 
-async fn run(st: AppState, socket: WebSocket) {
+async fn run(st: AppState, who: Caller, socket: WebSocket) {
     metrics::gauge!("ws_connections").increment(1.0);
     let _open = st.ops.socket_open();
     let (mut sink, mut stream) = socket.split();
@@ -144,7 +146,7 @@ async fn run(st: AppState, socket: WebSocket) {
             }
         }
     });
-    let mut session = Session::new(st.ops.clone(), out);
+    let mut session = Session::new(st.ops.clone(), out, who);
     // Keepalive: a ping every interval; a client silent for three intervals is closed.
     let ping_every = Duration::from_millis(st.cfg.ws_ping_interval_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);

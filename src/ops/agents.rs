@@ -3,6 +3,7 @@
 
 use super::Ops;
 use crate::domain::agent::{Agent, AgentFilter, RegisterBody, StateBody};
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::names::validate_name;
 use crate::domain::page::{encode_cursor, Page};
 use crate::error::{ApiError, ApiResult};
@@ -12,7 +13,8 @@ use crate::live::presence::{announce, prune_held, release};
 const HELD_KEEP: u64 = 256;
 
 impl Ops {
-    pub async fn agent_register(&self, id: &str, b: RegisterBody) -> ApiResult<Agent> {
+    pub async fn agent_register(&self, who: &Caller, id: &str, b: RegisterBody) -> ApiResult<Agent> {
+        who.check(Permission::Write, Scope::Agent(id))?;
         validate_name("agent", id)?;
         let r = b.registration()?;
         let agent = self
@@ -24,7 +26,8 @@ impl Ops {
         Ok(agent)
     }
 
-    pub async fn agent_heartbeat(&self, id: &str) -> ApiResult<Agent> {
+    pub async fn agent_heartbeat(&self, who: &Caller, id: &str) -> ApiResult<Agent> {
+        who.check(Permission::Write, Scope::Agent(id))?;
         validate_name("agent", id)?;
         let agent = self.store.agent_heartbeat(id).await?;
         // Keep what the agent is recorded as holding bounded (expired locks and leases drop out).
@@ -34,7 +37,8 @@ impl Ops {
         Ok(agent)
     }
 
-    pub async fn agent_set_state(&self, id: &str, b: &StateBody) -> ApiResult<Agent> {
+    pub async fn agent_set_state(&self, who: &Caller, id: &str, b: &StateBody) -> ApiResult<Agent> {
+        who.check(Permission::Write, Scope::Agent(id))?;
         validate_name("agent", id)?;
         b.check()?;
         let agent = self.store.agent_set_state(id, &b.state).await?;
@@ -49,7 +53,8 @@ impl Ops {
         Ok(agent)
     }
 
-    pub async fn agent(&self, id: &str) -> ApiResult<Agent> {
+    pub async fn agent(&self, who: &Caller, id: &str) -> ApiResult<Agent> {
+        who.check(Permission::Read, Scope::Agent(id))?;
         validate_name("agent", id)?;
         self.store
             .agent_get(id)
@@ -60,7 +65,13 @@ impl Ops {
     /// Registered agents by id, filtered.
     /// A page of agents by id that match `filter`; the cursor follows the last one returned,
     /// and is null once no later agent matches.
-    pub async fn agents(&self, filter: &AgentFilter, page: &Page) -> ApiResult<(Vec<Agent>, Option<String>)> {
+    pub async fn agents(
+        &self,
+        who: &Caller,
+        filter: &AgentFilter,
+        page: &Page,
+    ) -> ApiResult<(Vec<Agent>, Option<String>)> {
+        who.check(Permission::Read, Scope::Service)?;
         filter.check()?;
         let mut ids = self.store.agent_ids().await?;
         ids.sort();

@@ -2,7 +2,8 @@
 //! atomic call, pipelined in chunks on one connection so they apply in request order), and
 //! transactions (validated into a plan, run as one atomic call).
 
-use super::Ops;
+use super::{writer, Ops};
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::kv::{
     BatchDeleteItemResult, BatchPutBody, BatchPutItemResult, Entry, Expect, KeysBody, Provenance, PutOutcome,
     MAX_VALUE_BYTES_PER_RESPONSE,
@@ -16,7 +17,8 @@ const BATCH_CHUNK: usize = 128;
 
 impl Ops {
     /// Entries in request order, `None` where a key does not exist.
-    pub async fn batch_get(&self, ns: &str, body: &KeysBody) -> ApiResult<Vec<Option<Entry>>> {
+    pub async fn batch_get(&self, who: &Caller, ns: &str, body: &KeysBody) -> ApiResult<Vec<Option<Entry>>> {
+        who.check(Permission::Read, Scope::Namespace(ns))?;
         validate_name("namespace", ns)?;
         body.check()?;
         let total: u64 = self.store.sizes(ns, &body.keys).await?.iter().sum();
@@ -32,10 +34,12 @@ impl Ops {
     /// concern one item alone (quota, fencing token, precondition) become its status.
     pub async fn batch_put(
         &self,
+        who: &Caller,
         ns: &str,
         body: BatchPutBody,
         prov: &Provenance,
     ) -> ApiResult<Vec<BatchPutItemResult>> {
+        writer(who, ns, prov)?;
         validate_name("namespace", ns)?;
         let writes = body.writes()?;
         // One connection for the whole batch: items apply in request order.
@@ -88,10 +92,12 @@ impl Ops {
     /// Delete many keys; absent keys report `deleted: false`.
     pub async fn batch_delete(
         &self,
+        who: &Caller,
         ns: &str,
         body: &KeysBody,
         prov: &Provenance,
     ) -> ApiResult<Vec<BatchDeleteItemResult>> {
+        writer(who, ns, prov)?;
         validate_name("namespace", ns)?;
         body.check()?;
         let store = self.store.pinned();
@@ -113,7 +119,14 @@ impl Ops {
     }
 
     /// Compare-then-apply, all-or-nothing.
-    pub async fn txn(&self, ns: &str, body: &TxnBody, prov: &Provenance) -> ApiResult<TxnResponse> {
+    pub async fn txn(
+        &self,
+        who: &Caller,
+        ns: &str,
+        body: &TxnBody,
+        prov: &Provenance,
+    ) -> ApiResult<TxnResponse> {
+        writer(who, ns, prov)?;
         validate_name("namespace", ns)?;
         let plan = body.plan()?;
         self.store.kv_txn(ns, &plan, prov).await

@@ -4,6 +4,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::Ops;
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::live::relay::RelayStatus;
 use crate::store::migrate::LIBRARY_VERSION;
@@ -54,7 +55,8 @@ impl Ops {
         }
     }
 
-    pub async fn status(&self) -> ApiResult<Status> {
+    pub async fn status(&self, who: &Caller) -> ApiResult<Status> {
+        who.check(Permission::Read, Scope::Service)?;
         let info = self.store.server_info().await?;
         Ok(Status {
             service_version: env!("CARGO_PKG_VERSION").into(),

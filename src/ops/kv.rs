@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::Ops;
+use super::{writer, Ops};
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::json::canonical;
 use crate::domain::kv::{
     key_not_found, metadata_text, DeleteOutcome, Entry, Expect, IncrBody, NamespaceInfo, OnConflict,
@@ -31,7 +32,8 @@ pub fn check_key(ns: &str, key: &str) -> ApiResult<()> {
 
 impl Ops {
     /// The current entry, or a retained version of it.
-    pub async fn kv_get(&self, ns: &str, key: &str, version: Option<u64>) -> ApiResult<Entry> {
+    pub async fn kv_get(&self, who: &Caller, ns: &str, key: &str, version: Option<u64>) -> ApiResult<Entry> {
+        who.check(Permission::Read, Scope::Namespace(ns))?;
         let entry = match version {
             None => self.store.kv_get(ns, key).await?,
             Some(0) => return Err(ApiError::bad_request("versions start at 1")),
@@ -50,6 +52,7 @@ impl Ops {
     /// `merge` merges into the existing value.
     pub async fn kv_put(
         &self,
+        who: &Caller,
         ns: &str,
         key: &str,
         body: PutBody,
@@ -57,6 +60,7 @@ impl Ops {
         on_conflict: Option<OnConflict>,
         prov: &Provenance,
     ) -> ApiResult<Written> {
+        writer(who, ns, prov)?;
         let ttl = Ttl::from_request(body.ttl_ms)?;
         let value = body
             .value
@@ -97,12 +101,14 @@ impl Ops {
     /// into version `if_match`.
     pub async fn kv_patch(
         &self,
+        who: &Caller,
         ns: &str,
         key: &str,
         patch: &Value,
         if_match: Option<u64>,
         prov: &Provenance,
     ) -> ApiResult<Entry> {
+        writer(who, ns, prov)?;
         self.merge_into(ns, key, patch, None, Ttl::Keep, prov, if_match, true)
             .await
             .map(|w| w.entry)
@@ -168,7 +174,15 @@ impl Ops {
         ))
     }
 
-    pub async fn kv_delete(&self, ns: &str, key: &str, expect: Expect, prov: &Provenance) -> ApiResult<()> {
+    pub async fn kv_delete(
+        &self,
+        who: &Caller,
+        ns: &str,
+        key: &str,
+        expect: Expect,
+        prov: &Provenance,
+    ) -> ApiResult<()> {
+        writer(who, ns, prov)?;
         match self.store.kv_delete(ns, key, expect, prov).await? {
             DeleteOutcome::Deleted { .. } => Ok(()),
             DeleteOutcome::NotFound => Err(key_not_found(key)),
@@ -180,11 +194,13 @@ impl Ops {
     /// cursor stands for the lowest version returned.
     pub async fn kv_history(
         &self,
+        who: &Caller,
         ns: &str,
         key: &str,
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> ApiResult<(Vec<Entry>, Option<String>)> {
+        who.check(Permission::Read, Scope::Namespace(ns))?;
         let limit = page_limit(limit, 10)?;
         let below = match decode_cursor(cursor)? {
             None => None,
@@ -215,11 +231,13 @@ impl Ops {
     /// Write a retained version's value and metadata as a new version (TTL kept).
     pub async fn kv_rollback(
         &self,
+        who: &Caller,
         ns: &str,
         key: &str,
         version: u64,
         prov: &Provenance,
     ) -> ApiResult<Entry> {
+        writer(who, ns, prov)?;
         if version == 0 {
             return Err(ApiError::bad_request("versions start at 1"));
         }
@@ -229,12 +247,14 @@ impl Ops {
     /// A page of keys by prefix in byte order; the cursor for the next page when there is one.
     pub async fn kv_list(
         &self,
+        who: &Caller,
         ns: &str,
         prefix: Option<String>,
         cursor: Option<&str>,
         limit: Option<usize>,
         values: bool,
     ) -> ApiResult<(Vec<Entry>, Option<String>)> {
+        who.check(Permission::Read, Scope::Namespace(ns))?;
         validate_name("namespace", ns)?;
         let limit = page_limit(limit, 100)?;
         let prefix = prefix.unwrap_or_default();
@@ -250,11 +270,13 @@ impl Ops {
     /// Add to a counter; returns its new value and entry.
     pub async fn kv_incr(
         &self,
+        who: &Caller,
         ns: &str,
         name: &str,
         body: IncrBody,
         prov: &Provenance,
     ) -> ApiResult<(i64, Entry)> {
+        writer(who, ns, prov)?;
         check_key(ns, name)?;
         let by = body.by.unwrap_or(1);
         if !(-MAX_SAFE_INT..=MAX_SAFE_INT).contains(&by) {
@@ -265,8 +287,14 @@ impl Ops {
     }
 
     /// A page of namespaces by name.
-    pub async fn namespaces(&self, page: &Page) -> ApiResult<(Vec<NamespaceInfo>, Option<String>)> {
+    pub async fn namespaces(
+        &self,
+        who: &Caller,
+        page: &Page,
+    ) -> ApiResult<(Vec<NamespaceInfo>, Option<String>)> {
         let mut names = self.store.namespace_names().await?;
+        // Only what the token may read (before paging, so pages stay full).
+        names.retain(|n| who.may(Permission::Read, Scope::Namespace(n)));
         names.sort();
         let (names, next) = page.of_names(&names);
         Ok((self.store.namespace_infos(&names).await?, next))

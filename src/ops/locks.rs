@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::Ops;
 use crate::domain::agent::Held;
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::lock::{
     check_lock, check_token, Acquire, AcquireBody, Granted, LockInfo, RenewBody, MAX_WAIT_MS,
 };
@@ -15,7 +16,15 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::live::pubsub::event;
 
 impl Ops {
-    pub async fn lock_acquire(&self, ns: &str, name: &str, b: AcquireBody) -> ApiResult<Granted> {
+    pub async fn lock_acquire(
+        &self,
+        who: &Caller,
+        ns: &str,
+        name: &str,
+        b: AcquireBody,
+    ) -> ApiResult<Granted> {
+        who.check(Permission::Write, Scope::Namespace(ns))?;
+        who.check(Permission::Write, Scope::ActAs(&b.owner))?;
         check_lock(ns, name, b.ttl_ms)?;
         validate_text("owner", &b.owner, 128)?;
         let wait = b.wait_ms.unwrap_or(0);
@@ -94,7 +103,8 @@ impl Ops {
         }
     }
 
-    pub async fn lock_renew(&self, ns: &str, name: &str, b: RenewBody) -> ApiResult<Granted> {
+    pub async fn lock_renew(&self, who: &Caller, ns: &str, name: &str, b: RenewBody) -> ApiResult<Granted> {
+        who.check(Permission::Write, Scope::Namespace(ns))?;
         check_lock(ns, name, b.ttl_ms)?;
         check_token("token", &b.token)?;
         let (fencing_token, exp) = self.store.lock_renew(ns, name, &b.token, b.ttl_ms).await?;
@@ -110,7 +120,14 @@ impl Ops {
     }
 
     /// Release with the holder's token; waiters are woken.
-    pub async fn lock_release(&self, ns: &str, name: &str, token: Option<&str>) -> ApiResult<()> {
+    pub async fn lock_release(
+        &self,
+        who: &Caller,
+        ns: &str,
+        name: &str,
+        token: Option<&str>,
+    ) -> ApiResult<()> {
+        who.check(Permission::Write, Scope::Namespace(ns))?;
         check_lock(ns, name, 1)?;
         let token = token.ok_or_else(|| ApiError::bad_request("the x-lock-token header is required"))?;
         check_token("x-lock-token", token)?;
@@ -130,7 +147,8 @@ impl Ops {
         Ok(())
     }
 
-    pub async fn lock_get(&self, ns: &str, name: &str) -> ApiResult<LockInfo> {
+    pub async fn lock_get(&self, who: &Caller, ns: &str, name: &str) -> ApiResult<LockInfo> {
+        who.check(Permission::Read, Scope::Namespace(ns))?;
         check_lock(ns, name, 1)?;
         self.store
             .lock_get(ns, name)

@@ -5,6 +5,7 @@
 //! session. Uses `live`, `store` and `domain`; knows nothing of HTTP.
 
 pub mod agents;
+pub mod auth;
 pub mod batch;
 pub mod channels;
 pub mod health;
@@ -19,6 +20,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::domain::auth::{Caller, Permission, Scope};
+use crate::domain::kv::Provenance;
+use crate::error::ApiResult;
 use crate::live::changes::Hub;
 use crate::live::presence::Presence;
 use crate::live::pubsub::PubSub;
@@ -27,6 +31,7 @@ use crate::live::relay::Relay;
 use crate::live::wake::Wakeups;
 use crate::shutdown::Stopped;
 use crate::store::Store;
+use auth::Auth;
 
 /// Everything an operation needs: Redis and the process's live state. One per process,
 /// shared (behind an `Arc`) by every request and socket.
@@ -52,10 +57,22 @@ pub struct Ops {
     queues: Arc<QueueHub>,
     /// Keyspace-notification relay (its status is part of `/v1/status`).
     relay: Arc<Relay>,
+    /// Tokens and request budgets.
+    auth: Arc<Auth>,
+}
+
+/// The check of every key/value write: write on the namespace, and the `x-agent-id` it
+/// claims must be one the token may act as.
+pub fn writer(who: &Caller, ns: &str, prov: &Provenance) -> ApiResult<()> {
+    who.check(Permission::Write, Scope::Namespace(ns))?;
+    if let Some(agent) = &prov.agent {
+        who.check(Permission::Write, Scope::ActAs(agent))?;
+    }
+    Ok(())
 }
 
 impl Ops {
-    pub fn new(store: Store, cfg: Arc<Config>, embedded: bool, stopped: Stopped) -> Ops {
+    pub fn new(store: Store, cfg: Arc<Config>, embedded: bool, stopped: Stopped, auth: Arc<Auth>) -> Ops {
         Ops {
             store,
             cfg,
@@ -69,6 +86,7 @@ impl Ops {
             wakeups: Arc::default(),
             queues: Arc::default(),
             relay: Arc::default(),
+            auth,
         }
     }
 
@@ -107,6 +125,10 @@ impl Ops {
 
     pub fn presence(&self) -> &Arc<Presence> {
         &self.presence
+    }
+
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
     }
 
     pub fn relay(&self) -> &Arc<Relay> {

@@ -2,6 +2,7 @@
 //! pool's figures; each change is announced on `partitions.<name>`.
 
 use super::Ops;
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::names::validate_name;
 use crate::domain::page::Page;
 use crate::domain::partition::{CreateBody, Partition, PatchBody, Pool};
@@ -9,7 +10,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::live::pubsub::event;
 
 impl Ops {
-    pub async fn partition_create(&self, b: CreateBody) -> ApiResult<Partition> {
+    pub async fn partition_create(&self, who: &Caller, b: CreateBody) -> ApiResult<Partition> {
+        who.check(Permission::Admin, Scope::Namespace(&b.name))?;
+        who.check(Permission::Admin, Scope::ActAs(&b.owner_agent))?;
         let ttl = b.check()?;
         let p = self
             .store
@@ -34,8 +37,9 @@ impl Ops {
 
     /// Every partition with its usage, by name.
     /// A page of partitions by name.
-    pub async fn partitions(&self, page: &Page) -> ApiResult<(Vec<Partition>, Option<String>)> {
+    pub async fn partitions(&self, who: &Caller, page: &Page) -> ApiResult<(Vec<Partition>, Option<String>)> {
         let mut names = self.store.part_names().await?;
+        names.retain(|n| who.may(Permission::Read, Scope::Namespace(n)));
         names.sort();
         let (names, next) = page.of_names(&names);
         let mut items = Vec::new();
@@ -47,7 +51,8 @@ impl Ops {
         Ok((items, next))
     }
 
-    pub async fn partition(&self, name: &str) -> ApiResult<Partition> {
+    pub async fn partition(&self, who: &Caller, name: &str) -> ApiResult<Partition> {
+        who.check(Permission::Read, Scope::Namespace(name))?;
         validate_name("partition", name)?;
         self.store
             .part_get(name)
@@ -55,7 +60,8 @@ impl Ops {
             .ok_or_else(|| ApiError::not_found("no such partition"))
     }
 
-    pub async fn partition_patch(&self, name: &str, b: &PatchBody) -> ApiResult<Partition> {
+    pub async fn partition_patch(&self, who: &Caller, name: &str, b: &PatchBody) -> ApiResult<Partition> {
+        who.check(Permission::Admin, Scope::Namespace(name))?;
         validate_name("partition", name)?;
         b.check()?;
         let p = self
@@ -72,7 +78,8 @@ impl Ops {
     }
 
     /// Delete the partition and all its data; its quota goes back to the pool.
-    pub async fn partition_delete(&self, name: &str) -> ApiResult<()> {
+    pub async fn partition_delete(&self, who: &Caller, name: &str) -> ApiResult<()> {
+        who.check(Permission::Admin, Scope::Namespace(name))?;
         validate_name("partition", name)?;
         self.store.part_delete(name, self.cfg.pool_capacity_bytes).await?;
         event(
@@ -84,7 +91,8 @@ impl Ops {
         Ok(())
     }
 
-    pub async fn pool(&self) -> ApiResult<Pool> {
+    pub async fn pool(&self, who: &Caller) -> ApiResult<Pool> {
+        who.check(Permission::Admin, Scope::Service)?;
         self.store.pool_status(self.cfg.pool_capacity_bytes).await
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use super::Ops;
 use crate::config::RedisMode;
 use crate::domain::agent::Held;
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::json::canonical;
 use crate::domain::names::{check_range, validate_name};
 use crate::domain::page::{decode_cursor, encode_cursor, not_ours, page_limit, Page, PageQuery};
@@ -34,7 +35,8 @@ impl Drop for PassOn<'_> {
 impl Ops {
     /// Enqueue; returns the task and whether it was created (false: a task with this
     /// idempotency key exists).
-    pub async fn enqueue(&self, q: &str, body: EnqueueBody) -> ApiResult<(Task, bool)> {
+    pub async fn enqueue(&self, who: &Caller, q: &str, body: EnqueueBody) -> ApiResult<(Task, bool)> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let task = body.task()?;
         self.store.register_queue(q).await?;
@@ -42,7 +44,9 @@ impl Ops {
     }
 
     /// Lease up to `max_tasks` ready tasks, long-polling up to `wait_ms` when there are none.
-    pub async fn lease(&self, q: &str, b: &LeaseBody) -> ApiResult<Vec<Task>> {
+    pub async fn lease(&self, who: &Caller, q: &str, b: &LeaseBody) -> ApiResult<Vec<Task>> {
+        who.check(Permission::Write, Scope::Queue(q))?;
+        who.check(Permission::Write, Scope::ActAs(&b.worker))?;
         validate_name("queue", q)?;
         let (max, wait) = b.check()?;
         let started = Instant::now();
@@ -142,7 +146,15 @@ impl Ops {
         Ok(Some(fence))
     }
 
-    pub async fn ack(&self, q: &str, id: &str, b: &AckBody, fence: Option<&str>) -> ApiResult<Task> {
+    pub async fn ack(
+        &self,
+        who: &Caller,
+        q: &str,
+        id: &str,
+        b: &AckBody,
+        fence: Option<&str>,
+    ) -> ApiResult<Task> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let id = check_task_id(id)?;
         check_lease_token(&b.lease_token)?;
@@ -156,7 +168,15 @@ impl Ops {
         Ok(t)
     }
 
-    pub async fn nack(&self, q: &str, id: &str, b: &NackBody, fence: Option<&str>) -> ApiResult<Task> {
+    pub async fn nack(
+        &self,
+        who: &Caller,
+        q: &str,
+        id: &str,
+        b: &NackBody,
+        fence: Option<&str>,
+    ) -> ApiResult<Task> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let id = check_task_id(id)?;
         check_lease_token(&b.lease_token)?;
@@ -175,7 +195,8 @@ impl Ops {
         Ok(t)
     }
 
-    pub async fn extend(&self, q: &str, id: &str, b: &ExtendBody) -> ApiResult<Task> {
+    pub async fn extend(&self, who: &Caller, q: &str, id: &str, b: &ExtendBody) -> ApiResult<Task> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let id = check_task_id(id)?;
         check_lease_token(&b.lease_token)?;
@@ -183,7 +204,8 @@ impl Ops {
         self.store.q_extend(q, id, &b.lease_token, b.lease_ms).await
     }
 
-    pub async fn task(&self, q: &str, id: &str) -> ApiResult<Task> {
+    pub async fn task(&self, who: &Caller, q: &str, id: &str) -> ApiResult<Task> {
+        who.check(Permission::Read, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let id = check_task_id(id)?;
         self.store
@@ -194,8 +216,9 @@ impl Ops {
 
     /// Every queue with its counts, by name.
     /// A page of queues by name, with their figures.
-    pub async fn queues(&self, page: &Page) -> ApiResult<(Vec<QueueStats>, Option<String>)> {
+    pub async fn queues(&self, who: &Caller, page: &Page) -> ApiResult<(Vec<QueueStats>, Option<String>)> {
         let mut names = self.store.queue_names().await?;
+        names.retain(|n| who.may(Permission::Read, Scope::Queue(n)));
         names.sort();
         let (names, next) = page.of_names(&names);
         let mut items = Vec::with_capacity(names.len());
@@ -205,14 +228,21 @@ impl Ops {
         Ok((items, next))
     }
 
-    pub async fn queue_stats(&self, q: &str) -> ApiResult<QueueStats> {
+    pub async fn queue_stats(&self, who: &Caller, q: &str) -> ApiResult<QueueStats> {
+        who.check(Permission::Read, Scope::Queue(q))?;
         validate_name("queue", q)?;
         self.store.q_stats(q).await
     }
 
     /// A page of the dead-letter list, oldest death first: tasks, how many in all, the cursor
     /// of the next page (the death time and id of the page's last task).
-    pub async fn dead(&self, q: &str, page: &PageQuery) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
+    pub async fn dead(
+        &self,
+        who: &Caller,
+        q: &str,
+        page: &PageQuery,
+    ) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
+        who.check(Permission::Read, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let limit = page_limit(page.limit, 100)?;
         let after = match decode_cursor(page.cursor.as_deref())? {
@@ -231,19 +261,22 @@ impl Ops {
         Ok((items, total, next))
     }
 
-    pub async fn retry_dead(&self, q: &str, id: &str) -> ApiResult<Task> {
+    pub async fn retry_dead(&self, who: &Caller, q: &str, id: &str) -> ApiResult<Task> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         let id = check_task_id(id)?;
         self.store.q_retry_dead(q, id).await
     }
 
-    pub async fn purge_dead(&self, q: &str) -> ApiResult<u64> {
+    pub async fn purge_dead(&self, who: &Caller, q: &str) -> ApiResult<u64> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         self.store.q_purge_dead(q).await
     }
 
     /// Pause (or resume) handing out tasks; returns the queue's figures after.
-    pub async fn pause(&self, q: &str, paused: bool) -> ApiResult<QueueStats> {
+    pub async fn pause(&self, who: &Caller, q: &str, paused: bool) -> ApiResult<QueueStats> {
+        who.check(Permission::Write, Scope::Queue(q))?;
         validate_name("queue", q)?;
         self.store.register_queue(q).await?;
         self.store.q_pause(q, paused).await?;
@@ -253,8 +286,10 @@ impl Ops {
     /// Task state changes of `q` from now on (JSON texts).
     pub async fn queue_events(
         &self,
+        who: &Caller,
         q: &str,
     ) -> ApiResult<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
+        who.check(Permission::Read, Scope::Queue(q))?;
         validate_name("queue", q)?;
         self.queues.events(&self.store, q).await
     }

@@ -19,8 +19,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::Ops;
+use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::names::{validate_name, validate_pattern, validate_prefix};
 use crate::domain::watch::{ClientOp, Event, Replay};
+use crate::error::ApiResult;
 
 /// Frames queued per connection before the consumer counts as too slow.
 pub const SEND_QUEUE: usize = 1024;
@@ -29,8 +31,6 @@ pub const SEND_QUEUE: usize = 1024;
 pub const SEND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Idle watches get a `progress` message this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Watches per connection.
-const MAX_WATCHES: usize = 256;
 
 /// Where a session's frames go: a bounded queue (frames and bytes) read by the transport.
 #[derive(Clone)]
@@ -150,14 +150,18 @@ impl WatchSpec {
 pub struct Session {
     ops: Arc<Ops>,
     out: Outbox,
+    /// Who opened the socket (checked again per op: a token removed from the tokens file
+    /// can start nothing new).
+    who: Caller,
     watches: HashMap<String, JoinHandle<()>>,
 }
 
 impl Session {
-    pub fn new(ops: Arc<Ops>, out: Outbox) -> Session {
+    pub fn new(ops: Arc<Ops>, out: Outbox, who: Caller) -> Session {
         Session {
             ops,
             out,
+            who,
             watches: HashMap::new(),
         }
     }
@@ -180,6 +184,17 @@ impl Session {
         };
         self.watches.retain(|_, h| !h.is_finished());
         let (ops, out) = (self.ops.clone(), self.out.clone());
+        if let ClientOp::Watch { id, .. } | ClientOp::Subscribe { id, .. } | ClientOp::Queue { id, .. } = &op
+        {
+            if !self.ops.auth.still_valid(&self.who) {
+                self.out.error(
+                    Some(id),
+                    "unauthorized",
+                    "the token of this socket is no longer in the tokens file",
+                );
+                return;
+            }
+        }
         match op {
             ClientOp::Ping => {
                 self.out.frame(json!({"type": "pong"}).to_string());
@@ -189,17 +204,22 @@ impl Session {
                 None => self.out.error(Some(&id), "not_found", "no such watch"),
             },
             ClientOp::Queue { id, queue } => {
-                if self.refuse(&id, validate_name("queue", &queue).err()) {
+                let invalid = self
+                    .who
+                    .check(Permission::Read, Scope::Queue(&queue))
+                    .and_then(|_| validate_name("queue", &queue));
+                if self.refuse(&id, invalid.err()) {
                     return;
                 }
                 let task = tokio::spawn(run_queue_watch(ops, id.clone(), queue, out));
                 self.watches.insert(id, task);
             }
             ClientOp::Subscribe { id, channel } => {
-                if self.refuse(&id, validate_pattern(&channel).err()) {
+                let invalid = validate_pattern(&channel).and_then(|_| self.who.check_subscribe(&channel));
+                if self.refuse(&id, invalid.err()) {
                     return;
                 }
-                let task = tokio::spawn(run_subscription(ops, id.clone(), channel, out));
+                let task = tokio::spawn(run_subscription(ops, self.who.clone(), id.clone(), channel, out));
                 self.watches.insert(id, task);
             }
             ClientOp::Watch {
@@ -210,7 +230,7 @@ impl Session {
                 values,
                 epoch,
             } => {
-                if self.refuse(&id, validate_name("namespace", &namespace).err()) {
+                if self.refuse(&id, watch_scope(&self.who, &namespace).err()) {
                     return;
                 }
                 let prefix = prefix.unwrap_or_default();
@@ -251,7 +271,7 @@ impl Session {
                 "a watch or subscription with this id is active",
             ));
         }
-        if self.watches.len() >= MAX_WATCHES {
+        if self.watches.len() >= self.ops.cfg.ws_max_watches {
             return Err((
                 "invalid_argument",
                 "too many watches and subscriptions on this connection",
@@ -269,8 +289,16 @@ impl Drop for Session {
     }
 }
 
-/// One pub/sub subscription: forward every matching message.
-async fn run_subscription(ops: Arc<Ops>, id: String, pattern: String, out: Outbox) {
+/// What a namespace watch (WebSocket `watch`, SSE) needs: a valid name and read on it.
+pub fn watch_scope(who: &Caller, ns: &str) -> ApiResult<()> {
+    who.check(Permission::Read, Scope::Namespace(ns))?;
+    validate_name("namespace", ns)
+}
+
+/// One pub/sub subscription: forward every matching message the caller may read (a pattern
+/// over the service's own channels reaches only the namespaces, partitions and agents in
+/// the token's scope).
+async fn run_subscription(ops: Arc<Ops>, who: Caller, id: String, pattern: String, out: Outbox) {
     let mut rx = match ops.pubsub.subscribe(&ops.store, &pattern).await {
         Ok(rx) => rx,
         Err(e) => {
@@ -282,6 +310,7 @@ async fn run_subscription(ops: Arc<Ops>, id: String, pattern: String, out: Outbo
     out.frame(json!({"type": "subscribed", "id": id}).to_string());
     loop {
         match rx.recv().await {
+            Ok(m) if !who.may(Permission::Read, Scope::Channel(&m.channel)) => {}
             Ok(m) => {
                 let frame =
                     json!({"type": "message", "id": id, "channel": m.channel, "payload": &*m.payload});
