@@ -2,7 +2,8 @@
 //! entry, a `default` problem-document response on every operation, the provenance and
 //! fencing headers on every write that honours them, `ETag` on entry answers, and the naming
 //! rule as a `pattern` on name parameters; `Idempotency-Key` (with its 409/422 answers and the
-//! `Idempotent-Replayed` header) on every POST that honours it. Applied to the document utoipa derives from the
+//! `Idempotent-Replayed` header) on every POST that honours it; the bearer security scheme
+//! with 401/403/429 on every protected operation. Applied to the document utoipa derives from the
 //! handlers' attributes, in one place, so no operation can miss them.
 
 use serde_json::{json, Map, Value};
@@ -95,8 +96,75 @@ fn constrain_body_keys(v: &mut Value) {
     }
 }
 
+/// The bearer scheme, the `access_token` query alternative of the stream routes, and the
+/// 401/403/429 answers every protected operation can give.
+fn security(v: &mut Value) {
+    v["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "A token from the tokens file (`swarmstate token new`). Needed on every route but /healthz, /readyz, /docs, /openapi.json and (unless metrics_public = false) /metrics once a tokens file is set. Answers to a token with a rate_per_sec carry RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset."
+        },
+        "access_token": {
+            "type": "apiKey", "in": "query", "name": "access_token",
+            "description": "The bearer token as a query parameter, for browsers' WebSocket and EventSource (stream routes only; redacted in logs)"
+        }
+    });
+    v["security"] = json!([{"bearer": []}]);
+    let problem = |d: &str| json!({"description": d, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    let mut unauthorized = problem("`unauthorized`: no bearer token, or one the tokens file does not know");
+    unauthorized["headers"] = json!({"WWW-Authenticate": {"description": "`Bearer realm=\"swarmstate\"`", "schema": {"type": "string"}}});
+    let forbidden = problem(
+        "`forbidden`: the token's permission or scope does not cover this (the detail names what is missing)",
+    );
+    let mut limited = problem("`rate_limited`: the token or the x-agent-id is over its budget");
+    let int = json!({"schema": {"type": "integer"}});
+    limited["headers"] = json!({
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}},
+        "RateLimit-Limit": int, "RateLimit-Remaining": int, "RateLimit-Reset": int
+    });
+    let Some(paths) = v.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let public = super::auth::is_public(path, true);
+        let stream = super::auth::QUERY_TOKEN_ROUTES.contains(&path.as_str());
+        for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            if public {
+                // /metrics takes a token when metrics_public = false.
+                let optional = path == "/metrics";
+                op.insert(
+                    "security".into(),
+                    if optional {
+                        json!([{}, {"bearer": []}])
+                    } else {
+                        json!([])
+                    },
+                );
+                continue;
+            }
+            op.insert(
+                "security".into(),
+                if stream {
+                    json!([{"bearer": []}, {"access_token": []}])
+                } else {
+                    json!([{"bearer": []}])
+                },
+            );
+            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                r.entry("401").or_insert_with(|| unauthorized.clone());
+                r.entry("403").or_insert_with(|| forbidden.clone());
+                r.entry("429").or_insert_with(|| limited.clone());
+            }
+        }
+    }
+}
+
 fn edit(v: &mut Value) {
     constrain_body_keys(v);
+    security(v);
     v["servers"] = json!([{"url": "http://127.0.0.1:8080", "description": "The default listen address"}]);
     let provenance = [
         header("x-agent-id", "Who writes (stored with the version, shown in history and watch events)"),

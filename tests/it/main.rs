@@ -1,6 +1,7 @@
 //! The single integration-test binary (one link, one shared redis-server per run).
 
 mod agents;
+mod auth;
 mod bodies;
 mod cli;
 mod common;
