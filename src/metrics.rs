@@ -65,6 +65,10 @@ fn describe() {
     describe_gauge!("ws_connections", "Open WebSocket connections");
     describe_counter!("watch_events_sent_total", "Change events queued to watchers");
     describe_counter!(
+        "http_rate_limited_total",
+        "Requests answered 429 rate_limited, by token name"
+    );
+    describe_counter!(
         "watch_clients_dropped_total",
         "Watch sockets closed with 4008 for falling behind"
     );

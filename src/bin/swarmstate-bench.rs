@@ -49,7 +49,9 @@ struct Args {
     /// Distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Scenarios to run, comma-separated: get, put, putq (PUT into a partition), watch, queue, lock.
+    /// Scenarios to run, comma-separated: get, put, putq (PUT into a partition), getauth and
+    /// putauth (GET / PUT with a bearer token, against a second service on the same Redis
+    /// that has a tokens file), watch, queue, lock.
     #[arg(long, default_value = "get,put")]
     scenarios: String,
     /// watch scenario: WebSocket watchers on one namespace.
@@ -135,30 +137,66 @@ async fn spawn_stack() -> (SocketAddr, u16, Spawned) {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (apt-get install -y redis-server)");
-    let exe = std::env::current_exe().expect("current exe");
-    let service_bin = exe.with_file_name("swarmstate");
+    let service_bin = std::env::current_exe()
+        .expect("current exe")
+        .with_file_name("swarmstate");
     assert!(
         service_bin.exists(),
         "{} not found: build it with `cargo build --release --bins`",
         service_bin.display()
     );
-    let sport = free_port();
-    let service = Command::new(&service_bin)
-        .arg("serve")
-        .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{sport}"))
-        .env("SWARMSTATE_REDIS_URL", format!("redis://127.0.0.1:{rport}"))
-        .env("SWARMSTATE_LOG", "warn")
-        .env("SWARMSTATE_KEY_PREFIX", "bench")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("swarmstate serve");
-    let addr: SocketAddr = format!("127.0.0.1:{sport}").parse().expect("addr");
+    let (addr, service) = spawn_service(rport, None).await;
     let guard = Spawned {
         children: vec![redis, service],
         _dir: dir,
     };
-    wait_http(addr).await;
     (addr, rport, guard)
+}
+
+/// The bearer token of the `getauth` / `putauth` scenarios.
+const BENCH_TOKEN: &str = "sst_bench-token-not-secret";
+
+/// A second service on the same Redis with a tokens file of 20 entries; the bench token (the
+/// last one) has a budget far above any load, so every request pays the lookup, the scope
+/// check and the rate limiter.
+async fn spawn_auth_service(rport: u16, dir: &std::path::Path) -> (SocketAddr, Child) {
+    let mut toml = String::new();
+    for i in 0..19 {
+        let secret = format!("sst_other-{i}");
+        toml.push_str(&format!(
+            "[[token]]\nname = \"other-{i}\"\nsha256 = \"{}\"\nnamespaces = [\"team-{i}-*\"]\npermission = \"write\"\n",
+            swarmstate::domain::auth::sha256_hex(&secret)
+        ));
+    }
+    toml.push_str(&format!(
+        "[[token]]\nname = \"bench\"\nsha256 = \"{}\"\nnamespaces = [\"bench*\"]\npermission = \"write\"\nrate_per_sec = 100000000\n",
+        swarmstate::domain::auth::sha256_hex(BENCH_TOKEN)
+    ));
+    let file = dir.join("tokens.toml");
+    std::fs::write(&file, toml).expect("tokens file");
+    spawn_service(rport, Some(&file)).await
+}
+
+/// `swarmstate serve` (next to this executable) on a free port against Redis at `rport`.
+async fn spawn_service(rport: u16, tokens: Option<&std::path::Path>) -> (SocketAddr, Child) {
+    let exe = std::env::current_exe().expect("current exe");
+    let service_bin = exe.with_file_name("swarmstate");
+    let sport = free_port();
+    let mut cmd = Command::new(&service_bin);
+    cmd.arg("serve")
+        .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{sport}"))
+        .env("SWARMSTATE_REDIS_URL", format!("redis://127.0.0.1:{rport}"))
+        .env("SWARMSTATE_LOG", "warn")
+        .env("SWARMSTATE_KEY_PREFIX", "bench")
+        .env_remove("SWARMSTATE_TOKENS_FILE")
+        .stdout(Stdio::null());
+    if let Some(t) = tokens {
+        cmd.env("SWARMSTATE_TOKENS_FILE", t);
+    }
+    let service = cmd.spawn().expect("swarmstate serve");
+    let addr: SocketAddr = format!("127.0.0.1:{sport}").parse().expect("addr");
+    wait_http(addr).await;
+    (addr, service)
 }
 
 /// Read one HTTP/1.1 response (Content-Length framed) from `s`; returns its status.
@@ -200,12 +238,20 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 }
 
 fn request(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
+    request_as(method, path, body, None)
+}
+
+/// A request, with `Authorization: Bearer <token>` when a token is given.
+fn request_as(method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Vec<u8> {
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     match body {
         Some(b) => format!(
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            "{method} {path} HTTP/1.1\r\nhost: bench\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
             b.len()
         ),
-        None => format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n\r\n"),
+        None => format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n{auth}\r\n"),
     }
     .into_bytes()
 }
@@ -347,10 +393,34 @@ async fn main() {
         .service_pid
         .or_else(|| guard.as_ref().and_then(|g| g.children.last()).map(|c| c.id()));
     let mut results = Vec::new();
+    // The service with a tokens file, started on first use by getauth / putauth.
+    let mut auth_service: Option<(SocketAddr, Child, tempfile::TempDir)> = None;
     for sc in args.scenarios.split(',').map(str::trim) {
+        let mut target = addr;
         let reqs = match sc {
             "get" => gets.clone(),
             "put" => puts.clone(),
+            "getauth" | "putauth" => {
+                let Some(rport) = redis_port.filter(|_| guard.is_some()) else {
+                    println!("{sc}: needs the spawned stack (no --url); skipped");
+                    continue;
+                };
+                if auth_service.is_none() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let (a, child) = spawn_auth_service(rport, dir.path()).await;
+                    auth_service = Some((a, child, dir));
+                }
+                target = auth_service.as_ref().map(|s| s.0).expect("auth service");
+                let (method, body) = if sc == "getauth" {
+                    ("GET", None)
+                } else {
+                    ("PUT", Some(body.as_str()))
+                };
+                paths
+                    .iter()
+                    .map(|p| request_as(method, p, body, Some(BENCH_TOKEN)))
+                    .collect()
+            }
             "putq" => {
                 // The same PUTs into a partition (quota checked inside every write).
                 let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -379,13 +449,13 @@ async fn main() {
         };
         // Short warm-up, then the measured run.
         run_load(
-            addr,
+            target,
             Arc::new(reqs.clone()),
             args.concurrency,
             Duration::from_secs(1),
         )
         .await;
-        let o = run_load(addr, Arc::new(reqs), args.concurrency, duration).await;
+        let o = run_load(target, Arc::new(reqs), args.concurrency, duration).await;
         let rps = o.requests as f64 / o.elapsed.as_secs_f64();
         println!(
             "{:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p999 {:>7.3} ms  max {:>8.3} ms  errors {}",
@@ -399,7 +469,21 @@ async fn main() {
         );
         results.push((sc.to_string(), rps));
     }
+    if let Some((_, mut child, _)) = auth_service.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let rate = |n: &str| results.iter().find(|(s, _)| s == n).map(|(_, r)| *r);
+    for (plain, authed) in [("get", "getauth"), ("put", "putauth")] {
+        if let (Some(p), Some(a)) = (rate(plain), rate(authed)) {
+            println!(
+                "{} with a bearer token / without = {:.3}  (cost of auth {:.1} %, target < 5 %)",
+                plain.to_uppercase(),
+                a / p,
+                (1.0 - a / p) * 100.0
+            );
+        }
+    }
     if let (Some(put), Some(putq)) = (rate("put"), rate("putq")) {
         println!(
             "quota-checked PUT / plain PUT = {:.2}  (cost of quota checking {:.0} %, target < 15 %)",
@@ -421,7 +505,11 @@ async fn main() {
                 args.concurrency
             );
             for (sc, rps) in results {
-                let (base, target) = if sc == "get" { (get, 0.5) } else { (set, 0.35) };
+                let (base, target) = if sc.starts_with("get") {
+                    (get, 0.5)
+                } else {
+                    (set, 0.35)
+                };
                 println!(
                     "ratio {:<4} swarmstate/redis = {:.2}  (target ≥ {target})",
                     sc.to_uppercase(),

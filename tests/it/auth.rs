@@ -779,3 +779,16 @@ async fn token_new_prints_a_token_and_an_entry_that_works() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn the_readme_permission_table_names_every_operation() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let doc = swarmstate::http::openapi();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            let row = format!("| `{id}` | `{} {path}` |", method.to_uppercase());
+            assert!(readme.contains(&row), "README's permission table lacks {row}");
+        }
+    }
+}

@@ -1,15 +1,23 @@
 """A user's scenario through the Python client that openapi-python-client generates from
-openapi/openapi.json (run by scripts/sdk-tests.sh against a live service). Every step checks
-what the SDK hands back: typed models on success, the typed Problem with its `code` on errors.
+openapi/openapi.json (run by scripts/sdk-tests.sh against a live service with a tokens file).
+Every step checks what the SDK hands back: typed models on success, the typed Problem with its
+`code` on errors. The scenario runs with the generated AuthenticatedClient and an admin token;
+then a plain Client (no token) gets 401 `unauthorized`, and a read-only token scoped to one
+namespace reads there but gets 403 `forbidden` on a write and outside its namespace.
+
+Usage: SDK_TOKEN=<admin token> SDK_READ_TOKEN=<read token> SDK_READ_NS=<its namespace>
+       python_scenario.py <base-url>
 """
 
+import os
 import sys
 import uuid
 
-from swarmstate_client import Client
+from swarmstate_client import AuthenticatedClient, Client
 from swarmstate_client.api.agents import agent_register, agents_list
 from swarmstate_client.api.kv import kv_delete, kv_get, kv_list, kv_put
 from swarmstate_client.api.locks import lock_acquire, lock_release
+from swarmstate_client.api.ops import readyz
 from swarmstate_client.api.queues import task_ack, task_enqueue, tasks_lease
 from swarmstate_client.models import (
     AcquireBody,
@@ -23,7 +31,8 @@ from swarmstate_client.models import (
 )
 
 base = sys.argv[1]
-client = Client(base_url=base, raise_on_unexpected_status=True)
+token, read_token, read_ns = (os.environ[v] for v in ("SDK_TOKEN", "SDK_READ_TOKEN", "SDK_READ_NS"))
+client = AuthenticatedClient(base_url=base, token=token, raise_on_unexpected_status=True)
 ns = "sdk-" + uuid.uuid4().hex[:8]
 steps = []
 
@@ -90,5 +99,34 @@ agent_register.sync(ns + "-b", client=client, body=RegisterBody(capabilities=["w
 found = agents_list.sync(client=client, capability="search")
 ids = [a.id for a in found.items]
 check("agent filter", ns + "-a" in ids and ns + "-b" not in ids, ids)
+
+# Authentication. /readyz is public: a Client without a token reads it.
+anonymous = Client(base_url=base, raise_on_unexpected_status=True)
+r = readyz.sync_detailed(client=anonymous)
+check("public readyz without a token", r.status_code == 200, r.content)
+# The generated functions of protected operations are typed for AuthenticatedClient; a plain
+# Client (no Authorization header) is what a caller without a token sends.
+r = kv_get.sync_detailed(ns, "users/1", client=anonymous)  # type: ignore[arg-type]
+check("no token is 401", r.status_code == 401 and isinstance(r.parsed, Problem), r.content)
+check("401 code is unauthorized", r.parsed.code.value == "unauthorized", r.parsed)
+check("401 challenge", r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers)
+wrong = AuthenticatedClient(base_url=base, token="sst_not-a-token", raise_on_unexpected_status=True)
+r = kv_get.sync_detailed(ns, "users/1", client=wrong)
+check("unknown token is 401 unauthorized", r.status_code == 401 and r.parsed.code.value == "unauthorized", r.content)
+check("unknown token challenge", 'error="invalid_token"' in r.headers.get("www-authenticate", ""), r.headers)
+
+# A read-only token over one namespace: reads there, 403 forbidden on a write and elsewhere.
+reader = AuthenticatedClient(base_url=base, token=read_token, raise_on_unexpected_status=True)
+key = "py-" + uuid.uuid4().hex[:8]
+kv_put.sync(read_ns, key, client=client, body=PutBody(value={"by": "admin"}))
+got = kv_get.sync(read_ns, key, client=reader)
+check("read token reads its namespace", got.value == {"by": "admin"}, got)
+r = kv_put.sync_detailed(read_ns, key, client=reader, body=PutBody(value={"by": "reader"}))
+check("read token write is 403", r.status_code == 403 and isinstance(r.parsed, Problem), r.content)
+check("403 code is forbidden", r.parsed.code.value == "forbidden", r.parsed)
+got = kv_get.sync(read_ns, key, client=client)
+check("refused write left the value", got.version == 1 and got.value == {"by": "admin"}, got)
+r = kv_get.sync_detailed(ns, "users/1", client=reader)
+check("read token outside its namespace is 403 forbidden", r.status_code == 403 and r.parsed.code.value == "forbidden", r.content)
 
 print(f"python SDK scenario: {len(steps)} checks passed ({', '.join(steps)})")

@@ -3,8 +3,14 @@
 // live service, after `tsc --noEmit` has type-checked this file against the generated types).
 // Every step goes through the generated SDK functions and checks what they hand back: typed
 // data on success, the typed Problem (with its `code`) on errors. No hand-written fetch.
+// The service has a tokens file: the client is configured with the admin token (`auth` in its
+// config; the generated functions carry their operation's `security`, so the client sends
+// `Authorization: Bearer <token>`). Then a client without a token gets 401 `unauthorized`, and
+// a read-only token scoped to one namespace reads there but gets 403 `forbidden` on a write
+// and outside its namespace.
 //
-// Usage: tsx ts_scenario.ts <base-url>
+// Usage: SDK_TOKEN=<admin token> SDK_READ_TOKEN=<read token> SDK_READ_NS=<its namespace> \
+//        tsx ts_scenario.ts <base-url>
 
 import { randomUUID } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
@@ -19,20 +25,32 @@ import {
   kvPut,
   lockAcquire,
   lockRelease,
+  readyz,
   taskAck,
   taskEnqueue,
   taskGet,
   tasksLease,
 } from 'swarmstate-sdk';
-import type { Entry, KvDeleteError, KvPutErrors, Problem } from 'swarmstate-sdk';
+import type { Entry, KvDeleteError, KvGetErrors, KvPutErrors, Problem } from 'swarmstate-sdk';
 
-const base = process.argv[2];
-if (!base) {
-  console.error('usage: ts_scenario.ts <base-url>');
-  process.exit(2);
+function required(value: string | undefined): string {
+  if (!value) {
+    console.error('usage: SDK_TOKEN=… SDK_READ_TOKEN=… SDK_READ_NS=… ts_scenario.ts <base-url>');
+    process.exit(2);
+  }
+  return value;
 }
 
-const client = createClient(createConfig({ baseUrl: base }));
+const base = required(process.argv[2]);
+const token = required(process.env.SDK_TOKEN);
+const readToken = required(process.env.SDK_READ_TOKEN);
+const readNs = required(process.env.SDK_READ_NS);
+
+const client = createClient(createConfig({ baseUrl: base, auth: token }));
+// No token at all, a token the service does not know, and the read-only token.
+const anonymous = createClient(createConfig({ baseUrl: base }));
+const wrong = createClient(createConfig({ baseUrl: base, auth: 'sst_not-a-token' }));
+const reader = createClient(createConfig({ baseUrl: base, auth: readToken }));
 // Names are unique per run: namespaces, queues, agent ids and capabilities.
 const run = randomUUID().replace(/-/g, '').slice(0, 8);
 const ns = `sdk-ts-${run}`;
@@ -230,6 +248,57 @@ async function main(): Promise<void> {
   // Only `items` is read: listings are gaining more fields (next_cursor).
   const ids = found.data.items.map((agent) => agent.id);
   check('agent filter lists only the matching agent', isDeepStrictEqual(ids, [`${ns}-a`]), ids);
+
+  // Authentication. /readyz is public (no `security` on the operation): no token needed.
+  const ready = await readyz({ client: anonymous });
+  check('public readyz without a token', ready.response.status === 200, seen(ready));
+  const noToken = await kvGet({ client: anonymous, path: { ns, key: 'users/1' } });
+  check(
+    'no token is 401',
+    noToken.response.status === 401 && noToken.response.headers.get('www-authenticate')?.startsWith('Bearer') === true,
+    seen(noToken),
+  );
+  if (noToken.error !== undefined) {
+    // The 401 answer is typed: `KvGetErrors[401]` is the Problem document.
+    const problem: KvGetErrors[401] = noToken.error;
+    check('401 code is unauthorized', problem.code === 'unauthorized', problem);
+  }
+  const unknown = await kvGet({ client: wrong, path: { ns, key: 'users/1' } });
+  check(
+    'unknown token is 401 unauthorized, invalid_token',
+    unknown.response.status === 401 &&
+      unknown.error?.code === 'unauthorized' &&
+      (unknown.response.headers.get('www-authenticate') ?? '').includes('error="invalid_token"'),
+    seen(unknown),
+  );
+
+  // A read-only token over one namespace: reads there, 403 forbidden on a write and elsewhere.
+  const key = `ts-${run}`;
+  await kvPut({ client, path: { ns: readNs, key }, body: { value: { by: 'admin' } }, throwOnError: true });
+  const readOk = await kvGet({ client: reader, path: { ns: readNs, key } });
+  check(
+    'read token reads its namespace',
+    readOk.response.status === 200 && isDeepStrictEqual(readOk.data?.value, { by: 'admin' }),
+    seen(readOk),
+  );
+  const write = await kvPut({ client: reader, path: { ns: readNs, key }, body: { value: { by: 'reader' } } });
+  check('read token write is 403', write.response.status === 403 && write.error !== undefined, seen(write));
+  if (write.error !== undefined) {
+    const problem: KvPutErrors[403] = write.error;
+    check('403 code is forbidden', problem.code === 'forbidden', problem);
+  }
+  const unchanged = await kvGet({ client, path: { ns: readNs, key }, throwOnError: true });
+  check(
+    'refused write left the value',
+    unchanged.data.version === 1 && isDeepStrictEqual(unchanged.data.value, { by: 'admin' }),
+    seen(unchanged),
+  );
+  const outside = await kvGet({ client: reader, path: { ns, key: 'users/1' } });
+  check(
+    'read token outside its namespace is 403 forbidden',
+    outside.response.status === 403 && outside.error?.code === 'forbidden',
+    seen(outside),
+  );
 
   console.log(`typescript SDK scenario: ${steps.length} checks passed`);
 }
