@@ -462,9 +462,11 @@ async fn websocket_with_header_or_access_token_and_forbidden_frames() {
     let s = secured().await;
     assert_eq!(ws(&s.app, "", None).await.err(), Some(401));
     assert_eq!(ws(&s.app, "?access_token=nope", None).await.err(), Some(401));
-    for (query, header) in [(String::new(), Some(APP)), (format!("?access_token={APP}"), None)] {
+    for (i, (query, header)) in [(String::new(), Some(APP)), (format!("?access_token={APP}"), None)]
+        .into_iter()
+        .enumerate()
+    {
         let mut w = ws(&s.app, &query, header).await.expect("upgrade");
-        send(&mut w, json!({"op": "watch", "id": "w", "namespace": "app"})).await;
         send(&mut w, json!({"op": "watch", "id": "x", "namespace": "other"})).await;
         let f = next_frame(&mut w).await;
         assert_eq!(
@@ -472,12 +474,28 @@ async fn websocket_with_header_or_access_token_and_forbidden_frames() {
             (Some("error"), Some("x"), Some("forbidden")),
             "{f}"
         );
-        // The socket stays open and the allowed watch works.
-        s.call(APP, "PUT", "/v1/ns/app/kv/seen", Some(json!({"value": 1})))
-            .await;
-        let f = next_frame(&mut w).await;
-        assert_eq!(f["type"], "event", "{f}");
-        assert_eq!(f["event"]["key"], "seen");
+        // The socket stays open and an allowed watch works (replaying from the start, so the
+        // write cannot slip in before the watch is live).
+        send(
+            &mut w,
+            json!({"op": "watch", "id": "w", "namespace": "app", "from_revision": 0}),
+        )
+        .await;
+        let key = format!("seen-{i}");
+        s.call(
+            APP,
+            "PUT",
+            format!("/v1/ns/app/kv/{key}"),
+            Some(json!({"value": 1})),
+        )
+        .await;
+        loop {
+            let f = next_frame(&mut w).await;
+            assert_eq!(f["type"], "event", "{f}");
+            if f["event"]["key"] == key.as_str() {
+                break;
+            }
+        }
         send(&mut w, json!({"op": "subscribe", "id": "s1", "channel": "*"})).await;
         assert_eq!(next_frame(&mut w).await["code"], "forbidden");
         send(&mut w, json!({"op": "queue", "id": "q1", "queue": "other"})).await;
