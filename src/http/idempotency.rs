@@ -79,23 +79,24 @@ pub async fn layer(State(st): State<AppState>, req: Request, next: Next) -> Resp
     let owner = parts.extensions.get::<Caller>().map_or(ANONYMOUS, |c| c.name());
     let id = record_id(owner, parts.method.as_str(), &path, &key);
     let fp = fingerprint(&context, &bytes);
-    let ticket = match st.ops.idem_begin(home, id, fp).await {
-        Ok(Begin::Run(t)) => t,
-        Ok(Begin::Replay(a)) => return replay(&a, &path, rid),
-        Err(mut e) => {
-            // The operation never started, whatever the reservation did.
-            if e.extra.contains_key("outcome") {
-                e.extra.insert("outcome".into(), "not_applied".into());
-            }
-            return e.into_response();
-        }
-    };
-    // The operation and the keeping of its answer run to the end on their own task: a client
-    // that goes away, or the request timeout, must not leave an applied write without its
-    // answer (a repeat then waits with 409 and replays it once it is kept).
+    // The reservation, the operation and the keeping of its answer run to the end on their
+    // own task: a client that goes away, or the request timeout, must not leave a reservation
+    // without its operation, or an applied write without its answer (a repeat then waits with
+    // 409 and replays it once it is kept).
     let req = Request::from_parts(parts, Body::from(bytes));
     let ops = st.ops.clone();
     let run = tokio::spawn(async move {
+        let ticket = match ops.idem_begin(home, id, fp).await {
+            Ok(Begin::Run(t)) => t,
+            Ok(Begin::Replay(a)) => return replay(&a, &path, rid),
+            Err(mut e) => {
+                // The operation never started, whatever the reservation did.
+                if e.extra.contains_key("outcome") {
+                    e.extra.insert("outcome".into(), "not_applied".into());
+                }
+                return e.into_response();
+            }
+        };
         let res = next.run(req).await;
         let (parts, body) = res.into_parts();
         let body = to_bytes(body, usize::MAX).await.unwrap_or_default();

@@ -502,7 +502,7 @@ async fn twenty_workers_two_thousand_tasks_some_leases_abandoned_none_lost() {
                 let got = lease(
                     &a,
                     "swarm",
-                    json!({"worker": format!("w{w}"), "lease_ms": 1000, "max_tasks": 5, "wait_ms": 1500}),
+                    json!({"worker": format!("w{w}"), "lease_ms": 2500, "max_tasks": 5, "wait_ms": 1500}),
                 )
                 .await;
                 if got.is_empty() {
