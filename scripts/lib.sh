@@ -38,12 +38,36 @@ ensure_python_venv() {
 }
 
 # Start target/debug/swarmstate on a free loopback port with a fresh data dir (its own
-# redis-server), wait until /readyz answers, and stop it (and remove the dir) on exit.
-# Sets $port, $data and $service. Needs python3 (free port) and curl.
+# redis-server), wait until /readyz (public) answers, and stop it (and remove the dir) on exit.
+# By default the service requires bearer tokens: a tokens file in the data dir
+# (SWARMSTATE_TOKENS_FILE) holds two tokens made by `swarmstate token new`, an admin one over
+# every namespace, queue and channel, and a read-only one over the namespace $read_ns alone;
+# their secrets are set (not exported: pass them on explicitly) in $token and $read_token. `start_service --no-tokens` runs it
+# without a tokens file (open on loopback, as the README tour documents; $token and
+# $read_token are then empty). Sets $port, $data and $service. Needs python3 (free port) and curl.
 start_service() {
+  local tokens=1
+  case "${1:-}" in
+    "") ;;
+    --no-tokens) tokens=0 ;;
+    *) echo "start_service: unknown option $1 (only --no-tokens)" >&2; exit 2 ;;
+  esac
   data=$(mktemp -d)
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  SWARMSTATE_DATA_DIR="$data" SWARMSTATE_LISTEN="127.0.0.1:$port" SWARMSTATE_LOG=warn \
+  token="" read_token="" read_ns=sdk-read
+  local -a tokens_env=()
+  if [ "$tokens" = 1 ]; then
+    local out
+    out=$(target/debug/swarmstate token new --name sdk-admin --namespaces '*' --queues '*' --channels '*' --permission admin)
+    token=$(sed -n 1p <<<"$out")
+    sed -n '3,$p' <<<"$out" >"$data/tokens.toml"
+    out=$(target/debug/swarmstate token new --name sdk-read --namespaces "$read_ns" --permission read)
+    read_token=$(sed -n 1p <<<"$out")
+    { echo; sed -n '3,$p' <<<"$out"; } >>"$data/tokens.toml"
+    [ -n "$token" ] && [ -n "$read_token" ] || { echo "start_service: swarmstate token new printed no token" >&2; exit 1; }
+    tokens_env=(SWARMSTATE_TOKENS_FILE="$data/tokens.toml")
+  fi
+  env "${tokens_env[@]}" SWARMSTATE_DATA_DIR="$data" SWARMSTATE_LISTEN="127.0.0.1:$port" SWARMSTATE_LOG=warn \
     target/debug/swarmstate serve >"$data/service.log" 2>&1 &
   service=$!
   trap 'kill "$service" 2>/dev/null; wait "$service" 2>/dev/null; rm -rf "$data"' EXIT

@@ -21,6 +21,6 @@ if [ ! -x target/debug/swarmstate ]; then
   cargo build --locked -q --bin swarmstate
 fi
 
-start_service
+start_service --no-tokens
 echo ">> README tour ($readme) against a fresh service on :$port"
 python3 tests/sdk/readme_tour.py "$readme" "http://127.0.0.1:$port" || { echo ">> service log:"; tail -20 "$data/service.log"; exit 1; }

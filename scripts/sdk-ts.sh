@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # The TypeScript side of the SDK checks, against a live service at <base-url> (scripts/sdk-tests.sh
-# starts one and calls this): `redocly lint` of openapi/openapi.json (recommended rules less
-# security-defined, see tests/sdk/redocly.yaml: errors fail the run, warnings are shown), a fetch
+# starts one with a tokens file and calls this): `redocly lint` of openapi/openapi.json (the
+# recommended rules, tests/sdk/redocly.yaml: errors fail the run, warnings are shown), a fetch
 # client generated from it by @hey-api/openapi-ts into target/sdk/ts (any generator warning fails
 # the run), `tsc --noEmit` of tests/sdk/ts_scenario.ts against that client (a type error fails
-# the run), then the scenario itself with tsx. The npm packages are pinned and installed once
-# into target/sdk/node (reinstalled only when the pins below change). Needs Node.js >= 20.19.
+# the run), then the scenario itself with tsx, with the tokens from the environment (an admin
+# token, and a read-only one over one namespace for the 401/403 checks). The npm packages are
+# pinned and installed once into target/sdk/node (reinstalled only when the pins below change).
+# Needs Node.js >= 20.19.
 #
-# Usage: scripts/sdk-ts.sh <base-url>
+# Usage: SDK_TOKEN=<admin token> SDK_READ_TOKEN=<read token> SDK_READ_NS=<its namespace> \
+#        scripts/sdk-ts.sh <base-url>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-base=${1:?usage: scripts/sdk-ts.sh <base-url>}
+usage="usage: SDK_TOKEN=<admin token> SDK_READ_TOKEN=<read token> SDK_READ_NS=<its namespace> scripts/sdk-ts.sh <base-url>"
+base=${1:?$usage}
+: "${SDK_TOKEN:?$usage}" "${SDK_READ_TOKEN:?$usage}" "${SDK_READ_NS:?$usage}"
 ensure_cmd node nodejs
 ensure_cmd npm npm
 if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
