@@ -53,6 +53,7 @@ pub async fn status(State(st): State<AppState>, Who(who): Who) -> ApiResult<Resp
 /// Prometheus text exposition.
 #[utoipa::path(
     get, path = "/metrics", tag = "ops", operation_id = "metrics_get",
+    description = "Public unless `metrics_public = false`; then any bearer token of the tokens file.",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(State(st): State<AppState>) -> Response {

@@ -102,12 +102,15 @@ fn security(v: &mut Value) {
     v["components"]["securitySchemes"] = json!({
         "bearer": {
             "type": "http", "scheme": "bearer",
-            "description": "A token from the tokens file (`swarmstate token new`). Needed on every route but /healthz, /readyz, /docs, /openapi.json and (unless metrics_public = false) /metrics once a tokens file is set. Answers to a token with a rate_per_sec carry RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset."
-        },
-        "access_token": {
-            "type": "apiKey", "in": "query", "name": "access_token",
-            "description": "The bearer token as a query parameter, for browsers' WebSocket and EventSource (stream routes only; redacted in logs)"
+            "description": "A token from the tokens file (`swarmstate token new`). Needed on every route but /healthz, /readyz, /docs, /openapi.json and (unless metrics_public = false) /metrics once a tokens file is set. The stream routes also take it as `?access_token=` (for browsers' WebSocket and EventSource). Answers to a token with a rate_per_sec carry RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset."
         }
+    });
+    // A query parameter rather than a second security scheme: generators apply every scheme
+    // of an operation at once, and would put the token into stream URLs as well.
+    let access_token = json!({
+        "name": "access_token", "in": "query", "required": false,
+        "description": "The bearer token, for clients that cannot send headers (browsers' WebSocket and EventSource); removed from the request and redacted in logs. Prefer the Authorization header.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 512}
     });
     v["security"] = json!([{"bearer": []}]);
     let problem = |d: &str| json!({"description": d, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
@@ -133,26 +136,17 @@ fn security(v: &mut Value) {
                 continue;
             };
             if public {
-                // /metrics takes a token when metrics_public = false.
-                let optional = path == "/metrics";
-                op.insert(
-                    "security".into(),
-                    if optional {
-                        json!([{}, {"bearer": []}])
-                    } else {
-                        json!([])
-                    },
-                );
+                // (/metrics takes a token when metrics_public = false; its description says so.)
+                op.insert("security".into(), json!([]));
                 continue;
             }
-            op.insert(
-                "security".into(),
-                if stream {
-                    json!([{"bearer": []}, {"access_token": []}])
-                } else {
-                    json!([{"bearer": []}])
-                },
-            );
+            op.insert("security".into(), json!([{"bearer": []}]));
+            if stream {
+                let params = op.entry("parameters").or_insert_with(|| json!([]));
+                if let Some(p) = params.as_array_mut() {
+                    p.push(access_token.clone());
+                }
+            }
             if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
                 r.entry("401").or_insert_with(|| unauthorized.clone());
                 r.entry("403").or_insert_with(|| forbidden.clone());
