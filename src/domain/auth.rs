@@ -42,7 +42,7 @@ impl Permission {
 }
 
 /// One `[[token]]` entry as written in the tokens file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     /// Shown in logs and metrics, never the secret.
@@ -74,6 +74,13 @@ struct TokensFile {
 pub struct Token {
     pub entry: TokenEntry,
     digest: [u8; 32],
+}
+
+impl Token {
+    /// Whether both are the same secret (digest compared in constant time).
+    pub fn same_secret(&self, other: &Token) -> bool {
+        bool::from(self.digest.ct_eq(&other.digest))
+    }
 }
 
 /// Parse and validate a tokens file (TOML). Errors name the entry and the field.
@@ -241,11 +248,14 @@ impl Caller {
                 true
             }
             Scope::Agent(id) => {
-                if perm > Permission::Read && !self.may_act_as(id) {
-                    // Another agent's lifecycle is an admin operation.
-                    if e.permission < Permission::Admin {
-                        return need(format!("agent `{id}` (another agent's lifecycle needs admin)"));
-                    }
+                // A token's own agents are the ones its `agents` globs name; any other agent's
+                // lifecycle (re-registering it, a state that frees its locks and leases in
+                // whatever namespace or queue) is an admin operation.
+                let own = e.agents.as_ref().is_some_and(|g| any_glob(g, id));
+                if perm > Permission::Read && !own && e.permission < Permission::Admin {
+                    return need(format!(
+                        "agent `{id}` (only agents matching the token's `agents` globs are its own; others need admin)"
+                    ));
                 }
                 true
             }
@@ -282,8 +292,19 @@ impl Caller {
         }
     }
 
-    /// A pub/sub channel: the service's own channels follow what they describe.
+    /// A pub/sub channel: the service's own channels follow what they describe, and only the
+    /// service (or an admin) publishes on them, so their events can be trusted.
     fn check_channel(&self, perm: Permission, c: &str) -> ApiResult<()> {
+        if perm > Permission::Read && is_service_channel(c) {
+            if let Caller::Token(t) = self {
+                if t.entry.permission < Permission::Admin {
+                    return Err(ApiError::forbidden(format!(
+                        "token `{}` may not publish on `{c}`: locks.*, partitions.* and agents.* carry the service's own events (admin only)",
+                        t.entry.name
+                    )));
+                }
+            }
+        }
         if let Some(rest) = c.strip_prefix("locks.") {
             // `locks.<ns>.<lock>`: both names may hold dots, so every reading of the name must
             // be covered (a token for `a` does not see `locks.a.b.c` if that is lock `c` of `a.b`).
@@ -330,10 +351,7 @@ impl Caller {
             return self.check(Permission::Read, Scope::Channel(pattern));
         }
         self.check(Permission::Read, Scope::Service)?;
-        let service_own = ["locks.", "partitions.", "agents."]
-            .iter()
-            .any(|p| pattern.starts_with(p));
-        if service_own || t.entry.channels.iter().any(|g| glob_covers(g, pattern)) {
+        if is_service_channel(pattern) || t.entry.channels.iter().any(|g| glob_covers(g, pattern)) {
             return Ok(());
         }
         Err(ApiError::forbidden(format!(
@@ -341,6 +359,33 @@ impl Caller {
             t.entry.name
         )))
     }
+}
+
+/// The channels the service publishes its own events on.
+pub fn is_service_channel(c: &str) -> bool {
+    ["locks.", "partitions.", "agents."]
+        .iter()
+        .any(|p| c.starts_with(p))
+}
+
+/// Whether a message on `channel` may reach this caller. Lock events name their namespace in
+/// the payload (trustworthy: only the service and admins publish there), so a dotted lock
+/// name reaches the namespace it belongs to; everything else is decided by the channel name.
+pub fn may_receive(who: &Caller, channel: &str, payload: &str) -> bool {
+    if matches!(who, Caller::Open) {
+        return true;
+    }
+    if channel.starts_with("locks.") {
+        #[derive(Deserialize)]
+        struct LockEvent<'a> {
+            #[serde(borrow)]
+            namespace: Option<std::borrow::Cow<'a, str>>,
+        }
+        if let Ok(LockEvent { namespace: Some(ns) }) = serde_json::from_str::<LockEvent>(payload) {
+            return who.may(Permission::Read, Scope::Namespace(&ns));
+        }
+    }
+    who.may(Permission::Read, Scope::Channel(channel))
 }
 
 fn describe(scope: Scope<'_>) -> String {
@@ -417,6 +462,29 @@ mod tests {
         let e = c.check(Permission::Write, Scope::Namespace("other")).unwrap_err();
         assert!(e.detail.contains("namespace `other`"), "{}", e.detail);
         assert!(!e.detail.contains(H));
+    }
+
+    #[test]
+    fn unbound_write_tokens_own_no_agents_and_service_channels_are_the_services() {
+        let w = caller(&format!(
+            "[[token]]\nname='w'\nsha256='{H}'\nnamespaces=['app']\nchannels=['*']\npermission='write'"
+        ));
+        assert!(w.may(Permission::Write, Scope::ActAs("anyone")));
+        assert!(!w.may(Permission::Write, Scope::Agent("anyone")));
+        assert!(w.may(Permission::Read, Scope::Agent("anyone")));
+        assert!(!w.may(Permission::Write, Scope::Channel("locks.app.x")));
+        assert!(!w.may(Permission::Write, Scope::Channel("agents.x")));
+        assert!(w.may(Permission::Write, Scope::Channel("build.x")));
+        assert!(may_receive(
+            &w,
+            "locks.app.db.primary",
+            r#"{"event":"acquired","namespace":"app","lock":"db.primary"}"#
+        ));
+        assert!(!may_receive(
+            &w,
+            "locks.app.x",
+            r#"{"event":"acquired","namespace":"app.x","lock":"y"}"#
+        ));
     }
 
     #[test]

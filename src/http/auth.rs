@@ -52,19 +52,11 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
         Ok(c) => c,
         Err(e) => return challenge(e),
     };
-    let agent = req
-        .headers()
-        .get("x-agent-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    if let Some(a) = &agent {
-        // The agent a request claims to be must be one the token may act as.
-        if let Err(e) = caller.check(Permission::Read, Scope::ActAs(a)) {
-            return e.into_response();
-        }
-    }
+    // The same reading of `x-agent-id` as the one stored with writes (trimmed UTF-8).
+    let agent = match super::extract::header_text(req.headers(), "x-agent-id", 128) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let info = match auth.admit(&caller, agent.as_deref()) {
         Ok(i) => i,
         Err(limited) => {
@@ -74,6 +66,16 @@ pub async fn layer(State(st): State<AppState>, mut req: Request, next: Next) -> 
             return res;
         }
     };
+    if let Some(a) = &agent {
+        // The agent a request claims to be must be one the token may act as.
+        if let Err(e) = caller.check(Permission::Read, Scope::ActAs(a)) {
+            let mut res = e.into_response();
+            if let Some(i) = info {
+                rate_headers(&mut res, &i);
+            }
+            return res;
+        }
+    }
     req.extensions_mut().insert(caller);
     let mut res = next.run(req).await;
     if let Some(i) = info {
@@ -151,22 +153,32 @@ fn take_query_token(req: &mut Request) -> Option<String> {
     token.filter(|t| !t.is_empty())
 }
 
-/// The URI as logged: any `access_token` value replaced by `REDACTED`.
+/// The URI as logged: the value of any parameter whose (percent-decoded) name is
+/// `access_token` replaced by `REDACTED`.
 pub fn redacted_uri(uri: &Uri) -> String {
     let Some(q) = uri.query() else {
         return uri.to_string();
     };
-    if !q.contains("access_token") {
+    let is_token =
+        |k: &str| percent_encoding::percent_decode_str(k).decode_utf8_lossy().trim() == "access_token";
+    let mut out = String::with_capacity(q.len());
+    let mut redacted = false;
+    for (i, pair) in q.split(['&', ';']).enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_token(k) {
+            out.push_str("access_token=REDACTED");
+            redacted = true;
+        } else {
+            out.push_str(pair);
+        }
+    }
+    if !redacted {
         return uri.to_string();
     }
-    let q: Vec<String> = q
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some(("access_token", _)) => "access_token=REDACTED".to_string(),
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{}?{}", uri.path(), q.join("&"))
+    format!("{}?{out}", uri.path())
 }
 
 fn rate_headers(res: &mut Response, i: &RateInfo) {
@@ -184,6 +196,10 @@ mod tests {
     fn tokens_in_queries_are_redacted() {
         let u: Uri = "/v1/watch?access_token=s3cret&x=1".parse().unwrap();
         assert_eq!(redacted_uri(&u), "/v1/watch?access_token=REDACTED&x=1");
+        let u: Uri = "/v1/watch?access%5Ftoken=s3cret".parse().unwrap();
+        assert_eq!(redacted_uri(&u), "/v1/watch?access_token=REDACTED");
+        let u: Uri = "/v1/watch?x=1;access_token=s3cret".parse().unwrap();
+        assert!(!redacted_uri(&u).contains("s3cret"));
         let u: Uri = "/v1/ns/a/events".parse().unwrap();
         assert_eq!(redacted_uri(&u), "/v1/ns/a/events");
     }

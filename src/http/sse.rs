@@ -134,7 +134,11 @@ pub async fn events_sse(
         Some((Ok::<_, std::convert::Infallible>(event), (inbox, task, sent)))
     });
     // Ends when the service stops (clients reconnect with Last-Event-ID).
-    let stream = stream.take_until(st.ops.stopping());
+    // Also ends when the token is removed or changed in the tokens file (the reconnect is
+    // checked again).
+    let stream = stream
+        .take_until(st.ops.stopping())
+        .take_until(st.ops.auth().revoked(who));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -160,6 +164,10 @@ pub async fn queue_events_sse(
         };
         Some((Ok::<_, std::convert::Infallible>(e), rx))
     });
-    let stream = stream.take_until(st.ops.stopping());
+    // Also ends when the token is removed or changed in the tokens file (the reconnect is
+    // checked again).
+    let stream = stream
+        .take_until(st.ops.stopping())
+        .take_until(st.ops.auth().revoked(who));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

@@ -42,6 +42,10 @@ struct TokenSet {
 pub struct Auth {
     file: Option<PathBuf>,
     set: RwLock<Arc<TokenSet>>,
+    /// Bumped by every reload: open streams re-check their token then.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// The file could not be read at the last check (logged once).
+    unreadable: std::sync::atomic::AtomicBool,
     agent_rate: Option<u32>,
     agents: Option<KeyedLimiter>,
 }
@@ -67,6 +71,8 @@ impl Auth {
         let auth = Auth {
             file: cfg.tokens_file.clone(),
             set: RwLock::new(Arc::default()),
+            generation: tokio::sync::watch::channel(0).0,
+            unreadable: Default::default(),
             agent_rate: cfg.agent_rate_per_sec,
             agents: cfg
                 .agent_rate_per_sec
@@ -121,6 +127,7 @@ impl Auth {
             stamp: Some(stamp),
         };
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        self.generation.send_modify(|g| *g += 1);
         Ok(n)
     }
 
@@ -129,8 +136,17 @@ impl Auth {
         let Some(path) = &self.file else {
             return false;
         };
-        let Ok(meta) = std::fs::metadata(path) else {
-            return false;
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => {
+                self.unreadable.store(false, std::sync::atomic::Ordering::Relaxed);
+                m
+            }
+            Err(e) => {
+                if !self.unreadable.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(file = %path.display(), error = %e, "tokens file unreadable; the tokens loaded before stay in force");
+                }
+                return false;
+            }
         };
         let cur = self.current();
         match &cur.stamp {
@@ -206,12 +222,49 @@ impl Auth {
         }
     }
 
-    /// The caller as the tokens in force now see it: `None` when its token was removed or
-    /// changed since it authenticated (long-lived sockets check this per operation).
-    pub fn still_valid(&self, caller: &Caller) -> bool {
+    /// The caller as the tokens in force now see it (its entry as the file now has it):
+    /// `None` when its token was removed. Long-lived sockets look it up per operation.
+    pub fn current_caller(&self, caller: &Caller) -> Option<Caller> {
         match caller {
-            Caller::Open => true,
-            Caller::Token(t) => self.current().tokens.iter().any(|c| Arc::ptr_eq(c, t)),
+            Caller::Open => Some(Caller::Open),
+            Caller::Token(t) => self
+                .current()
+                .tokens
+                .iter()
+                .find(|c| c.same_secret(t))
+                .map(|c| Caller::Token(c.clone())),
+        }
+    }
+
+    /// Whether the caller's token is still in force with the entry it had.
+    fn unchanged(&self, caller: &Caller) -> bool {
+        match (caller, self.current_caller(caller)) {
+            (Caller::Open, _) => true,
+            (Caller::Token(old), Some(Caller::Token(new))) => old.entry == new.entry,
+            _ => false,
+        }
+    }
+
+    /// Resolves when the caller's token is removed from the tokens file or its entry changes
+    /// (never for [`Caller::Open`]): streams it opened end then.
+    pub fn revoked(
+        self: &Arc<Self>,
+        caller: Caller,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.generation.subscribe();
+        let auth = self.clone();
+        async move {
+            if matches!(caller, Caller::Open) {
+                return std::future::pending().await;
+            }
+            loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if !auth.unchanged(&caller) {
+                    return;
+                }
+            }
         }
     }
 

@@ -135,9 +135,11 @@ impl Ops {
 
     /// `x-fencing-token` of an ack or nack. The check runs inside the ack's function, which
     /// then touches two slots: standalone and Sentinel only.
-    fn ack_fence(&self, q: &str, header: Option<&str>) -> ApiResult<Option<AckFence>> {
+    fn ack_fence(&self, who: &Caller, q: &str, header: Option<&str>) -> ApiResult<Option<AckFence>> {
         let Some(v) = header else { return Ok(None) };
         let fence = parse_ack_fence(q, v)?;
+        // The fence reads another namespace's lock: the caller must be able to read it.
+        who.check(Permission::Read, Scope::Namespace(&fence.0))?;
         if matches!(self.store.mode(), RedisMode::Cluster) {
             return Err(ApiError::bad_request(
                 "x-fencing-token on task acks is not available with Redis Cluster (the lock and the queue live in different slots)",
@@ -159,7 +161,7 @@ impl Ops {
         let id = check_task_id(id)?;
         check_lease_token(&b.lease_token)?;
         let result = b.result.as_ref().map(canonical);
-        let fence = self.ack_fence(q, fence)?;
+        let fence = self.ack_fence(who, q, fence)?;
         let (t, owner) = self
             .store
             .q_ack(q, id, &b.lease_token, result.as_deref(), fence.as_ref())
@@ -186,7 +188,7 @@ impl Ops {
         if let Some(d) = b.retry_delay_ms {
             check_range("retry_delay_ms", d, 0, MAX_LEASE_MS)?;
         }
-        let fence = self.ack_fence(q, fence)?;
+        let fence = self.ack_fence(who, q, fence)?;
         let (t, owner) = self
             .store
             .q_nack(q, id, &b.lease_token, &b.error, b.retry_delay_ms, fence.as_ref())

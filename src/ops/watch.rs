@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::Ops;
-use crate::domain::auth::{Caller, Permission, Scope};
+use crate::domain::auth::{may_receive, Caller, Permission, Scope};
 use crate::domain::names::{validate_name, validate_pattern, validate_prefix};
 use crate::domain::watch::{ClientOp, Event, Replay};
 use crate::error::ApiResult;
@@ -184,16 +184,35 @@ impl Session {
         };
         self.watches.retain(|_, h| !h.is_finished());
         let (ops, out) = (self.ops.clone(), self.out.clone());
-        if let ClientOp::Watch { id, .. } | ClientOp::Subscribe { id, .. } | ClientOp::Queue { id, .. } = &op
-        {
-            if !self.ops.auth.still_valid(&self.who) {
+        if matches!(op, ClientOp::Ping) {
+            // Keepalive: answered whatever the token's state or budget.
+            self.out.frame(json!({"type": "pong"}).to_string());
+            return;
+        }
+        let op_id = match &op {
+            ClientOp::Watch { id, .. }
+            | ClientOp::Subscribe { id, .. }
+            | ClientOp::Queue { id, .. }
+            | ClientOp::Cancel { id } => Some(id.clone()),
+            ClientOp::Ping => None,
+        };
+        // Every op is checked against the tokens in force now (a reload may have removed or
+        // narrowed the socket's token) and spends the token's request budget.
+        match self.ops.auth.current_caller(&self.who) {
+            Some(now) => self.who = now,
+            None => {
                 self.out.error(
-                    Some(id),
+                    op_id.as_deref(),
                     "unauthorized",
                     "the token of this socket is no longer in the tokens file",
                 );
                 return;
             }
+        }
+        if let Err(limited) = self.ops.auth.admit(&self.who, None) {
+            self.out
+                .error(op_id.as_deref(), "rate_limited", &limited.error.detail);
+            return;
         }
         match op {
             ClientOp::Ping => {
@@ -211,7 +230,7 @@ impl Session {
                 if self.refuse(&id, invalid.err()) {
                     return;
                 }
-                let task = tokio::spawn(run_queue_watch(ops, id.clone(), queue, out));
+                let task = self.spawn(&id, run_queue_watch(ops, id.clone(), queue, out));
                 self.watches.insert(id, task);
             }
             ClientOp::Subscribe { id, channel } => {
@@ -219,7 +238,10 @@ impl Session {
                 if self.refuse(&id, invalid.err()) {
                     return;
                 }
-                let task = tokio::spawn(run_subscription(ops, self.who.clone(), id.clone(), channel, out));
+                let task = self.spawn(
+                    &id,
+                    run_subscription(ops, self.who.clone(), id.clone(), channel, out),
+                );
                 self.watches.insert(id, task);
             }
             ClientOp::Watch {
@@ -241,10 +263,27 @@ impl Session {
                 }
                 let spec = WatchSpec::new(&id, namespace, prefix, from_revision, values.unwrap_or(true))
                     .in_epoch(epoch);
-                let task = tokio::spawn(run_watch(ops, spec, out));
+                let task = self.spawn(&id, run_watch(ops, spec, out));
                 self.watches.insert(id, task);
             }
         }
+    }
+
+    /// Run a watch, subscription or queue watch until it ends or the socket's token is
+    /// removed or changed in the tokens file (then an `error` frame `unauthorized`).
+    fn spawn(&self, id: &str, run: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        let revoked = self.ops.auth.revoked(self.who.clone());
+        let (out, id) = (self.out.clone(), id.to_string());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = run => {}
+                _ = revoked => out.error(
+                    Some(&id),
+                    "unauthorized",
+                    "the token of this socket was removed or changed in the tokens file; open the watch again",
+                ),
+            }
+        })
     }
 
     /// Answer an `error` (true) when the id is unusable or the op's own check failed.
@@ -310,7 +349,7 @@ async fn run_subscription(ops: Arc<Ops>, who: Caller, id: String, pattern: Strin
     out.frame(json!({"type": "subscribed", "id": id}).to_string());
     loop {
         match rx.recv().await {
-            Ok(m) if !who.may(Permission::Read, Scope::Channel(&m.channel)) => {}
+            Ok(m) if !may_receive(&who, &m.channel, m.payload.get()) => {}
             Ok(m) => {
                 let frame =
                     json!({"type": "message", "id": id, "channel": m.channel, "payload": &*m.payload});

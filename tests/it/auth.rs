@@ -299,7 +299,24 @@ async fn a_token_bound_to_agents_cannot_act_as_another() {
         200
     );
     // b-1 exists (registered by an unbound token) but a-* may not heartbeat for it.
-    assert!([200, 201].contains(&s.call(APP, "PUT", "/v1/agents/b-1", Some(json!({}))).await.status));
+    assert!([200, 201].contains(
+        &s.call(ADMIN, "PUT", "/v1/agents/b-1", Some(json!({})))
+            .await
+            .status
+    ));
+    // A write token without `agents` has no agents of its own: it may not re-register b-1 or
+    // change its state (terminating it would free its locks and leases anywhere).
+    s.call(APP, "PUT", "/v1/agents/b-1", Some(json!({})))
+        .await
+        .problem(403, "forbidden");
+    s.call(
+        APP,
+        "POST",
+        "/v1/agents/b-1/state",
+        Some(json!({"state": "ready"})),
+    )
+    .await
+    .problem(403, "forbidden");
     s.call(AGENT, "POST", "/v1/agents/b-1/heartbeat", None)
         .await
         .problem(403, "forbidden");
@@ -649,21 +666,25 @@ async fn a_per_agent_budget_limits_one_agent_id() {
 #[tokio::test]
 async fn the_tokens_file_is_reloaded_without_a_restart_or_dropped_sockets() {
     let s = secured().await;
-    let mut w = ws(&s.app, "", Some(APP)).await.unwrap();
+    let mut reader = ws(&s.app, "", Some(READ)).await.unwrap();
+    let mut removed = ws(&s.app, "", Some(APP)).await.unwrap();
+    send(
+        &mut removed,
+        json!({"op": "watch", "id": "live", "namespace": "app"}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut removed, Duration::from_secs(5)).await.unwrap()["type"],
+        "progress"
+    );
     const NEW: &str = "tok-new";
     s.call(NEW, "GET", "/v1/namespaces", None)
         .await
         .problem(401, "unauthorized");
-    // APP is removed, NEW added.
+    // READ stays as it was, APP is removed, NEW added.
     let toml = tokens_toml(&[
-        (
-            READ,
-            "name = \"reader\"\nnamespaces = [\"*\"]\npermission = \"read\"",
-        ),
-        (
-            NEW,
-            "name = \"new\"\nnamespaces = [\"*\"]\npermission = \"write\"",
-        ),
+        (READ, "name = \"reader\"\nnamespaces = [\"*\"]\nqueues = [\"*\"]\nchannels = [\"*\"]\npermission = \"read\""),
+        (NEW, "name = \"new\"\nnamespaces = [\"*\"]\npermission = \"write\""),
     ]);
     std::fs::write(&s.file, toml).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -677,15 +698,125 @@ async fn the_tokens_file_is_reloaded_without_a_restart_or_dropped_sockets() {
     s.call(APP, "GET", "/v1/namespaces", None)
         .await
         .problem(401, "unauthorized");
-    // The open socket is still there; its removed token may start nothing new.
-    send(&mut w, json!({"op": "ping"})).await;
-    assert_eq!(next_frame(&mut w).await["type"], "pong");
-    send(&mut w, json!({"op": "watch", "id": "w", "namespace": "app"})).await;
-    assert_eq!(next_frame(&mut w).await["code"], "unauthorized");
+    // The removed token's running watch ends with `unauthorized`; it may start nothing new;
+    // the socket itself stays open.
+    let f = next_frame(&mut removed).await;
+    assert_eq!(
+        (f["id"].as_str(), f["code"].as_str()),
+        (Some("live"), Some("unauthorized")),
+        "{f}"
+    );
+    send(
+        &mut removed,
+        json!({"op": "watch", "id": "w", "namespace": "app"}),
+    )
+    .await;
+    assert_eq!(next_frame(&mut removed).await["code"], "unauthorized");
+    send(&mut removed, json!({"op": "ping"})).await;
+    assert_eq!(next_frame(&mut removed).await["type"], "pong");
+    // A token the reload left as it was keeps working on its open socket.
+    send(
+        &mut reader,
+        json!({"op": "watch", "id": "r", "namespace": "app", "from_revision": 0}),
+    )
+    .await;
+    s.call(NEW, "PUT", "/v1/ns/app/kv/after", Some(json!({"value": 1})))
+        .await;
+    let f = next_frame(&mut reader).await;
+    assert_eq!(
+        (f["type"].as_str(), f["event"]["key"].as_str()),
+        (Some("event"), Some("after")),
+        "{f}"
+    );
     // A broken file is refused; the tokens in force stay.
     std::fs::write(&s.file, "[[token]]\nname = 1\n").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(s.call(NEW, "GET", "/v1/namespaces", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn review_fixes_fences_service_channels_socket_budgets_and_dotted_locks() {
+    let s = secured().await;
+    // An ack fenced by another namespace's lock: the caller must be able to read that lock.
+    s.call(APP, "POST", "/v1/queues/jobs/tasks", Some(json!({"payload": 1})))
+        .await;
+    let leased = s
+        .call(
+            APP,
+            "POST",
+            "/v1/queues/jobs/lease",
+            Some(json!({"worker": "w", "lease_ms": 30000})),
+        )
+        .await
+        .json();
+    let t = &leased["tasks"][0];
+    let auth = bearer(APP);
+    let body = json!({"lease_token": t["lease_token"]}).to_string();
+    let r = s
+        .app
+        .req(
+            "POST",
+            &format!("/v1/queues/jobs/tasks/{}/ack", t["id"].as_str().unwrap()),
+            &[("authorization", &auth), ("x-fencing-token", "secret/l:1")],
+            Some(body.as_bytes()),
+        )
+        .await;
+    let p = r.problem(403, "forbidden");
+    assert!(
+        p["detail"].as_str().unwrap().contains("namespace `secret`"),
+        "{p}"
+    );
+    // Only the service (and admins) publish on its own channels.
+    for c in ["agents.b-1", "locks.app.leader", "partitions.app"] {
+        s.call(
+            APP,
+            "POST",
+            format!("/v1/channels/{c}/publish"),
+            Some(json!({"message": {"forged": true}})),
+        )
+        .await
+        .problem(403, "forbidden");
+    }
+    // A lock with a dotted name reaches its own namespace's subscribers.
+    let mut w = ws(&s.app, "", Some(APP)).await.unwrap();
+    send(
+        &mut w,
+        json!({"op": "subscribe", "id": "l", "channel": "locks.*"}),
+    )
+    .await;
+    assert_eq!(next_frame(&mut w).await["type"], "subscribed");
+    let r = s
+        .call(
+            ADMIN,
+            "POST",
+            "/v1/ns/app/locks/db.primary",
+            Some(json!({"owner": "x", "ttl_ms": 5000})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let f = next_frame(&mut w).await;
+    assert_eq!(f["channel"], "locks.app.db.primary", "{f}");
+    // Socket ops spend the token's budget like requests do.
+    let mut lim = ws(&s.app, "", Some(LIMITED)).await.unwrap();
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        send(
+            &mut lim,
+            json!({"op": "watch", "id": format!("w{i}"), "namespace": "app"}),
+        )
+        .await;
+    }
+    for _ in 0..20 {
+        let f = next(&mut lim, Duration::from_secs(5)).await.unwrap();
+        codes.push(
+            f["code"]
+                .as_str()
+                .unwrap_or(f["type"].as_str().unwrap())
+                .to_string(),
+        );
+    }
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    assert!(codes.iter().any(|c| c == "progress"), "{codes:?}");
 }
 
 #[tokio::test]
