@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment variable the service reads (`SWARMSTATE_REDIS_URL` → `redis_url`).
@@ -18,6 +20,9 @@ pub const ENV_PREFIX: &str = "SWARMSTATE_";
 pub const SETTINGS: &[(&str, &str)] = &[
     ("listen", "HTTP address (loopback by default)"),
     ("redis_url", "redis://, rediss:// (TLS), redis+sentinel://…/<master>, redis-cluster://h1:p1,h2:p2; none: embedded redis-server"),
+    ("redis_tls_ca_file", "rediss:// only: PEM bundle of the CAs to trust (default: the system's roots)"),
+    ("redis_tls_cert_file", "rediss:// only: PEM client certificate (chain), for servers with tls-auth-clients; with redis_tls_key_file"),
+    ("redis_tls_key_file", "rediss:// only: PEM private key of redis_tls_cert_file"),
     ("data_dir", "the embedded Redis keeps its append-only file under <data_dir>/redis"),
     ("log", "tracing filter, e.g. swarmstate=debug,tower_http=debug"),
     ("log_format", "text or json"),
@@ -78,6 +83,14 @@ pub struct Config {
     pub listen: String,
     /// Redis to use. `None` starts the embedded, supervised `redis-server` under `data_dir`.
     pub redis_url: Option<String>,
+    /// rediss:// only: PEM file of the CA certificates the server's certificate must chain to.
+    /// Unset: the system's roots (as rustls-native-certs finds them).
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// rediss:// only: PEM client certificate (leaf first, then intermediates) presented to a
+    /// server with `tls-auth-clients yes`. Set together with `redis_tls_key_file`.
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// rediss:// only: PEM private key (PKCS#8, PKCS#1 or SEC1) of `redis_tls_cert_file`.
+    pub redis_tls_key_file: Option<PathBuf>,
     /// Where the embedded Redis keeps its append-only file (and later, backups by default).
     pub data_dir: PathBuf,
     /// tracing filter, e.g. `info` or `swarmstate=debug,tower_http=debug`.
@@ -152,6 +165,9 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".into(),
             redis_url: None,
+            redis_tls_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
             data_dir: PathBuf::from("./data"),
             log: "info".into(),
             log_format: "text".into(),
@@ -266,6 +282,9 @@ impl Config {
         if let Some(url) = &self.redis_url {
             RedisTarget::parse(url)?;
         }
+        // The TLS files are read and checked now (a wrong path, a key that does not match its
+        // certificate) rather than on the first connection attempt.
+        self.redis_tls()?;
         let prefix_ok = !self.key_prefix.is_empty()
             && self.key_prefix.len() <= 64
             && self
@@ -475,15 +494,137 @@ impl RedisTarget {
     }
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
+impl Config {
+    /// The rustls client configuration for a TLS Redis URL (`None` for a plain one): the CAs
+    /// of `redis_tls_ca_file` or else the system's roots, and the client certificate of
+    /// `redis_tls_cert_file` / `redis_tls_key_file` when set. Always the ring provider, the one
+    /// crypto backend compiled in (fred's `enable-rustls-ring`). The TLS files set with a plain
+    /// URL, or only one of the certificate and key, are refused.
+    pub fn redis_tls(&self) -> Result<Option<rustls::ClientConfig>, ConfigError> {
+        let bad = |m: String| Err(ConfigError(m));
+        let files = [
+            ("redis_tls_ca_file", &self.redis_tls_ca_file),
+            ("redis_tls_cert_file", &self.redis_tls_cert_file),
+            ("redis_tls_key_file", &self.redis_tls_key_file),
+        ];
+        let tls = match &self.redis_url {
+            Some(url) => RedisTarget::parse(url)?.tls,
+            None => false,
+        };
+        if !tls {
+            return match files.iter().find(|(_, v)| v.is_some()) {
+                Some((name, _)) => bad(format!(
+                    "{name}: only used with a TLS Redis URL (rediss://, rediss-cluster://, rediss+sentinel://), \
+                     but redis_url is {}",
+                    match &self.redis_url {
+                        Some(u) => format!("`{}`", redact(u)),
+                        None => "not set (the embedded redis-server listens on loopback without TLS)".into(),
+                    }
+                )),
+                None => Ok(None),
+            };
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.redis_tls_ca_file {
+            Some(path) => {
+                for cert in pem_certificates("redis_tls_ca_file", path)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| ConfigError(format!("redis_tls_ca_file: {}: {e}", path.display())))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return bad(
+                        "redis_tls_ca_file: not set, and no system CA certificates were found \
+                         (install ca-certificates, or set redis_tls_ca_file to the CA of the Redis server)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ConfigError(format!("redis TLS: {e}")))?
+                .with_root_certificates(roots);
+        let config = match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let chain = pem_certificates("redis_tls_cert_file", cert)?;
+                let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read_file(
+                    "redis_tls_key_file",
+                    key,
+                )?)
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "redis_tls_key_file: {} holds no PEM private key ({e})",
+                        key.display()
+                    ))
+                })?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    ConfigError(format!(
+                        "redis_tls_cert_file / redis_tls_key_file: {} and {} do not make a client certificate: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?
+            }
+            _ => {
+                return bad(
+                    "redis_tls_cert_file, redis_tls_key_file: set both (the client certificate and its key) or neither"
+                        .into(),
+                )
+            }
+        };
+        Ok(Some(config))
+    }
+}
+
+/// A TLS setting's file, read whole (the error names the setting and the path).
+fn read_file(setting: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError(format!("{setting}: cannot read {}: {e}", path.display())))
+}
+
+/// Every certificate of a PEM file; none at all is an error.
+fn pem_certificates(
+    setting: &str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    let bytes = read_file(setting, path)?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(format!("{setting}: {} is not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError(format!(
+            "{setting}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The URL with any password replaced by `***`, for messages and logs: the one before `@`
+/// and fred's `sentinelPassword=` query parameter.
 pub fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
+    let out = match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, rest)), Some(_)) => {
             let (creds, host) = rest.rsplit_once('@').unwrap_or(("", rest));
             let user = creds.split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***@{host}")
         }
         _ => url.to_string(),
+    };
+    const SENTINEL_PASSWORD: &str = "sentinelPassword=";
+    match out.find(SENTINEL_PASSWORD) {
+        Some(i) => {
+            let start = i + SENTINEL_PASSWORD.len();
+            let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+            format!("{}***{}", &out[..start], &out[end..])
+        }
+        None => out,
     }
 }
 
@@ -545,6 +686,63 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        // The embedded server's URL (no user), ACL users, passwords holding `@` or `:`.
+        assert_eq!(
+            redact("redis://:0123abcd@127.0.0.1:6379"),
+            "redis://:***@127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact("rediss://svc:p@ss:w0rd@h:6380/2"),
+            "rediss://svc:***@h:6380/2"
+        );
+        assert_eq!(
+            redact("redis-sentinel://u:pw@s1:26379?sentinelServiceName=m&sentinelPassword=spw&node=s2:26379"),
+            "redis-sentinel://u:***@s1:26379?sentinelServiceName=m&sentinelPassword=***&node=s2:26379"
+        );
+        for url in ["redis://u:secret@h:99999", "redis+sentinel://:secret@s1,s2"] {
+            let e = RedisTarget::parse(url).unwrap_err();
+            assert!(!e.0.contains("secret"), "{e}");
+        }
+    }
+
+    /// The TLS files: only with a TLS URL, certificate and key together, readable PEM.
+    #[test]
+    fn tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let tls = |url: Option<&str>, ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>| {
+            Config {
+                redis_url: url.map(String::from),
+                redis_tls_ca_file: ca.map(Path::to_path_buf),
+                redis_tls_cert_file: cert.map(Path::to_path_buf),
+                redis_tls_key_file: key.map(Path::to_path_buf),
+                ..Config::default()
+            }
+            .validate()
+            .map_err(|e| e.0)
+        };
+        let err = tls(Some("redis://h:1"), Some(&not_pem), None, None).unwrap_err();
+        assert!(
+            err.starts_with("redis_tls_ca_file: only used with a TLS Redis URL"),
+            "{err}"
+        );
+        let err = tls(None, None, None, Some(&not_pem)).unwrap_err();
+        assert!(
+            err.starts_with("redis_tls_key_file:") && err.contains("embedded"),
+            "{err}"
+        );
+        let err = tls(Some("rediss://h:1"), None, Some(&not_pem), None).unwrap_err();
+        assert!(err.contains("set both"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        let err = tls(Some("rediss://h:1"), Some(&missing), None, None).unwrap_err();
+        assert!(
+            err.starts_with("redis_tls_ca_file: cannot read") && err.contains("missing.pem"),
+            "{err}"
+        );
+        let err = tls(Some("rediss://h:1"), Some(&not_pem), None, None).unwrap_err();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        assert!(tls(Some("redis://h:1"), None, None, None).is_ok());
     }
 
     #[test]

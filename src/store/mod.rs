@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use fred::clients::SubscriberClient;
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::prelude::*;
+use fred::types::config::TlsConnector;
 use fred::types::Value;
 
 use crate::config::{Config, RedisMode, RedisTarget};
@@ -64,8 +65,16 @@ impl Store {
     /// Connect to Redis, retrying until `startup_timeout_ms` has passed.
     pub async fn connect(cfg: &Config, url: &str) -> Result<Store, String> {
         let target = RedisTarget::parse(url).map_err(|e| e.to_string())?;
-        let fred_cfg =
+        let mut fred_cfg =
             fred::prelude::Config::from_url(&target.fred_url).map_err(|e| format!("redis_url: {e}"))?;
+        // rediss://: our CA / client certificate instead of fred's default (system roots, no
+        // client certificate). Every connection is built from this config — the pool, the
+        // dedicated XREAD and subscriber connections, Sentinel and cluster nodes alike.
+        if target.tls {
+            if let Some(tls) = cfg.redis_tls().map_err(|e| e.to_string())? {
+                fred_cfg.tls = Some(TlsConnector::from(tls).into());
+            }
+        }
         let timeout = Duration::from_millis(cfg.command_timeout_ms);
         let build = || {
             Builder::from_config(fred_cfg.clone())
@@ -90,6 +99,13 @@ impl Store {
             let pool = build()?;
             match pool.init().await {
                 Ok(_) => break pool,
+                Err(e) if is_tls_refusal(&e) => {
+                    return Err(format!(
+                        "TLS with Redis at {} failed: {e} (check redis_tls_ca_file, redis_tls_cert_file / \
+                         redis_tls_key_file and the server's TLS settings)",
+                        crate::config::redact(url)
+                    ))
+                }
                 Err(e) if is_permanent(&e) => {
                     return Err(format!(
                     "Redis at {} refused the connection: {e} (check the password / ACL user in redis_url)",
@@ -273,9 +289,24 @@ impl Store {
     }
 }
 
-/// Errors retrying cannot heal: authentication and permission refusals, bad configuration.
+/// Errors retrying cannot heal: authentication and permission refusals, bad configuration,
+/// TLS handshakes refused by either side.
 pub fn is_permanent(e: &RedisError) -> bool {
-    matches!(e.kind(), ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url) || is_refusal_text(e.details())
+    matches!(e.kind(), ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url)
+        || is_refusal_text(e.details())
+        || is_tls_refusal(e)
+}
+
+/// A TLS handshake that failed on certificates or parameters, not on the network: our side
+/// rejected the server's certificate (rustls `InvalidCertificate`: unknown issuer, wrong name,
+/// expired), or the server sent a fatal alert (`AlertReceived`: no or unknown client
+/// certificate, no common protocol). fred reports these as I/O errors carrying rustls' error.
+pub fn is_tls_refusal(e: &RedisError) -> bool {
+    *e.kind() == ErrorKind::Tls
+        || (*e.kind() == ErrorKind::IO
+            && ["InvalidCertificate", "AlertReceived", "invalid peer certificate"]
+                .iter()
+                .any(|w| e.details().contains(w)))
 }
 
 /// Reply texts of authentication and permission refusals.

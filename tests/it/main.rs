@@ -15,6 +15,7 @@ mod locks;
 mod ops;
 mod partitions;
 mod queues;
+mod redis_access;
 mod relay;
 mod resilience;
 mod watch;
