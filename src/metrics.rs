@@ -32,7 +32,7 @@ pub fn handle() -> PrometheusHandle {
 }
 
 /// Kinds `redis_errors_total` counts (see `store::map_redis_error`).
-pub const REDIS_ERROR_KINDS: &[&str] = &["timeout", "io", "canceled", "topology", "busy", "other"];
+pub const REDIS_ERROR_KINDS: &[&str] = &["timeout", "io", "canceled", "topology", "busy", "denied", "other"];
 
 /// HELP text for every metric, and zero values for the unlabelled ones and those with a fixed
 /// label set, so `promtool check metrics` is clean and dashboards have series before the first
@@ -59,7 +59,7 @@ fn describe() {
     );
     describe_counter!(
         "redis_errors_total",
-        "Redis calls that failed, by kind (timeout, io, canceled, topology, busy, other)"
+        "Redis calls that failed, by kind (timeout, io, canceled, topology, busy, denied, other)"
     );
     describe_gauge!("redis_up", "1 when the last check reached Redis, else 0");
     describe_gauge!("ws_connections", "Open WebSocket connections");

@@ -339,7 +339,9 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
     ]
     .iter()
     .any(|p| e.details().starts_with(p));
+    let denied = e.details().starts_with("NOPERM");
     let kind = match e.kind() {
+        _ if denied => "denied",
         ErrorKind::Timeout => "timeout",
         ErrorKind::IO => "io",
         ErrorKind::Canceled => "canceled",
@@ -350,6 +352,15 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
     metrics::counter!("redis_errors_total", "kind" => kind).increment(1);
     if kind == "other" {
         return ApiError::internal(format!("redis {command}: {e}"));
+    }
+    if denied {
+        // The ACL user lacks a rule: the operator's to fix, not a bug, and nothing ran.
+        tracing::error!(command, error = %e, "Redis denied a command to the service's ACL user (see README, Redis access)");
+        let mut err = ApiError::unavailable(format!(
+            "Redis denied {command} to the service's ACL user (NOPERM); nothing was applied"
+        ));
+        err.extra.insert("outcome".into(), "not_applied".into());
+        return err;
     }
     tracing::warn!(command, error = %e, "Redis unavailable");
     let (outcome, detail) = if kind == "busy" {
