@@ -50,6 +50,7 @@ impl Ops {
     /// PUT: `pre` is the request's precondition; `on_conflict` what to do when it fails
     /// (default `reject`). Without a precondition, `reject` makes the PUT create-only and
     /// `merge` merges into the existing value.
+    #[allow(clippy::too_many_arguments)]
     pub async fn kv_put(
         &self,
         who: &Caller,
