@@ -393,10 +393,12 @@ async fn main() {
         .service_pid
         .or_else(|| guard.as_ref().and_then(|g| g.children.last()).map(|c| c.id()));
     let mut results = Vec::new();
+    let mut cpu_per_request: Vec<(String, f64)> = Vec::new();
     // The service with a tokens file, started on first use by getauth / putauth.
     let mut auth_service: Option<(SocketAddr, Child, tempfile::TempDir)> = None;
     for sc in args.scenarios.split(',').map(str::trim) {
         let mut target = addr;
+        let mut target_pid = service_pid;
         let reqs = match sc {
             "get" => gets.clone(),
             "put" => puts.clone(),
@@ -411,6 +413,7 @@ async fn main() {
                     auth_service = Some((a, child, dir));
                 }
                 target = auth_service.as_ref().map(|s| s.0).expect("auth service");
+                target_pid = auth_service.as_ref().map(|s| s.1.id());
                 let (method, body) = if sc == "getauth" {
                     ("GET", None)
                 } else {
@@ -455,17 +458,28 @@ async fn main() {
             Duration::from_secs(1),
         )
         .await;
+        let cpu_before = target_pid.and_then(cpu_ticks);
         let o = run_load(target, Arc::new(reqs), args.concurrency, duration).await;
+        let cpu_after = target_pid.and_then(cpu_ticks);
         let rps = o.requests as f64 / o.elapsed.as_secs_f64();
+        // The service's own CPU time per request (clock ticks of 10 ms).
+        let cpu_us = match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if o.requests > 0 => Some((a - b) as f64 * 10_000.0 / o.requests as f64),
+            _ => None,
+        };
+        if let Some(us) = cpu_us {
+            cpu_per_request.push((sc.to_string(), us));
+        }
         println!(
-            "{:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p999 {:>7.3} ms  max {:>8.3} ms  errors {}",
+            "{:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p999 {:>7.3} ms  max {:>8.3} ms  errors {}  service CPU {} µs/req",
             sc.to_uppercase(),
             rps,
             ms(o.hist.value_at_quantile(0.5)),
             ms(o.hist.value_at_quantile(0.99)),
             ms(o.hist.value_at_quantile(0.999)),
             ms(o.hist.max()),
-            o.errors
+            o.errors,
+            cpu_us.map(|u| format!("{u:.1}")).unwrap_or_else(|| "?".into())
         );
         results.push((sc.to_string(), rps));
     }
@@ -474,13 +488,18 @@ async fn main() {
         let _ = child.wait();
     }
     let rate = |n: &str| results.iter().find(|(s, _)| s == n).map(|(_, r)| *r);
+    let cpu = |n: &str| cpu_per_request.iter().find(|(s, _)| s == n).map(|(_, r)| *r);
     for (plain, authed) in [("get", "getauth"), ("put", "putauth")] {
         if let (Some(p), Some(a)) = (rate(plain), rate(authed)) {
             println!(
-                "{} with a bearer token / without = {:.3}  (cost of auth {:.1} %, target < 5 %)",
+                "{} with a bearer token / without = {:.3} req/s (cost {:.1} %), service CPU {} (target: cost < 5 %)",
                 plain.to_uppercase(),
                 a / p,
-                (1.0 - a / p) * 100.0
+                (1.0 - a / p) * 100.0,
+                match (cpu(plain), cpu(authed)) {
+                    (Some(cp), Some(ca)) => format!("{cp:.1} → {ca:.1} µs/req ({:+.1} %)", (ca / cp - 1.0) * 100.0),
+                    _ => "?".into(),
+                }
             );
         }
     }
