@@ -174,17 +174,20 @@ pub fn sha256_hex(token: &str) -> String {
         .collect()
 }
 
-/// The token whose digest is the SHA-256 of `presented`. Every entry is compared, in constant
-/// time, so the time taken says nothing about which digest bytes matched.
-pub fn find_token<'a>(tokens: &'a [Arc<Token>], presented: &str) -> Option<&'a Arc<Token>> {
+/// Tokens by digest, for [`find_token`].
+pub type TokenIndex = std::collections::HashMap<[u8; 32], Arc<Token>>;
+
+/// Index tokens by digest.
+pub fn index_tokens(tokens: &[Arc<Token>]) -> TokenIndex {
+    tokens.iter().map(|t| (t.digest, t.clone())).collect()
+}
+
+/// The token whose digest is the SHA-256 of `presented`. The candidate is found by its digest
+/// (what an attacker can compute anyway: the lookup's timing says nothing about the stored
+/// secrets) and confirmed with a constant-time comparison of the digests.
+pub fn find_token<'a>(index: &'a TokenIndex, presented: &str) -> Option<&'a Arc<Token>> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    let mut found = None;
-    for t in tokens {
-        if bool::from(t.digest.ct_eq(&digest)) {
-            found = Some(t);
-        }
-    }
-    found
+    index.get(&digest).filter(|t| bool::from(t.digest.ct_eq(&digest)))
 }
 
 /// What an operation touches, for [`Caller::check`].
@@ -508,6 +511,7 @@ mod tests {
         .into_iter()
         .map(Arc::new)
         .collect();
+        let tokens = index_tokens(&tokens);
         assert_eq!(find_token(&tokens, "s3cret").unwrap().entry.name, "t");
         assert!(find_token(&tokens, "s3cret ").is_none());
         assert!(parse_tokens("[[token]]\nname='t'\nsha256='xyz'\npermission='read'").is_err());

@@ -7,7 +7,7 @@
 //! `/metrics` unless `metrics_public = false`.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -181,11 +181,15 @@ pub fn redacted_uri(uri: &Uri) -> String {
     format!("{}?{out}", uri.path())
 }
 
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 fn rate_headers(res: &mut Response, i: &RateInfo) {
     let h = res.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(i.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from(i.remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(i.reset));
+    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(i.limit));
+    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(i.remaining));
+    h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(i.reset));
 }
 
 #[cfg(test)]

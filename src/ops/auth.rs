@@ -15,7 +15,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::Config;
-use crate::domain::auth::{find_token, parse_tokens, Caller, Token};
+use crate::domain::auth::{find_token, index_tokens, parse_tokens, Caller, Token, TokenIndex};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::shutdown::Stopped;
 
@@ -32,6 +32,8 @@ struct Budget {
 #[derive(Default)]
 struct TokenSet {
     tokens: Vec<Arc<Token>>,
+    /// The same tokens by digest.
+    index: TokenIndex,
     /// By token name; kept across reloads while a token's rate is unchanged.
     budgets: HashMap<String, Arc<Budget>>,
     /// What the file looked like when read (modified time, length, contents).
@@ -121,8 +123,10 @@ impl Auth {
             })
             .collect();
         let n = tokens.len();
+        let tokens: Vec<Arc<Token>> = tokens.into_iter().map(Arc::new).collect();
         let set = TokenSet {
-            tokens: tokens.into_iter().map(Arc::new).collect(),
+            index: index_tokens(&tokens),
+            tokens,
             budgets,
             stamp: Some(stamp),
         };
@@ -216,7 +220,7 @@ impl Auth {
             ));
         };
         let set = self.current();
-        match find_token(&set.tokens, presented) {
+        match find_token(&set.index, presented) {
             Some(t) => Ok(Caller::Token(t.clone())),
             None => Err(ApiError::unauthorized("unknown bearer token")),
         }
@@ -277,14 +281,14 @@ impl Auth {
             let set = self.current();
             if let Some(b) = set.budgets.get(&t.entry.name) {
                 let decision = b.limiter.check().map_err(|n| wait(n.wait_time_from(clock_now())));
-                info = Some(spend(&decision, b.rate, &format!("token `{}`", t.entry.name))?);
+                info = Some(spend(&decision, b.rate, || format!("token `{}`", t.entry.name))?);
             }
         }
         if let (Some(agents), Some(rate), Some(id)) = (&self.agents, self.agent_rate, agent) {
             let decision = agents
                 .check_key(&id.to_string())
                 .map_err(|n| wait(n.wait_time_from(clock_now())));
-            let agent_info = spend(&decision, rate, &format!("agent `{id}`"))?;
+            let agent_info = spend(&decision, rate, || format!("agent `{id}`"))?;
             info = info.or(Some(agent_info));
         }
         Ok(info)
@@ -308,7 +312,7 @@ fn wait(d: Duration) -> u32 {
 type Decision = Result<governor::middleware::StateSnapshot, u32>;
 
 /// The figures of a decision, or the 429 when over budget (`Err(seconds to wait)`).
-fn spend(d: &Decision, rate: u32, who: &str) -> Result<RateInfo, Limited> {
+fn spend(d: &Decision, rate: u32, who: impl FnOnce() -> String) -> Result<RateInfo, Limited> {
     match d {
         Ok(snap) => {
             // Bursts up to twice the rate are allowed; Remaining never claims more than the
@@ -324,7 +328,8 @@ fn spend(d: &Decision, rate: u32, who: &str) -> Result<RateInfo, Limited> {
             let mut error = ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "{who} is over its budget of {rate} requests per second (bursts up to {}); retry in {secs} s",
+                    "{} is over its budget of {rate} requests per second (bursts up to {}); retry in {secs} s",
+                    who(),
                     rate.saturating_mul(2)
                 ),
             );

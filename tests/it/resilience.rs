@@ -337,20 +337,20 @@ async fn a_503_on_a_write_states_its_outcome() {
         .await
         .problem(409, "idempotency_key_in_flight");
 
-    // A 5xx that reached the operation is kept: the repeat replays it, even once Redis would
-    // accept the write (here the service's user lost FCALL: 500 internal).
+    // Redis denying the command to the service's ACL user (NOPERM): nothing ran, the answer
+    // says so (503 not_applied, not 500), and it is not kept: the repeat, once the ACL allows
+    // the command again, runs the write exactly once.
     command(&admin, &["ACL", "SETUSER", "default", "-fcall"]).await;
-    keyed_incr(&app, "perm").await.problem(500, "internal");
+    let denied = keyed_incr(&app, "perm").await;
+    assert_eq!(denied.problem(503, "redis_unavailable")["outcome"], "not_applied");
     command(&admin, &["ACL", "SETUSER", "default", "+fcall"]).await;
     let again = keyed_incr(&app, "perm").await;
-    assert_eq!(
-        again.header("idempotent-replayed").as_deref(),
-        Some("true"),
-        "{}",
-        again.text()
-    );
-    again.problem(500, "internal");
-    assert_eq!(app.get("/v1/ns/o/kv/n").await.json()["value"], 2);
+    assert!(again.header("idempotent-replayed").is_none(), "{}", again.text());
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(app.get("/v1/ns/o/kv/n").await.json()["value"], 12);
+    let replayed = keyed_incr(&app, "perm").await;
+    assert_eq!(replayed.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(app.get("/v1/ns/o/kv/n").await.json()["value"], 12);
 
     // A replica refuses writes before running them: nothing applied, and the answer says so.
     let dead = free_port();
@@ -361,7 +361,7 @@ async fn a_503_on_a_write_states_its_outcome() {
     command(&admin, &["REPLICAOF", "NO", "ONE"]).await;
     assert_eq!(
         app.get("/v1/ns/o/kv/n").await.json()["value"],
-        2,
+        12,
         "the refused write changed nothing"
     );
     app.stop().await;
