@@ -38,6 +38,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("ws_send_timeout_ms", "a WebSocket write that cannot progress this long drops the consumer"),
     ("keyspace_relay", "relay keyspace notifications as expire / evict / external events"),
     ("redis_pool_size", "pipelined Redis connections"),
+    ("durability", "none, replica (WAIT 1 after each write) or aof (WAITAOF 1 0: fsynced on the primary)"),
+    ("durability_timeout_ms", "how long a write waits for its durability confirmation (503 durability_timeout past it)"),
     ("history_versions", "versions kept per key, current included"),
     ("changelog_retention", "approximate entries kept per namespace change log"),
     ("startup_timeout_ms", "how long start-up waits for Redis"),
@@ -129,6 +131,13 @@ pub struct Config {
     /// Redis connections in the client pool. Commands are pipelined on each; one connection
     /// batches best (measured with swarmstate-bench), more help with very large values.
     pub redis_pool_size: usize,
+    /// When a write is acknowledged: `none` when the primary applied it, `replica` when at
+    /// least one replica also has it (`WAIT 1`), `aof` when the primary has fsynced it to its
+    /// append-only file (`WAITAOF 1 0`, Redis >= 7.2 / Valkey >= 8).
+    pub durability: Durability,
+    /// How long `WAIT` / `WAITAOF` may take; an unconfirmed write answers 503
+    /// `durability_timeout` (applied on the primary, maybe lost on failover).
+    pub durability_timeout_ms: u64,
     /// Versions kept per key, current one included (history and `?version=` reads).
     pub history_versions: u32,
     /// Approximate number of entries kept in each namespace's change log (watch resume window).
@@ -183,6 +192,8 @@ impl Default for Config {
             ws_send_timeout_ms: 5_000,
             keyspace_relay: true,
             redis_pool_size: 1,
+            durability: Durability::None,
+            durability_timeout_ms: 1000,
             history_versions: 10,
             changelog_retention: 10_000,
             startup_timeout_ms: 30_000,
@@ -324,6 +335,9 @@ impl Config {
         if !(100..=600_000).contains(&self.ws_ping_interval_ms) {
             return bad("ws_ping_interval_ms: must be between 100 and 600000".into());
         }
+        if !(10..=60_000).contains(&self.durability_timeout_ms) {
+            return bad("durability_timeout_ms: must be between 10 and 60000".into());
+        }
         if !(1..=64).contains(&self.redis_pool_size) {
             return bad("redis_pool_size: must be between 1 and 64".into());
         }
@@ -358,6 +372,37 @@ impl Config {
             return bad("pool_capacity_bytes: must be greater than 0".into());
         }
         Ok(())
+    }
+}
+
+/// When a write counts as done (DESIGN.md "Redis topologies and durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Applied on the primary (lost if the primary dies before its replicas or disk have it).
+    #[default]
+    None,
+    /// Applied on the primary and on at least one replica (`WAIT 1 <ms>`).
+    Replica,
+    /// Applied on the primary and fsynced to its append-only file (`WAITAOF 1 0 <ms>`).
+    Aof,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Replica => "replica",
+            Durability::Aof => "aof",
+        }
+    }
+
+    /// The Redis command that confirms a write.
+    pub fn wait_command(self) -> &'static str {
+        match self {
+            Durability::Aof => "WAITAOF",
+            _ => "WAIT",
+        }
     }
 }
 

@@ -64,6 +64,10 @@ pub enum ErrorCode {
     RateLimited,
     /// Redis is down, failing over, or slower than `command_timeout_ms`.
     RedisUnavailable,
+    /// The write was applied on the Redis primary but not confirmed by a replica (`replica`)
+    /// or the append-only file (`aof`) within `durability_timeout_ms`: it may be lost if the
+    /// primary fails now (`outcome: applied_unconfirmed`).
+    DurabilityTimeout,
     /// An unexpected server error; see the log for the request id.
     Internal,
 }
@@ -93,7 +97,7 @@ impl ErrorCode {
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            RedisUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RedisUnavailable | DurabilityTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +131,7 @@ impl ErrorCode {
             Forbidden => "Forbidden",
             RateLimited => "Rate limited",
             RedisUnavailable => "Redis unavailable",
+            DurabilityTimeout => "Durability not confirmed",
             Internal => "Internal server error",
         }
     }
@@ -160,6 +165,7 @@ impl ErrorCode {
             Forbidden => "forbidden",
             RateLimited => "rate_limited",
             RedisUnavailable => "redis_unavailable",
+            DurabilityTimeout => "durability_timeout",
             Internal => "internal",
         }
     }
@@ -183,7 +189,7 @@ pub struct Problem {
     /// For `version_mismatch`: the entry's current version (0 when it does not exist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<u64>,
-    /// For `redis_unavailable`: whether a write took effect — `not_applied` (Redis refused it
+    /// For `redis_unavailable` and `durability_timeout`: whether a write took effect — `not_applied` (Redis refused it
     /// before running it), `unknown` (no answer: it may have been applied; retry with a
     /// precondition or the same Idempotency-Key), `applied_unconfirmed` (durability wait timed out).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -85,29 +85,27 @@ local function ns_recount(keys, args)
   return stored - total
 end
 
--- pool_set: the pool keeps a ledger: field <name> = bytes allocated to that partition,
--- `allocated` = their sum. Setting an allocation is absolute (not a delta), so a repeated or
--- concurrent call cannot count twice.
--- KEYS (2): pool partitions
+-- pool_set: the pool keeps a ledger: field <name> = bytes allocated to that partition, and
+-- their sum in a key of its own. Setting an allocation is absolute (not a delta), so a repeated
+-- or concurrent call cannot count twice.
+-- KEYS (2): ledger total
 -- ARGV (4): name, bytes (0 = release), capacity, 'check' | 'force' (force: no capacity check;
 --   upkeep repairing the ledger)
 -- Returns: {'ok', allocated} | {'exhausted', allocated}
 local function pool_set(keys, args)
   local name, want, cap = args[1], tonumber(args[2]), tonumber(args[3])
   local old = tonumber(redis.call('HGET', keys[1], name) or '0')
-  local allocated = tonumber(redis.call('HGET', keys[1], 'allocated') or '0')
+  local allocated = tonumber(redis.call('GET', keys[2]) or '0')
   local delta = want - old
   if delta > 0 and args[4] ~= 'force' and allocated + delta > cap then
     return {'exhausted', allocated}
   end
   if want == 0 then
     redis.call('HDEL', keys[1], name)
-    redis.call('SREM', keys[2], name)
   else
     redis.call('HSET', keys[1], name, want)
-    redis.call('SADD', keys[2], name)
   end
-  allocated = redis.call('HINCRBY', keys[1], 'allocated', delta)
+  allocated = redis.call('INCRBY', keys[2], delta)
   return {'ok', allocated}
 end
 

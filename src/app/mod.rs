@@ -58,8 +58,10 @@ impl Server {
                 Err(e) => return Err(e.to_string()),
             }
         };
+        store.check_durability().await?;
         tracing::info!(
             url = %redact(&url),
+            durability = cfg.durability.as_str(),
             library_loaded = report.library_loaded,
             schema_from = report.schema_from,
             schema_to = report.schema_to,

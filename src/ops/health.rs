@@ -7,6 +7,7 @@ use super::Ops;
 use crate::domain::auth::{Caller, Permission, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::live::relay::RelayStatus;
+use crate::store::admin::Topology;
 use crate::store::migrate::LIBRARY_VERSION;
 
 #[derive(Serialize, ToSchema)]
@@ -40,6 +41,9 @@ pub struct Status {
     notify_keyspace_events: Option<String>,
     /// Keyspace-notification relay (expire / evict / external events).
     keyspace_relay: RelayStatus,
+    /// The Redis deployment now: primaries (with slots on a cluster), replicas, failing nodes.
+    /// Null when it could not be read.
+    topology: Option<Topology>,
 }
 
 impl Ops {
@@ -74,6 +78,7 @@ impl Ops {
             schema_version: info.schema_version,
             notify_keyspace_events: info.notify_keyspace_events,
             keyspace_relay: self.relay.status(),
+            topology: self.store.topology().await.ok(),
         })
     }
 }

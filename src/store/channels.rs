@@ -58,7 +58,17 @@ impl Store {
     /// PUBLISH `message` on the Redis channel `channel` (a name from [`super::keys`]);
     /// returns how many Redis subscriptions received it.
     pub async fn publish(&self, channel: String, message: &str) -> ApiResult<u64> {
-        self.timed("publish", self.client().publish::<u64, _, _>(channel, message))
-            .await
+        // One attempt: a PUBLISH re-sent after a dropped connection could deliver twice.
+        let once = fred::types::config::Options {
+            max_attempts: Some(1),
+            ..Default::default()
+        };
+        self.timed(
+            "publish",
+            self.raw_client()
+                .with_options(&once)
+                .publish::<u64, _, _>(channel, message),
+        )
+        .await
     }
 }

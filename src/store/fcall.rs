@@ -8,14 +8,15 @@
 //! [`Reply`], field by field in the order the function's `Returns` line gives.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use fred::error::Error as RedisError;
+use fred::error::{Error as RedisError, ErrorKind};
 use fred::prelude::*;
 use fred::types::Value;
 use futures::future::BoxFuture;
 
 use super::{map_redis_error, migrate, Store};
+use crate::config::Durability;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// How many KEYS or ARGV a function takes.
@@ -85,6 +86,8 @@ pub struct Function {
     pub keys: Arity,
     pub args: Arity,
     pub refusals: &'static [Refusal],
+    /// Registered with `no-writes`: never waits for durability.
+    pub read_only: bool,
 }
 
 impl Function {
@@ -94,11 +97,20 @@ impl Function {
             keys,
             args,
             refusals: &[],
+            read_only: false,
         }
     }
 
     pub const fn refusing(self, refusals: &'static [Refusal]) -> Function {
         Function { refusals, ..self }
+    }
+
+    /// A function registered with `no-writes` (a unit test checks the flag in the Lua).
+    pub const fn reading(self) -> Function {
+        Function {
+            read_only: true,
+            ..self
+        }
     }
 }
 
@@ -236,19 +248,30 @@ impl Store {
             let start = Instant::now();
             // Keys as fred's refcounted `Key`, so keeping a copy for the retry costs no allocation.
             let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
-            let mut res: Result<Value, RedisError> =
-                self.client().fcall(f.name, keys.clone(), args.clone()).await;
+            let confirm = !f.read_only && self.inner.durability != Durability::None;
+            let mut res = self.call_once(f, &keys, &args, confirm).await;
+            // Nothing ran when fred answers a redirection it was told not to follow (MOVED:
+            // its slot map is refreshed first; ASK: the slot is migrating) or Redis answers
+            // TRYAGAIN (a multi-key call while some of its keys have moved): call again until
+            // the slot has settled, within command_timeout_ms.
+            let deadline = start + self.inner.command_timeout;
+            while matches!(&res, Err(e) if is_redirect_refusal(e) || e.details().starts_with("TRYAGAIN"))
+                && Instant::now() + Duration::from_millis(25) < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                res = self.call_once(f, &keys, &args, confirm).await;
+            }
             if let Err(e) = &res {
                 if e.details().contains("Function not found") {
                     tracing::warn!("functions library missing on Redis; loading it again");
                     if let Err(e) = migrate::load_library(self).await {
                         return Err(map_redis_error(f.name, e));
                     }
-                    res = self.client().fcall(f.name, keys, args).await;
+                    res = self.call_once(f, &keys, &args, confirm).await;
                 }
             }
             crate::metrics::redis_command(f.name).record(start.elapsed().as_secs_f64());
-            let v = res.map_err(|e| map_redis_error(f.name, e))?;
+            let (v, confirmed) = res.map_err(|e| map_redis_error(f.name, e))?;
             if !f.refusals.is_empty() {
                 if let Value::Array(a) = &v {
                     let word = a.first().and_then(v_str);
@@ -259,8 +282,119 @@ impl Store {
                     }
                 }
             }
+            if let Some(Err(why)) = confirmed {
+                return Err(self.unconfirmed(f.name, why));
+            }
             Ok(Reply::new(f.name, v))
         })
+    }
+
+    /// One FCALL; with `confirm`, pipelined with `WAIT` / `WAITAOF`. The second part is
+    /// `None` without `confirm`, else whether the write was confirmed (`Err`: why not).
+    async fn call_once(
+        &self,
+        f: &'static Function,
+        keys: &[fred::types::Key],
+        args: &[Value],
+        confirm: bool,
+    ) -> Result<(Value, Option<Result<(), String>>), RedisError> {
+        // One attempt, no redirection followed (the client's defaults, spelled out): a
+        // function call in flight when a connection drops may already have run. With
+        // redirections refused, fred refreshes its slot map on MOVED and answers "Too many
+        // redirections"; [`Store::fcall`] calls again.
+        let once = fred::types::config::Options {
+            max_attempts: Some(1),
+            max_redirections: Some(0),
+            ..Default::default()
+        };
+        if !confirm {
+            let v = self
+                .raw_client()
+                .with_options(&once)
+                .fcall(f.name, keys.to_vec(), args.to_vec())
+                .await?;
+            return Ok((v, None));
+        }
+        let wait_ms = self.inner.durability_timeout_ms;
+        // The FCALL and its WAIT are pipelined on one connection to the node of the first
+        // key's slot, so the wait covers this write and nothing can come between them.
+        let slot = keys.first().map(|k| fred::util::redis_keyslot(k.as_bytes()));
+        let opts = fred::types::config::Options {
+            cluster_hash: slot.map(fred::types::ClusterHash::Custom),
+            timeout: Some(self.inner.command_timeout + Duration::from_millis(wait_ms)),
+            ..once
+        };
+        let p = self.raw_client().pipeline();
+        let routed = p.with_options(&opts);
+        let _: () = routed.fcall(f.name, keys.to_vec(), args.to_vec()).await?;
+        match self.inner.durability {
+            Durability::Aof => {
+                let cmd = fred::types::CustomCommand::new_static(
+                    "WAITAOF",
+                    fred::types::ClusterHash::FirstKey,
+                    true,
+                );
+                let _: () = routed.custom(cmd, vec![1i64, 0, wait_ms as i64]).await?;
+            }
+            _ => routed.wait::<()>(1, wait_ms as i64).await?,
+        }
+        let mut out = p.try_all::<Value>().await.into_iter();
+        let v = out
+            .next()
+            .unwrap_or_else(|| Err(RedisError::new(ErrorKind::Unknown, "empty pipeline reply")))?;
+        let confirmed = match out.next() {
+            Some(Ok(w)) => confirmation(self.inner.durability, &w),
+            Some(Err(e)) => Err(format!("{} failed: {e}", self.inner.durability.wait_command())),
+            None => Err("no answer to the durability wait".to_string()),
+        };
+        Ok((v, Some(confirmed)))
+    }
+
+    /// The 503 `durability_timeout` of a write Redis applied but did not confirm.
+    fn unconfirmed(&self, function: &str, why: String) -> ApiError {
+        metrics::counter!("redis_durability_timeouts_total").increment(1);
+        tracing::warn!(function, why, "write applied but durability not confirmed");
+        let mut err = ApiError::new(
+            ErrorCode::DurabilityTimeout,
+            format!(
+                "the write was applied on the Redis primary but {why} (durability = {}): it may be lost \
+                 if the primary fails now. Read the current state before retrying, or retry with a \
+                 precondition (If-Match); a repeat with the same Idempotency-Key replays this answer",
+                self.inner.durability.as_str()
+            ),
+        );
+        err.retry_after = Some(1);
+        err.extra.insert("outcome".into(), "applied_unconfirmed".into());
+        err
+    }
+}
+
+/// fred's answer to a MOVED / ASK it was told not to follow: nothing was run.
+fn is_redirect_refusal(e: &RedisError) -> bool {
+    *e.kind() == ErrorKind::Routing && e.details().contains("Too many redirections")
+}
+
+/// Whether a `WAIT` (replicas reached) or `WAITAOF` (`[local, replicas]`) reply confirms.
+fn confirmation(d: Durability, reply: &Value) -> Result<(), String> {
+    match d {
+        Durability::Aof => {
+            let local = match reply {
+                Value::Array(a) => a.first().and_then(v_num),
+                _ => None,
+            };
+            if local.unwrap_or(0) >= 1 {
+                Ok(())
+            } else {
+                Err("the primary did not fsync it to its append-only file in time".into())
+            }
+        }
+        _ => {
+            if v_num(reply).unwrap_or(0) >= 1 {
+                Ok(())
+            } else {
+                Err("no replica confirmed it in time".into())
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 //! | `<p>:schema` | string | key-schema version applied by migrations |
 //! | `<p>:migrate-lock` | string | held while migrations run |
 //! | `<p>:{<ns>}:lock:<name>`, `<p>:{<ns>}:fence` | hash | a held lock; last fencing tokens |
-//! | `<p>:{<ns>}:part`, `<p>:pool`, `<p>:partitions` | hash, hash, set | partitions and the pool |
+//! | `<p>:{<ns>}:part`, `<p>:{g:pool}:ledger`, `<p>:{g:pool}:total` | hash, hash, string | a partition; the pool ledger (name -> bytes); its sum |
 //! | `<p>:{ag:<id>}:a` / `:held`, `<p>:agents` | hash / set, zset | agents |
 //! | `<p>:{<ns>}:ik:<id>`, `<p>:{q:<q>}:ik:<id>`, `<p>:{ag:<id>}:ik:<id>`, `<p>:ik:<id>` | string | an `Idempotency-Key` record (JSON), beside what its route changes |
 //!
@@ -170,14 +170,25 @@ impl Keys {
         }
     }
 
-    /// The partition pool: `allocated` bytes.
+    /// The pool ledger: partition name -> bytes allocated to it (one field per partition).
+    /// Tagged `{g:pool}` like [`Keys::pool_total`] so `pool_set` stays in one cluster slot
+    /// (namespace names cannot contain `:`, so no namespace shares the tag).
     pub fn pool(&self) -> String {
-        format!("{}:pool", self.prefix)
+        format!("{}:{{g:pool}}:ledger", self.prefix)
     }
 
-    /// Every partition's name.
-    pub fn partitions(&self) -> String {
-        format!("{}:partitions", self.prefix)
+    /// The sum of the ledger (string, bytes).
+    pub fn pool_total(&self) -> String {
+        format!("{}:{{g:pool}}:total", self.prefix)
+    }
+
+    /// Key-schema 1 names of the pool hash (with an `allocated` field) and the partitions
+    /// set; migration 0002 moves them.
+    pub fn pool_v1(&self) -> (String, String) {
+        (
+            format!("{}:pool", self.prefix),
+            format!("{}:partitions", self.prefix),
+        )
     }
 
     /// Every registered agent: id -> heartbeat deadline (+inf once lost or terminated).

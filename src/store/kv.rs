@@ -495,10 +495,10 @@ impl Store {
         let reads = names.iter().map(|ns| {
             let nk = self.keys().ns(ns);
             async move {
+                let c = self.client();
                 let (meta, count): (Vec<Option<u64>>, u64) = futures::try_join!(
-                    self.client()
-                        .hmget::<Vec<Option<u64>>, _, _>(nk.meta.clone(), vec!["rev", "bytes"]),
-                    self.client().zcard::<u64, _>(nk.idx.clone()),
+                    c.hmget::<Vec<Option<u64>>, _, _>(nk.meta.clone(), vec!["rev", "bytes"]),
+                    c.zcard::<u64, _>(nk.idx.clone()),
                 )?;
                 Ok::<_, fred::error::Error>(NamespaceInfo {
                     namespace: ns.clone(),

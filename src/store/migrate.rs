@@ -19,7 +19,7 @@ use super::Store;
 
 /// Version of the functions library; must equal `LIBRARY_VERSION` in
 /// `migrations/functions/library.lua`.
-pub const LIBRARY_VERSION: &str = "14";
+pub const LIBRARY_VERSION: &str = "15";
 /// The functions library source, compiled into the binary: one file per area, in this order
 /// (later files use the helpers of earlier ones).
 pub const LIBRARY: &str = concat!(
@@ -39,14 +39,21 @@ pub struct Migration {
 }
 
 /// All key-schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    lua: include_str!("../../migrations/schema/0001_initial.lua"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        lua: include_str!("../../migrations/schema/0001_initial.lua"),
+    },
+    Migration {
+        version: 2,
+        name: "pool_in_one_slot",
+        lua: include_str!("../../migrations/schema/0002_pool_in_one_slot.lua"),
+    },
+];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why migrations did not complete.
 #[derive(Debug, Clone)]
@@ -182,7 +189,11 @@ async fn migrate_schema(store: &Store) -> Result<(u32, u32), MigrateError> {
             .eval(
                 m.lua,
                 vec![schema_key.clone()],
-                vec![store.keys().prefix().to_string(), m.version.to_string()],
+                vec![
+                    store.keys().prefix().to_string(),
+                    m.version.to_string(),
+                    format!("{:?}", store.mode()).to_lowercase(),
+                ],
             )
             .await
             .map_err(|e| Redis(format!("schema migration {:04}_{}: {e}", m.version, m.name)))?;

@@ -35,7 +35,7 @@ use fred::prelude::*;
 use fred::types::config::TlsConnector;
 use fred::types::Value;
 
-use crate::config::{Config, RedisMode, RedisTarget};
+use crate::config::{Config, Durability, RedisMode, RedisTarget};
 use crate::domain::kv::Provenance;
 use crate::error::{ApiError, ApiResult};
 use keys::Keys;
@@ -55,6 +55,9 @@ struct Inner {
     fred_cfg: fred::prelude::Config,
     keys: Keys,
     mode: RedisMode,
+    durability: Durability,
+    durability_timeout_ms: u64,
+    command_timeout: Duration,
     log_maxlen: String,
     history_versions: String,
     /// Namespaces this process has already added to the registry set.
@@ -84,10 +87,16 @@ impl Store {
                 .with_connection_config(|c| {
                     c.connection_timeout = timeout;
                     c.internal_command_timeout = timeout;
-                    // Never re-send a command on our behalf: a function call in flight when a
-                    // connection drops may already have run, and running a write twice (a
-                    // counter bumped twice, a CAS answered 412) is worse than a 503.
+                    // By default a command is written once and no cluster redirection is
+                    // followed: a function call in flight when a connection drops may already
+                    // have run, and running a write twice (a counter bumped twice, a CAS
+                    // answered 412) is worse than a 503. `store::fcall` calls again itself
+                    // after MOVED / ASK / TRYAGAIN (nothing ran). Plain commands (reads,
+                    // idempotent writes) go through [`Store::client`], which allows a few
+                    // attempts and redirections. (A redirection followed with no attempt
+                    // left made fred drop every connection of the client.)
                     c.max_command_attempts = 1;
+                    c.max_redirections = 0;
                 })
                 .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
                 .build_pool(cfg.redis_pool_size)
@@ -131,6 +140,9 @@ impl Store {
                 fred_cfg,
                 keys: Keys::new(&cfg.key_prefix),
                 mode: target.mode,
+                durability: cfg.durability,
+                durability_timeout_ms: cfg.durability_timeout_ms,
+                command_timeout: timeout,
                 log_maxlen: cfg.changelog_retention.to_string(),
                 history_versions: cfg.history_versions.to_string(),
                 registered: RwLock::new(HashSet::new()),
@@ -182,11 +194,21 @@ impl Store {
     }
 
     /// The connection for the next command: the pinned one, or the pool's next.
-    fn client(&self) -> &Client {
+    fn raw_client(&self) -> &Client {
         match &self.pin {
             Some(c) => c,
             None => self.inner.pool.next(),
         }
+    }
+
+    /// [`Store::raw_client`] for plain commands (reads and idempotent writes): sent again
+    /// after a reconnect, and following MOVED / ASK redirections (a slot moved or migrating).
+    fn client(&self) -> fred::clients::WithOptions<Client> {
+        self.raw_client().with_options(&fred::types::config::Options {
+            max_attempts: Some(3),
+            max_redirections: Some(5),
+            ..Default::default()
+        })
     }
 
     /// A view of this store whose commands all use one connection, so that calls issued in
@@ -264,7 +286,7 @@ impl Store {
         {
             return Ok(());
         }
-        self.timed("sadd", self.inner.pool.sadd::<i64, _, _>(set, member))
+        self.timed("sadd", self.client().sadd::<i64, _, _>(set, member))
             .await?;
         if let Ok(mut s) = self.inner.registered.write() {
             s.insert(tag.to_string());

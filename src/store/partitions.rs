@@ -33,7 +33,7 @@ impl Store {
     /// Set the pool's ledger entry for partition `name` to `bytes` (0 = release). Absolute,
     /// so repeating it or racing it cannot count twice. `force` skips the capacity check.
     pub async fn pool_set(&self, name: &str, bytes: u64, capacity: u64, force: bool) -> ApiResult<u64> {
-        let keys = vec![self.keys().pool(), self.keys().partitions()];
+        let keys = vec![self.keys().pool(), self.keys().pool_total()];
         let mode = if force { "force" } else { "check" };
         let args: Vec<Value> = vec![
             name.into(),
@@ -139,8 +139,7 @@ impl Store {
     }
 
     pub async fn part_names(&self) -> ApiResult<Vec<String>> {
-        self.timed("smembers", self.client().smembers(self.keys().partitions()))
-            .await
+        self.timed("hkeys", self.client().hkeys(self.keys().pool())).await
     }
 
     /// Change the quota (pool first when it grows) and/or max_keys (0 = none).
@@ -218,7 +217,7 @@ impl Store {
             .await?;
         let mut names: std::collections::BTreeSet<String> =
             self.namespace_names().await?.into_iter().collect();
-        names.extend(ledger.keys().filter(|k| k.as_str() != "allocated").cloned());
+        names.extend(ledger.keys().cloned());
         let mut fixed = 0;
         for n in names {
             let want = self.part_get(&n).await?.map(|p| p.quota_bytes).unwrap_or(0);
@@ -241,7 +240,7 @@ impl Store {
 
     pub async fn pool_status(&self, capacity: u64) -> ApiResult<Pool> {
         let allocated: Option<u64> = self
-            .timed("hget", self.client().hget(self.keys().pool(), "allocated"))
+            .timed("get", self.client().get(self.keys().pool_total()))
             .await?;
         let names = self.part_names().await?;
         let mut used = 0;

@@ -25,8 +25,8 @@ pub const Q_REAP: Function = Function::new("q_reap", Q, Arity::Exactly(2));
 pub const Q_RETRY_DEAD: Function = Function::new("q_retry_dead", Q, Arity::Exactly(3));
 pub const Q_PURGE_DEAD: Function = Function::new("q_purge_dead", Q, Arity::Exactly(2));
 pub const Q_PAUSE: Function = Function::new("q_pause", Q, Arity::Exactly(3));
-pub const Q_STATS: Function = Function::new("q_stats", Q, Arity::Exactly(2));
-pub const Q_DEAD_LIST: Function = Function::new("q_dead_list", Q, Arity::Exactly(5));
+pub const Q_STATS: Function = Function::new("q_stats", Q, Arity::Exactly(2)).reading();
+pub const Q_DEAD_LIST: Function = Function::new("q_dead_list", Q, Arity::Exactly(5)).reading();
 pub const Q_REQUEUE: Function = Function::new("q_requeue", Q, Arity::Exactly(5));
 
 pub const FUNCTIONS: &[&Function] = &[

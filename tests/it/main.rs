@@ -18,4 +18,5 @@ mod queues;
 mod redis_access;
 mod relay;
 mod resilience;
+mod topologies;
 mod watch;

@@ -464,3 +464,66 @@ async fn a_transaction_counts_vanished_entries_as_gone_in_the_quota() {
     app.get("/v1/ns/tb/kv/a").await.problem(404, "not_found");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_2_moves_the_schema_1_pool_and_fixes_its_sum() {
+    // A store written by a schema-1 binary: the pool hash with its sum in a field, which a
+    // partition named "allocated" clobbered, and the partitions set (two slots apart).
+    if crate::common::topology::topology() == crate::common::topology::Topology::Cluster {
+        return; // schema-1 pool keys could never be written on a cluster (CROSSSLOT)
+    }
+    use fred::prelude::*;
+    let cfg = test_config(&shared_redis_url());
+    let p = cfg.key_prefix.clone();
+    let app = TestApp::with_config(cfg.clone()).await;
+    let r = create(
+        &app,
+        json!({"name": "alpha", "owner_agent": "a", "quota_bytes": 3000, "tier": "shared"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    app.stop().await;
+    // Put the pool back the way schema 1 kept it.
+    let redis = crate::common::redis_client(&shared_redis_url()).await;
+    let _: i64 = redis
+        .del(vec![
+            format!("{p}:{{g:pool}}:ledger"),
+            format!("{p}:{{g:pool}}:total"),
+        ])
+        .await
+        .unwrap();
+    let _: () = redis
+        .set(format!("{p}:schema"), "1", None, None, false)
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(format!("{p}:pool"), [("alpha", 3000i64), ("allocated", 500)])
+        .await
+        .unwrap();
+    let _: () = redis
+        .sadd(format!("{p}:partitions"), ["alpha", "allocated"])
+        .await
+        .unwrap();
+    let app = TestApp::with_config(cfg).await;
+    let status = app.get("/v1/status").await.json();
+    assert_eq!(status["schema_version"], 2, "{status}");
+    let pool = app.get("/v1/pool").await.json();
+    // The sum is recomputed from the entries; the clobbered `allocated` entry is dropped.
+    assert_eq!(pool["allocated_bytes"], 3000, "{pool}");
+    assert_eq!(pool["partitions"], 1, "{pool}");
+    let old: i64 = redis
+        .exists(vec![format!("{p}:pool"), format!("{p}:partitions")])
+        .await
+        .unwrap();
+    assert_eq!(old, 0, "the schema-1 keys are gone");
+    // And a partition named "allocated" is now just a partition.
+    let r = create(
+        &app,
+        json!({"name": "allocated", "owner_agent": "a", "quota_bytes": 700, "tier": "shared"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let pool = app.get("/v1/pool").await.json();
+    assert_eq!(pool["allocated_bytes"], 3700, "{pool}");
+    assert_eq!(pool["partitions"], 2, "{pool}");
+}

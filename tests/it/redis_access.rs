@@ -318,7 +318,11 @@ async fn the_readme_acl_user_is_enough() {
         "{status}"
     );
     assert!(status["notify_keyspace_events"].is_null(), "{status}");
-    assert_eq!(status["schema_version"], 1, "{status}");
+    assert_eq!(
+        status["schema_version"],
+        swarmstate::store::migrate::SCHEMA_VERSION,
+        "{status}"
+    );
 
     // KV and a watch (XREAD on a dedicated connection).
     let mut ws = connect(&app).await;

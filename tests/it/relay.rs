@@ -1,7 +1,6 @@
 //! The keyspace-notification relay: expirations, evictions and writes by other Redis clients
 //! reach watchers as `expire`, `evict` and `external` events, recorded once.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -10,19 +9,9 @@ use serde_json::{json, Value};
 use crate::common::ws::{connect, next, send, Ws};
 use crate::common::{test_config, RedisServer, TestApp};
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 /// Run the real `redis-cli` against the test's Redis, as another client would.
 fn redis_cli(url: &str, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port_of(url).to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli must be installed (apt-get install -y redis-tools)");
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::common::topology::url_cli(url, args)
 }
 
 /// Wait until /v1/status reports the relay subscribed with its flags set.

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod openapi;
 pub mod redis;
+pub mod topology;
 pub mod ws;
 
 pub use http::{test_config, Resp, TestApp};

@@ -16,13 +16,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
+pub fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
     let child = spawn_redis_no_wait(dir, port, extra);
     wait_ping(port);
     child
 }
 
-fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
+pub fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
@@ -30,6 +30,11 @@ fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    spawn_with_deathsig(cmd)
+}
+
+/// Spawn a server that dies with the thread that spawned it.
+pub fn spawn_with_deathsig(mut cmd: Command) -> Child {
     // SAFETY: prctl in the child before exec; the server dies with the thread that spawned it.
     unsafe {
         cmd.pre_exec(|| {
@@ -41,7 +46,7 @@ fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .expect("redis-server must be installed (apt-get install -y redis-server)")
 }
 
-fn wait_ping(port: u16) {
+pub fn wait_ping(port: u16) {
     use std::io::{Read, Write};
     for _ in 0..200 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -116,25 +121,49 @@ impl Drop for RedisServer {
     }
 }
 
-/// One redis-server shared by the whole test run (each test uses its own key prefix). It is
-/// spawned from a thread that never ends, so PR_SET_PDEATHSIG fires only when the test
-/// process exits.
+/// The Redis shared by the whole test run (each test uses its own key prefix): one
+/// redis-server, or a cluster or Sentinel set when `SWARMSTATE_TEST_REDIS` says so (see
+/// [`super::topology`]). It is spawned from a thread that never ends, so PR_SET_PDEATHSIG
+/// fires only when the test process exits.
 pub fn shared_redis_url() -> String {
-    static PORT: OnceLock<u16> = OnceLock::new();
-    let port = *PORT.get_or_init(|| {
+    use super::topology::{topology, Cluster, SentinelSet, Topology};
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let dir: PathBuf = std::env::temp_dir().join(format!("swarmstate-it-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let port = free_port();
-            let mut child = spawn_redis(&dir, port, &[]);
-            tx.send(port).unwrap();
-            // Blocks for the life of the test process; the thread never ends before it.
-            let _ = child.wait();
+            let url = match topology() {
+                Topology::Standalone => {
+                    let dir: PathBuf =
+                        std::env::temp_dir().join(format!("swarmstate-it-{}", std::process::id()));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let port = free_port();
+                    let mut child = spawn_redis(&dir, port, &[]);
+                    tx.send(format!("redis://127.0.0.1:{port}")).unwrap();
+                    // Blocks for the life of the test process; the thread never ends before it.
+                    let _ = child.wait();
+                    return;
+                }
+                Topology::Cluster => {
+                    let c = Cluster::start();
+                    let url = c.url();
+                    std::mem::forget(c);
+                    url
+                }
+                Topology::Sentinel => {
+                    let s = SentinelSet::start();
+                    let url = s.url();
+                    std::mem::forget(s);
+                    url
+                }
+            };
+            tx.send(url).unwrap();
+            loop {
+                std::thread::park();
+            }
         });
-        rx.recv().unwrap()
-    });
-    format!("redis://127.0.0.1:{port}")
+        rx.recv().expect("the shared Redis started")
+    })
+    .clone()
 }
 
 pub fn unique_prefix() -> String {
@@ -142,9 +171,12 @@ pub fn unique_prefix() -> String {
     format!("t{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A raw client for any URL the service takes (standalone, cluster, Sentinel), to check what
+/// is stored.
 pub async fn redis_client(url: &str) -> fred::clients::Client {
     use fred::prelude::*;
-    let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
+    let target = swarmstate::config::RedisTarget::parse(url).unwrap();
+    let c = Builder::from_config(fred::prelude::Config::from_url(&target.fred_url).unwrap())
         .build()
         .unwrap();
     c.init().await.unwrap();
