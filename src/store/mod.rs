@@ -205,6 +205,9 @@ impl Store {
     /// after a reconnect, and following MOVED / ASK redirections (a slot moved or migrating).
     fn client(&self) -> fred::clients::WithOptions<Client> {
         self.raw_client().with_options(&fred::types::config::Options {
+            // Following a redirection spends an attempt; a command out of attempts while
+            // being redirected makes fred reset the client. (Two attempts made a cluster
+            // primary's failure hang requests for minutes here; three did not.)
             max_attempts: Some(3),
             max_redirections: Some(5),
             ..Default::default()
@@ -368,6 +371,9 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         ErrorKind::IO => "io",
         ErrorKind::Canceled => "canceled",
         ErrorKind::Cluster | ErrorKind::Routing | ErrorKind::Sentinel => "topology",
+        // fred's answer when a client's router dropped the command's response channel (its
+        // connections were reset): no answer came, like a broken connection.
+        ErrorKind::Unknown if e.details().contains("channel closed") => "io",
         _ if refused_reply => "busy",
         _ => "other",
     };
