@@ -38,7 +38,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("ws_send_timeout_ms", "a WebSocket write that cannot progress this long drops the consumer"),
     ("keyspace_relay", "relay keyspace notifications as expire / evict / external events"),
     ("redis_pool_size", "pipelined Redis connections"),
-    ("durability", "none, replica (WAIT 1 after each write) or aof (WAITAOF 1 0: fsynced on the primary)"),
+    ("durability", "none, replica (WAIT for every replica of the primary after each write) or aof (WAITAOF 1 0: fsynced on the primary)"),
     ("durability_timeout_ms", "how long a write waits for its durability confirmation (503 durability_timeout past it)"),
     ("history_versions", "versions kept per key, current included"),
     ("changelog_retention", "approximate entries kept per namespace change log"),
@@ -131,8 +131,8 @@ pub struct Config {
     /// Redis connections in the client pool. Commands are pipelined on each; one connection
     /// batches best (measured with swarmstate-bench), more help with very large values.
     pub redis_pool_size: usize,
-    /// When a write is acknowledged: `none` when the primary applied it, `replica` when at
-    /// least one replica also has it (`WAIT 1`), `aof` when the primary has fsynced it to its
+    /// When a write is acknowledged: `none` when the primary applied it, `replica` when every
+    /// replica the primary has had in the last 10 s also has it (`WAIT n`, n >= 1), `aof` when the primary has fsynced it to its
     /// append-only file (`WAITAOF 1 0`, Redis >= 7.2 / Valkey >= 8).
     pub durability: Durability,
     /// How long `WAIT` / `WAITAOF` may take; an unconfirmed write answers 503
@@ -382,7 +382,8 @@ pub enum Durability {
     /// Applied on the primary (lost if the primary dies before its replicas or disk have it).
     #[default]
     None,
-    /// Applied on the primary and on at least one replica (`WAIT 1 <ms>`).
+    /// Applied on the primary and on every replica it has had in the last 10 s
+    /// (`WAIT n <ms>`, n >= 1; see `store::durability`).
     Replica,
     /// Applied on the primary and fsynced to its append-only file (`WAITAOF 1 0 <ms>`).
     Aof,

@@ -35,8 +35,23 @@ pub fn spawn(ops: &Arc<Ops>, metrics: PrometheusHandle, stopped: Stopped) -> Vec
         )),
         tokio::spawn(presence_watcher(ops.clone(), stopped.clone())),
         tokio::spawn(ops.auth().clone().watch(stopped.clone())),
+        tokio::spawn(replica_watch(store.clone(), cfg.durability, stopped.clone())),
         tokio::spawn(metrics_upkeep(metrics, store.clone(), stopped)),
     ]
+}
+
+/// Under `durability = replica`: the replicas attached to each primary, read every
+/// [`crate::store::durability::POLL`], so that a write waits for all of them.
+async fn replica_watch(store: Store, durability: crate::config::Durability, stopped: Stopped) {
+    if durability != crate::config::Durability::Replica {
+        return;
+    }
+    let mut every = Every::new(crate::store::durability::POLL, stopped);
+    while every.tick().await {
+        if let Err(e) = store.observe_replicas().await {
+            tracing::debug!(error = %e, "reading the replicas failed; will retry");
+        }
+    }
 }
 
 /// Records expiries of keys with a TTL (removes them from the index and accounting and

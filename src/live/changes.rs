@@ -128,8 +128,22 @@ async fn read_loop(
                 }
             }
             Err(e) => {
-                tracing::warn!(ns, error = %e, "change-log reader: XREAD failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::warn!(ns, error = %e, "change-log reader: XREAD failed; reconnecting");
+                // A new connection, not the failed one: on a cluster a connection to a node
+                // that died stays stuck after its replica has taken over. Until one is made
+                // (a new cluster client needs every slot served), nothing is read.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if tx.receiver_count() == 0 {
+                        return reader;
+                    }
+                    match reader.reconnect(store).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::debug!(ns, error = %e, "change-log reader: reconnect failed; will retry")
+                        }
+                    }
+                }
             }
         }
     }

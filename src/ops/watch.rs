@@ -22,7 +22,7 @@ use super::Ops;
 use crate::domain::auth::{may_receive, Caller, Permission, Scope};
 use crate::domain::names::{validate_name, validate_pattern, validate_prefix};
 use crate::domain::watch::{ClientOp, Event, Replay};
-use crate::error::ApiResult;
+use crate::error::{ApiResult, ErrorCode};
 
 /// Frames queued per connection before the consumer counts as too slow.
 pub const SEND_QUEUE: usize = 1024;
@@ -101,6 +101,11 @@ impl Outbox {
                 false
             }
         }
+    }
+
+    /// Whether the connection is still there to send to.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// An `error` message (the session stays open).
@@ -499,10 +504,23 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
                 }
             }
             Ok(Err(broadcast::error::RecvError::Closed)) => {
-                match ops.hub.subscribe(&ops.store, &spec.ns).await {
-                    Ok(rx) => live = rx,
-                    Err(_) => return,
-                }
+                let since = tokio::time::Instant::now();
+                live = loop {
+                    match ops.hub.subscribe(&ops.store, &spec.ns).await {
+                        Ok(rx) => break rx,
+                        Err(e)
+                            if e.code == ErrorCode::RedisUnavailable
+                                && since.elapsed() < OUTAGE_PATIENCE
+                                && out.is_open() =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(e) => {
+                            out.error(Some(&spec.id), e.code.as_str(), &e.detail);
+                            return;
+                        }
+                    }
+                };
                 if !catch_up(&ops, &spec, &out, &mut last).await {
                     return;
                 }
@@ -519,11 +537,27 @@ fn reset(spec: &WatchSpec, out: &Outbox) {
     );
 }
 
+/// How long a watch waits for Redis to answer again (a failover: the sentinels or the cluster
+/// promoting a replica) before it ends with an `error` frame.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Send every retained change after `last`, page by page. False when the watch must end
-/// (compacted, Redis error, or the connection is going away).
+/// (compacted, Redis unavailable for longer than [`OUTAGE_PATIENCE`] or another Redis error,
+/// or the connection is going away).
 async fn catch_up(ops: &Ops, spec: &WatchSpec, out: &Outbox, last: &mut u64) -> bool {
+    let mut outage: Option<tokio::time::Instant> = None;
     loop {
-        match ops.store.replay_page(&spec.ns, *last).await {
+        let page = ops.store.replay_page(&spec.ns, *last).await;
+        if let Err(e) = &page {
+            // Redis unavailable (a failover under way): try again from the same revision
+            // until it answers, so the watch goes on without a gap.
+            let since = *outage.get_or_insert_with(tokio::time::Instant::now);
+            if e.code == ErrorCode::RedisUnavailable && since.elapsed() < OUTAGE_PATIENCE && out.is_open() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        }
+        match page {
             Ok(Replay::Compacted(oldest)) => {
                 out.frame(
                     json!({"type": "compacted", "id": spec.id, "compact_revision": oldest}).to_string(),

@@ -277,9 +277,38 @@ impl Store {
         vec![None]
     }
 
+    /// Read the replicas attached to each primary now, for the count `durability =
+    /// replica` waits for (see [`super::durability`]).
+    pub async fn observe_replicas(&self) -> ApiResult<()> {
+        let t = self.topology().await?;
+        let clustered = self.inner.fred_cfg.server.is_clustered();
+        let counts: Vec<(Vec<[u16; 2]>, u32)> = t
+            .primaries
+            .iter()
+            .map(|p| {
+                let attached = p
+                    .replicas
+                    .iter()
+                    // A cluster replica counts while its link is up; outside a cluster every
+                    // replica INFO lists (online, or syncing and so not confirming yet).
+                    .filter(|r| !clustered || r.state == "connected")
+                    .count() as u32;
+                (p.slot_ranges.clone(), attached)
+            })
+            .collect();
+        self.inner.replicas.observe(&counts, Instant::now());
+        Ok(())
+    }
+
     /// Whether the chosen durability can work on every primary: `aof` needs WAITAOF
     /// (Redis >= 7.2, Valkey >= 8) and `appendonly yes`. `Err` is the operator's message.
+    /// Under `replica`, the replica counts are read for the first time.
     pub async fn check_durability(&self) -> Result<(), String> {
+        if self.inner.durability == crate::config::Durability::Replica {
+            if let Err(e) = self.observe_replicas().await {
+                tracing::warn!(error = %e, "could not read the replicas of the primaries yet");
+            }
+        }
         if self.inner.durability != crate::config::Durability::Aof {
             return Ok(());
         }

@@ -324,6 +324,7 @@ impl Store {
             timeout: Some(self.inner.command_timeout + Duration::from_millis(wait_ms)),
             ..once
         };
+        let required = self.inner.replicas.required(slot);
         let p = self.raw_client().pipeline();
         let routed = p.with_options(&opts);
         let _: () = routed.fcall(f.name, keys.to_vec(), args.to_vec()).await?;
@@ -336,14 +337,14 @@ impl Store {
                 );
                 let _: () = routed.custom(cmd, vec![1i64, 0, wait_ms as i64]).await?;
             }
-            _ => routed.wait::<()>(1, wait_ms as i64).await?,
+            _ => routed.wait::<()>(required as i64, wait_ms as i64).await?,
         }
         let mut out = p.try_all::<Value>().await.into_iter();
         let v = out
             .next()
             .unwrap_or_else(|| Err(RedisError::new(ErrorKind::Unknown, "empty pipeline reply")))?;
         let confirmed = match out.next() {
-            Some(Ok(w)) => confirmation(self.inner.durability, &w),
+            Some(Ok(w)) => confirmation(self.inner.durability, required, &w),
             Some(Err(e)) => Err(format!("{} failed: {e}", self.inner.durability.wait_command())),
             None => Err("no answer to the durability wait".to_string()),
         };
@@ -374,8 +375,9 @@ fn is_redirect_refusal(e: &RedisError) -> bool {
     *e.kind() == ErrorKind::Routing && e.details().contains("Too many redirections")
 }
 
-/// Whether a `WAIT` (replicas reached) or `WAITAOF` (`[local, replicas]`) reply confirms.
-fn confirmation(d: Durability, reply: &Value) -> Result<(), String> {
+/// Whether a `WAIT` (replicas reached, of `required`) or `WAITAOF` (`[local, replicas]`)
+/// reply confirms.
+fn confirmation(d: Durability, required: u32, reply: &Value) -> Result<(), String> {
     match d {
         Durability::Aof => {
             let local = match reply {
@@ -389,10 +391,16 @@ fn confirmation(d: Durability, reply: &Value) -> Result<(), String> {
             }
         }
         _ => {
-            if v_num(reply).unwrap_or(0) >= 1 {
+            let reached = v_num(reply).unwrap_or(0);
+            if reached >= required as i64 {
                 Ok(())
-            } else {
+            } else if required == 1 {
                 Err("no replica confirmed it in time".into())
+            } else {
+                Err(format!(
+                    "{reached} of the primary's {required} replicas confirmed it in time (a replica detached: \
+                     a failover may be under way)"
+                ))
             }
         }
     }

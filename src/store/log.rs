@@ -4,6 +4,7 @@
 //! (XREAD BLOCK must not stall the pipelined pool).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::streams::XReadResponse;
@@ -94,6 +95,21 @@ impl LogReader {
         Ok(out)
     }
 
+    /// A new connection after a failed read, from where this reader left off (the old one
+    /// may be stuck on a node that died). On failure the old connection is kept and the
+    /// error returned; call again later.
+    pub async fn reconnect(&mut self, store: &Store) -> ApiResult<()> {
+        let fresh = store
+            .dedicated_client(Duration::from_millis(READ_BLOCK_MS))
+            .await?;
+        tracing::info!(ns = %self.ns, "change-log reader: reconnected");
+        let old = std::mem::replace(&mut self.client, fresh);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), old.quit()).await;
+        });
+        Ok(())
+    }
+
     pub async fn close(self) {
         let _ = self.client.quit().await;
     }
@@ -115,7 +131,9 @@ impl Store {
             .map(|(id, _)| id)
             .unwrap_or_else(|| "0-0".into());
         let (rev, epoch) = self.epoch(ns).await?;
-        let client = self.dedicated_client().await?;
+        let client = self
+            .dedicated_client(Duration::from_millis(READ_BLOCK_MS))
+            .await?;
         Ok(LogReader {
             client,
             ns: ns.to_string(),

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod agents;
 pub mod channels;
+pub mod durability;
 pub mod fcall;
 pub mod functions;
 pub mod idempotency;
@@ -57,6 +58,8 @@ struct Inner {
     mode: RedisMode,
     durability: Durability,
     durability_timeout_ms: u64,
+    /// Replicas a write waits for under `durability = replica`.
+    replicas: durability::ReplicaQuorum,
     command_timeout: Duration,
     log_maxlen: String,
     history_versions: String,
@@ -142,6 +145,7 @@ impl Store {
                 mode: target.mode,
                 durability: cfg.durability,
                 durability_timeout_ms: cfg.durability_timeout_ms,
+                replicas: Default::default(),
                 command_timeout: timeout,
                 log_maxlen: cfg.changelog_retention.to_string(),
                 history_versions: cfg.history_versions.to_string(),
@@ -157,15 +161,38 @@ impl Store {
         &self.inner.pool
     }
 
-    /// A connection of its own, without a command deadline, for blocking reads such as
-    /// XREAD BLOCK (which must not stall the shared, pipelined pool).
-    async fn dedicated_client(&self) -> ApiResult<Client> {
+    /// A connection of its own for blocking reads such as XREAD BLOCK (which must not stall
+    /// the shared, pipelined pool). Its commands may block for `block`, and time out
+    /// `command_timeout_ms` after that: a command stuck on a node that died (a cluster
+    /// primary killed, before its replica is promoted) fails instead of hanging its reader.
+    async fn dedicated_client(&self, block: Duration) -> ApiResult<Client> {
+        let timeout = self.inner.command_timeout;
         let client = Builder::from_config(self.inner.fred_cfg.clone())
+            .with_performance_config(|p| p.default_command_timeout = block + timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
             .build()
             .map_err(|e| map_redis_error("connect", e))?;
-        self.timed("connect", async { client.init().await.map(|_| ()) })
-            .await?;
+        // Bounded: with reconnects unlimited, `init` waits for every node, a dead one too.
+        let init = tokio::time::timeout(timeout, client.init());
+        let res = self
+            .timed("connect", async {
+                match init.await {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(RedisError::new(ErrorKind::Timeout, "connecting timed out")),
+                }
+            })
+            .await;
+        if let Err(e) = res {
+            // QUIT on a client still connecting can wait for ever: bounded, in the background.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(timeout, client.quit()).await;
+            });
+            return Err(e);
+        }
         Ok(client)
     }
 
@@ -371,6 +398,8 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         ErrorKind::IO => "io",
         ErrorKind::Canceled => "canceled",
         ErrorKind::Cluster | ErrorKind::Routing | ErrorKind::Sentinel => "topology",
+        // A new cluster client while a primary is down and not yet replaced.
+        ErrorKind::Protocol if e.details().contains("cluster state") => "topology",
         // fred's answer when a client's router dropped the command's response channel (its
         // connections were reset): no answer came, like a broken connection.
         ErrorKind::Unknown if e.details().contains("channel closed") => "io",

@@ -25,8 +25,10 @@ pub async fn send(ws: &mut Ws, v: Value) {
 
 /// The next JSON text frame, or None after `wait` without one.
 pub async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    // One deadline for the whole wait: pings do not extend it.
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout(wait, ws.next()).await {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             _ => return None,
