@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Layer of each top-level module (see the crate docs).
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
+    ("testkit", 0),
     ("config", 1),
     ("shutdown", 1),
     ("domain", 1),

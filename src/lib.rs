@@ -22,6 +22,8 @@
 //! - [`http`]: the HTTP transport — one `router()` per resource, extractors, problem documents,
 //!   the WebSocket and SSE transports of the watch session, health and metrics.
 //! - [`app`]: start-up, serving, shutdown, and the background tasks ([`app::tasks`]).
+//! - [`testkit`]: real redis-server processes (single, a 3+3 cluster, a Sentinel set) for the
+//!   integration tests and `swarmstate-bench`; not used by the service.
 //!
 //! Redis-side logic lives in `migrations/functions/*.lua` (every state change, one atomic
 //! function each, concatenated into one library) and `migrations/schema/` (ordered key-schema
@@ -32,7 +34,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | 0 | `error` |
+//! | 0 | `error`, `testkit` |
 //! | 1 | `config`, `shutdown`, `domain` |
 //! | 2 | `metrics` |
 //! | 3 | `store`, `embedded` |
@@ -59,6 +61,7 @@ pub mod ops;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod testkit;
 
 #[cfg(test)]
 mod layering;

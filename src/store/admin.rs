@@ -280,20 +280,36 @@ impl Store {
     /// Read the replicas attached to each primary now, for the count `durability =
     /// replica` waits for (see [`super::durability`]).
     pub async fn observe_replicas(&self) -> ApiResult<()> {
-        let t = self.topology().await?;
         let clustered = self.inner.fred_cfg.server.is_clustered();
-        let counts: Vec<(Vec<[u16; 2]>, u32)> = t
+        if !clustered {
+            // Each pool connection may be on another primary while a failover is under way:
+            // ask each one about its own.
+            let mut counts = Vec::new();
+            for client in self.pool().clients() {
+                let Some(address) = client.active_connections().first().map(|s| s.to_string()) else {
+                    continue;
+                };
+                let info: String = self
+                    .timed("info", client.info(Some(fred::types::InfoKind::Replication)))
+                    .await?;
+                let attached = parse_info_replicas(&info).len() as u32;
+                counts.push((address, Vec::new(), attached));
+            }
+            self.inner.replicas.observe(&counts, Instant::now());
+            return Ok(());
+        }
+        let t = self.topology().await?;
+        let counts: Vec<(String, Vec<[u16; 2]>, u32)> = t
             .primaries
             .iter()
             .map(|p| {
                 let attached = p
                     .replicas
                     .iter()
-                    // A cluster replica counts while its link is up; outside a cluster every
-                    // replica INFO lists (online, or syncing and so not confirming yet).
-                    .filter(|r| !clustered || r.state == "connected")
+                    // A cluster replica counts while its link is up.
+                    .filter(|r| r.state == "connected")
                     .count() as u32;
-                (p.slot_ranges.clone(), attached)
+                (p.address.clone(), p.slot_ranges.clone(), attached)
             })
             .collect();
         self.inner.replicas.observe(&counts, Instant::now());

@@ -26,24 +26,23 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// One primary's replica requirement.
 #[derive(Debug, Clone)]
 struct Shard {
-    /// Slot ranges served (empty outside a cluster: everything).
+    /// host:port of the primary.
+    address: String,
+    /// Slot ranges served (empty outside a cluster).
     ranges: Vec<[u16; 2]>,
-    /// Replicas to wait for: the most seen within [`GRACE`].
+    /// Replicas to wait for: the most seen attached within [`GRACE`].
     required: u32,
     /// When `required` replicas were last seen attached.
     seen_at: Instant,
+    /// When this primary was last seen at all (a primary no longer listed — demoted, or the
+    /// service's poll reached the new one first — keeps its count for [`GRACE`]: some pool
+    /// connections may still be writing to it).
+    listed_at: Instant,
 }
 
 impl Shard {
-    fn key(&self) -> Option<u16> {
-        self.ranges.iter().map(|r| r[0]).min()
-    }
-
-    fn serves(&self, slot: Option<u16>) -> bool {
-        match slot {
-            None => true,
-            Some(s) => self.ranges.is_empty() || self.ranges.iter().any(|r| r[0] <= s && s <= r[1]),
-        }
+    fn serves(&self, slot: u16) -> bool {
+        self.ranges.iter().any(|r| r[0] <= slot && slot <= r[1])
     }
 }
 
@@ -54,28 +53,40 @@ pub struct ReplicaQuorum {
 }
 
 impl ReplicaQuorum {
-    /// Replicas a write to `slot` (None: not clustered) waits for; at least 1.
-    pub fn required(&self, slot: Option<u16>) -> u32 {
+    /// Replicas a write waits for; at least 1. On a cluster by its `slot` (the primary listed
+    /// last for it), otherwise by the `address` of the primary the connection is on; a
+    /// primary not seen yet waits for the most any primary has.
+    pub fn required(&self, slot: Option<u16>, address: Option<&str>) -> u32 {
         let shards = self.shards.read().unwrap_or_else(|e| e.into_inner());
-        shards
-            .iter()
-            .find(|s| s.serves(slot))
-            .map_or(1, |s| s.required)
+        let found = match (slot, address) {
+            (Some(slot), _) => shards
+                .iter()
+                .filter(|s| s.serves(slot))
+                .max_by_key(|s| s.listed_at)
+                .map(|s| s.required),
+            (None, Some(a)) => shards.iter().find(|s| s.address == a).map(|s| s.required),
+            (None, None) => None,
+        };
+        found
+            .or_else(|| shards.iter().map(|s| s.required).max())
+            .unwrap_or(1)
             .max(1)
     }
 
-    /// Record the replicas attached now: `(slot ranges, replicas)` per primary.
-    pub fn observe(&self, primaries: &[(Vec<[u16; 2]>, u32)], now: Instant) {
+    /// Record the replicas attached now: `(address, slot ranges, replicas)` per primary.
+    pub fn observe(&self, primaries: &[(String, Vec<[u16; 2]>, u32)], now: Instant) {
         let mut shards = self.shards.write().unwrap_or_else(|e| e.into_inner());
-        let next = primaries
+        let mut next: Vec<Shard> = primaries
             .iter()
-            .map(|(ranges, attached)| {
+            .map(|(address, ranges, attached)| {
                 let mut s = Shard {
+                    address: address.clone(),
                     ranges: ranges.clone(),
                     required: *attached,
                     seen_at: now,
+                    listed_at: now,
                 };
-                if let Some(old) = shards.iter().find(|o| o.key() == s.key()) {
+                if let Some(old) = shards.iter().find(|o| o.address == *address) {
                     if old.required > *attached && now.duration_since(old.seen_at) < GRACE {
                         s.required = old.required;
                         s.seen_at = old.seen_at;
@@ -84,6 +95,13 @@ impl ReplicaQuorum {
                 s
             })
             .collect();
+        next.extend(
+            shards
+                .iter()
+                .filter(|o| !primaries.iter().any(|(a, _, _)| *a == o.address))
+                .filter(|o| now.duration_since(o.listed_at) < GRACE)
+                .cloned(),
+        );
         *shards = next;
     }
 }
@@ -92,53 +110,82 @@ impl ReplicaQuorum {
 mod tests {
     use super::*;
 
+    fn one(address: &str, attached: u32) -> Vec<(String, Vec<[u16; 2]>, u32)> {
+        vec![(address.to_string(), vec![], attached)]
+    }
+
     #[test]
     fn a_detached_replica_counts_until_the_grace_has_passed() {
         let q = ReplicaQuorum::default();
         let t0 = Instant::now();
-        assert_eq!(q.required(None), 1, "nothing observed yet: at least one replica");
-        q.observe(&[(vec![], 2)], t0);
-        assert_eq!(q.required(None), 2);
+        let p = Some("p:1");
+        assert_eq!(
+            q.required(None, p),
+            1,
+            "nothing observed yet: at least one replica"
+        );
+        q.observe(&one("p:1", 2), t0);
+        assert_eq!(q.required(None, p), 2);
         // One replica detaches (a failover under way): still two.
-        q.observe(&[(vec![], 1)], t0 + Duration::from_secs(3));
-        assert_eq!(q.required(None), 2);
-        q.observe(&[(vec![], 1)], t0 + GRACE - Duration::from_millis(1));
-        assert_eq!(q.required(None), 2);
+        q.observe(&one("p:1", 1), t0 + Duration::from_secs(3));
+        assert_eq!(q.required(None, p), 2);
+        q.observe(&one("p:1", 1), t0 + GRACE - Duration::from_millis(1));
+        assert_eq!(q.required(None, p), 2);
         // Gone for longer than the grace: it stops counting.
-        q.observe(&[(vec![], 1)], t0 + GRACE + Duration::from_millis(1));
-        assert_eq!(q.required(None), 1);
+        q.observe(&one("p:1", 1), t0 + GRACE + Duration::from_millis(1));
+        assert_eq!(q.required(None, p), 1);
         // Back: counts at once.
-        q.observe(&[(vec![], 2)], t0 + GRACE + Duration::from_secs(1));
-        assert_eq!(q.required(None), 2);
+        q.observe(&one("p:1", 2), t0 + GRACE + Duration::from_secs(1));
+        assert_eq!(q.required(None, p), 2);
         // No replica at all still waits for one (and times out: 503).
-        q.observe(&[(vec![], 0)], t0 + GRACE * 3);
-        assert_eq!(q.required(None), 1);
+        q.observe(&one("p:1", 0), t0 + GRACE * 3);
+        assert_eq!(q.required(None, p), 1);
     }
 
     #[test]
-    fn on_a_cluster_each_primary_has_its_own_count_and_a_promoted_replica_inherits_it() {
+    fn a_new_primary_starts_from_its_own_replicas_while_the_old_one_keeps_its_count() {
         let q = ReplicaQuorum::default();
         let t0 = Instant::now();
+        q.observe(&one("old:1", 2), t0);
+        // The sentinels promoted a replica; the service's poll reaches the new primary, which
+        // has one replica so far. Connections still on the old primary keep waiting for two.
+        q.observe(&one("new:2", 1), t0 + Duration::from_secs(1));
+        assert_eq!(q.required(None, Some("new:2")), 1);
+        assert_eq!(q.required(None, Some("old:1")), 2);
+        // A connection whose primary is unknown (reconnecting) waits for the most.
+        assert_eq!(q.required(None, None), 2);
+        assert_eq!(q.required(None, Some("other:3")), 2);
+        // The old primary, no longer listed, is forgotten after the grace.
+        q.observe(&one("new:2", 1), t0 + GRACE + Duration::from_secs(2));
+        assert_eq!(q.required(None, None), 1);
+    }
+
+    #[test]
+    fn on_a_cluster_each_primary_has_its_own_count() {
+        let q = ReplicaQuorum::default();
+        let t0 = Instant::now();
+        let shards = |first: u32| {
+            vec![
+                ("a:1".to_string(), vec![[0, 5460]], first),
+                ("b:1".to_string(), vec![[5461, 10922]], 1),
+                ("c:1".to_string(), vec![[10923, 16383]], 1),
+            ]
+        };
+        q.observe(&shards(2), t0);
+        assert_eq!(q.required(Some(100), None), 2);
+        assert_eq!(q.required(Some(6000), None), 1);
+        assert_eq!(q.required(Some(16383), None), 1);
+        q.observe(&shards(1), t0 + Duration::from_secs(2));
+        assert_eq!(q.required(Some(100), None), 2, "within the grace");
+        // a:1 died; its replica d:1 serves its slots now, with no replica yet.
         q.observe(
             &[
-                (vec![[0, 5460]], 2),
-                (vec![[5461, 10922]], 1),
-                (vec![[10923, 16383]], 1),
+                ("d:1".to_string(), vec![[0, 5460]], 0),
+                ("b:1".to_string(), vec![[5461, 10922]], 1),
+                ("c:1".to_string(), vec![[10923, 16383]], 1),
             ],
-            t0,
+            t0 + Duration::from_secs(4),
         );
-        assert_eq!(q.required(Some(100)), 2);
-        assert_eq!(q.required(Some(6000)), 1);
-        assert_eq!(q.required(Some(16383)), 1);
-        // The first primary dies; its replica serves the same slots with one replica left.
-        q.observe(
-            &[
-                (vec![[0, 5460]], 1),
-                (vec![[5461, 10922]], 1),
-                (vec![[10923, 16383]], 1),
-            ],
-            t0 + Duration::from_secs(2),
-        );
-        assert_eq!(q.required(Some(100)), 2);
+        assert_eq!(q.required(Some(100), None), 1);
     }
 }

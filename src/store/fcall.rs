@@ -324,8 +324,18 @@ impl Store {
             timeout: Some(self.inner.command_timeout + Duration::from_millis(wait_ms)),
             ..once
         };
-        let required = self.inner.replicas.required(slot);
-        let p = self.raw_client().pipeline();
+        let client = self.raw_client();
+        let required = if self.inner.durability == Durability::Replica {
+            // Outside a cluster: the count of the primary this connection is on now.
+            let on = match slot {
+                Some(_) => None,
+                None => client.active_connections().first().map(|s| s.to_string()),
+            };
+            self.inner.replicas.required(slot, on.as_deref())
+        } else {
+            1
+        };
+        let p = client.pipeline();
         let routed = p.with_options(&opts);
         let _: () = routed.fcall(f.name, keys.to_vec(), args.to_vec()).await?;
         match self.inner.durability {

@@ -1,69 +1,12 @@
 //! Real `redis-server` processes on free loopback ports: one shared by the whole run (each
 //! test uses its own key prefix) and ones owned by a single test (killed on drop).
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    let child = spawn_redis_no_wait(dir, port, extra);
-    wait_ping(port);
-    child
-}
-
-pub fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    spawn_with_deathsig(cmd)
-}
-
-/// Spawn a server that dies with the thread that spawned it.
-pub fn spawn_with_deathsig(mut cmd: Command) -> Child {
-    // SAFETY: prctl in the child before exec; the server dies with the thread that spawned it.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .expect("redis-server must be installed (apt-get install -y redis-server)")
-}
-
-pub fn wait_ping(port: u16) {
-    use std::io::{Read, Write};
-    for _ in 0..200 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut buf = [0u8; 16];
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .map(|n| buf[..n].starts_with(b"+PONG"))
-                    .unwrap_or(false)
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server on {port} did not answer PING");
-}
+pub use swarmstate::testkit::{free_port, spawn_redis, spawn_redis_no_wait, spawn_with_deathsig, wait_ping};
 
 /// A redis-server owned by one test (killed on drop).
 pub struct RedisServer {

@@ -25,6 +25,8 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod topologies;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "swarmstate-bench",
@@ -51,7 +53,8 @@ struct Args {
     keys: usize,
     /// Scenarios to run, comma-separated: get, put, putq (PUT into a partition), getauth and
     /// putauth (GET / PUT with a bearer token, against a second service on the same Redis
-    /// that has a tokens file), watch, queue, lock.
+    /// that has a tokens file), watch, queue, lock, failover (primaries killed under CAS
+    /// load, per topology and durability), agents (--agents simulated agents).
     #[arg(long, default_value = "get,put")]
     scenarios: String,
     /// watch scenario: WebSocket watchers on one namespace.
@@ -78,6 +81,29 @@ struct Args {
     /// Skip the redis-benchmark comparison.
     #[arg(long)]
     no_redis_benchmark: bool,
+    /// failover scenario: topologies to fail over (sentinel, cluster).
+    #[arg(long, default_value = "sentinel,cluster")]
+    topologies: String,
+    /// failover scenario: durability settings to compare (none, replica; aof needs a Redis
+    /// with WAITAOF as `redis-server` on PATH).
+    #[arg(long, default_value = "none,replica")]
+    durabilities: String,
+    /// failover scenario: primaries killed (one every --kill-every seconds).
+    #[arg(long, default_value_t = 3)]
+    failovers: usize,
+    /// failover scenario: seconds between kills.
+    #[arg(long, default_value_t = 10)]
+    kill_every: u64,
+    /// failover scenario: clients doing CAS increments.
+    #[arg(long, default_value_t = 16)]
+    cas_clients: usize,
+    /// agents scenario: simulated agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// agents scenario: where they run: single (one service), two (two services on one
+    /// Redis), cluster (one service on a 3+3 Redis Cluster).
+    #[arg(long, default_value = "single,two,cluster")]
+    agent_targets: String,
 }
 
 struct Spawned {
@@ -179,13 +205,24 @@ async fn spawn_auth_service(rport: u16, dir: &std::path::Path) -> (SocketAddr, C
 
 /// `swarmstate serve` (next to this executable) on a free port against Redis at `rport`.
 async fn spawn_service(rport: u16, tokens: Option<&std::path::Path>) -> (SocketAddr, Child) {
+    spawn_service_on(&format!("redis://127.0.0.1:{rport}"), tokens, &[]).await
+}
+
+/// `swarmstate serve` on a free port against the Redis `redis_url` names, with extra
+/// `SWARMSTATE_*` settings.
+async fn spawn_service_on(
+    redis_url: &str,
+    tokens: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> (SocketAddr, Child) {
     let exe = std::env::current_exe().expect("current exe");
     let service_bin = exe.with_file_name("swarmstate");
     let sport = free_port();
     let mut cmd = Command::new(&service_bin);
+    cmd.envs(env.iter().copied());
     cmd.arg("serve")
         .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{sport}"))
-        .env("SWARMSTATE_REDIS_URL", format!("redis://127.0.0.1:{rport}"))
+        .env("SWARMSTATE_REDIS_URL", redis_url)
         .env("SWARMSTATE_LOG", "warn")
         .env("SWARMSTATE_KEY_PREFIX", "bench")
         .env_remove("SWARMSTATE_TOKENS_FILE")
@@ -446,6 +483,18 @@ async fn main() {
             }
             "lock" => {
                 lock_scenario(addr, &args).await;
+                continue;
+            }
+            "failover" => {
+                topologies::failover_scenario(&args).await;
+                continue;
+            }
+            "agents" => {
+                let second = match redis_port.filter(|_| guard.is_some()) {
+                    Some(rport) => Some(spawn_service(rport, None).await),
+                    None => None,
+                };
+                topologies::agents_scenario(&args, addr, service_pid, second).await;
                 continue;
             }
             other => panic!("unknown scenario {other}"),
