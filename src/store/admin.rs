@@ -289,9 +289,14 @@ impl Store {
                 let Some(address) = client.active_connections().first().map(|s| s.to_string()) else {
                     continue;
                 };
-                let info: String = self
-                    .timed("info", client.info(Some(fred::types::InfoKind::Replication)))
-                    .await?;
+                // A connection that does not answer (its primary died) is skipped: the
+                // others still report theirs.
+                let Ok(info) = self
+                    .timed::<String, _>("info", client.info(Some(fred::types::InfoKind::Replication)))
+                    .await
+                else {
+                    continue;
+                };
                 let attached = parse_info_replicas(&info).len() as u32;
                 counts.push((address, Vec::new(), attached));
             }

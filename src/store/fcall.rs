@@ -349,7 +349,13 @@ impl Store {
             }
             _ => routed.wait::<()>(required as i64, wait_ms as i64).await?,
         }
-        let mut out = p.try_all::<Value>().await.into_iter();
+        // Bounded here too: a pipeline queued on a connection that is reconnecting (its
+        // primary died) does not always honour the per-command timeout.
+        let bound = self.inner.command_timeout + Duration::from_millis(wait_ms);
+        let Ok(answers) = tokio::time::timeout(bound, p.try_all::<Value>()).await else {
+            return Err(RedisError::new(ErrorKind::Timeout, "Request timed out."));
+        };
+        let mut out = answers.into_iter();
         let v = out
             .next()
             .unwrap_or_else(|| Err(RedisError::new(ErrorKind::Unknown, "empty pipeline reply")))?;
