@@ -280,15 +280,23 @@ fn request(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
 
 /// A request, with `Authorization: Bearer <token>` when a token is given.
 fn request_as(method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Vec<u8> {
-    let auth = token
-        .map(|t| format!("authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    request_with(method, path, body, &headers)
+}
+
+/// A request with extra headers.
+fn request_with(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut h = String::new();
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
     match body {
         Some(b) => format!(
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            "{method} {path} HTTP/1.1\r\nhost: bench\r\n{h}content-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
             b.len()
         ),
-        None => format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n{auth}\r\n"),
+        None => format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n{h}\r\n"),
     }
     .into_bytes()
 }

@@ -22,26 +22,10 @@ use swarmstate::testkit::{wait_until, Cluster, SentinelSet};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{cpu_ticks, find, ms, read_response, rss_kib, spawn_service_on, Args};
+use super::{cpu_ticks, find, ms, read_response, request_with as req, rss_kib, spawn_service_on, Args};
 
 /// How long one request may take before it counts as unanswered.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
-
-/// A request with extra headers.
-fn req(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut h = String::new();
-    for (k, v) in headers {
-        h.push_str(&format!("{k}: {v}\r\n"));
-    }
-    match body {
-        Some(b) => format!(
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\n{h}content-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
-            b.len()
-        ),
-        None => format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n{h}\r\n"),
-    }
-    .into_bytes()
-}
 
 /// What a response said.
 struct Answer {
