@@ -36,6 +36,16 @@ enum Command {
     },
     /// Print the OpenAPI 3.1 document.
     Openapi,
+    /// GET /healthz of a running service and exit 0 when it answers 200, else 1 (for a
+    /// container HEALTHCHECK: slim images have no curl).
+    Healthcheck {
+        /// The service's address; default: SWARMSTATE_LISTEN's port on 127.0.0.1.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Bearer tokens for the tokens file.
     Token {
         #[command(subcommand)]
@@ -75,6 +85,20 @@ enum TokenCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Healthcheck { addr, timeout_ms } => {
+            let addr = addr.unwrap_or_else(|| {
+                let listen = std::env::var("SWARMSTATE_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+                let port = listen.rsplit(':').next().unwrap_or("8080").to_string();
+                format!("127.0.0.1:{port}")
+            });
+            match healthcheck(&addr, std::time::Duration::from_millis(timeout_ms)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Openapi => match serde_json::to_string_pretty(&swarmstate::http::openapi()) {
             Ok(s) => {
                 // A closed pipe (`swarmstate openapi | head`) is not an error worth a panic.
@@ -159,6 +183,40 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// One `GET /healthz` over HTTP/1.1: Ok when the status line says 200.
+fn healthcheck(addr: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = s.read(&mut buf).map_err(|e| format!("{addr}: {e}"))?;
+        if n == 0 || head.len() > 4096 {
+            return Err(format!("{addr}: no HTTP status line"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    match line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("{addr}: {line}")),
     }
 }
 

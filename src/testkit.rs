@@ -1,6 +1,6 @@
 //! Real `redis-server` processes on free loopback ports, for the integration tests and
 //! `swarmstate-bench`: single servers, a Redis Cluster of 3 primaries + 3 replicas and a
-//! Sentinel set, each torn down on drop (and killed with the thread that started it).
+//! Sentinel set, each torn down on drop (and killed when the process that started it dies).
 //!
 //! - [`Cluster`]: 3 primaries + 3 replicas made by `redis-cli --cluster create
 //!   --cluster-replicas 1`, node timeout 2 s, so a killed primary's replica is promoted within
@@ -40,16 +40,46 @@ pub fn spawn_redis_no_wait(dir: &Path, port: u16, extra: &[&str]) -> Child {
     spawn_with_deathsig(cmd)
 }
 
-/// Spawn a server that dies with the thread that spawned it.
+/// Spawn a server that is killed when this process dies, however it dies.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process:
+/// a server started from a Tokio blocking-pool thread was killed when that idle thread
+/// retired 10 s later (in `swarmstate-bench` a whole Redis Cluster vanished 10 s into a run).
+/// So every server is forked by one spawner thread that lives as long as the process.
 pub fn spawn_with_deathsig(mut cmd: Command) -> Child {
-    // SAFETY: prctl in the child before exec; the server dies with the thread that spawned it.
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    // SAFETY: prctl in the child before exec; the server gets SIGKILL when its parent thread
+    // (the spawner, which never exits before the process) is gone.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
-    cmd.spawn()
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .expect("spawner thread alive");
+    answer
+        .recv()
+        .expect("spawner answered")
         .expect("redis-server must be installed (apt-get install -y redis-server)")
 }
 

@@ -11,9 +11,11 @@
 //! the service does not refuse writes forever; a write always waits for at least one replica.
 //!
 //! The counts come from the topology (`CLUSTER NODES`, or `INFO replication` of the
-//! primary), read every [`POLL`] by a background task; on a cluster, per primary, keyed by
-//! the first hash slot it serves (a promoted replica serves the same slots, so it inherits
-//! the count).
+//! primary), read every [`POLL`] by a background task. On a cluster a write uses its
+//! primary's count, found by slot (a promoted replica serves the same slots). Outside a
+//! cluster it uses the most any primary has had in the grace (`need(None, None)`): counting
+//! by the address of the connection's primary lost acknowledged writes in the Sentinel
+//! failover bench.
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ struct Shard {
     ranges: Vec<[u16; 2]>,
     /// Replicas to wait for: the most seen attached within [`GRACE`].
     required: u32,
+    /// Replicas attached at the last observation.
+    attached: u32,
     /// When `required` replicas were last seen attached.
     seen_at: Instant,
     /// When this primary was last seen at all (a primary no longer listed — demoted, or the
@@ -57,20 +61,28 @@ impl ReplicaQuorum {
     /// last for it), otherwise by the `address` of the primary the connection is on; a
     /// primary not seen yet waits for the most any primary has.
     pub fn required(&self, slot: Option<u16>, address: Option<&str>) -> u32 {
+        self.need(slot, address).0
+    }
+
+    /// `(required, attached)`: the replicas a write waits for ([`Self::required`]) and, when
+    /// its primary is known, how many were attached at the last observation. A write whose
+    /// primary has fewer attached than required cannot be confirmed: it is answered at once
+    /// instead of holding a `WAIT` for the whole `durability_timeout_ms` — a blocked `WAIT`
+    /// stalls every command queued behind it on the same multiplexed connection.
+    pub fn need(&self, slot: Option<u16>, address: Option<&str>) -> (u32, Option<u32>) {
         let shards = self.shards.read().unwrap_or_else(|e| e.into_inner());
         let found = match (slot, address) {
             (Some(slot), _) => shards
                 .iter()
                 .filter(|s| s.serves(slot))
-                .max_by_key(|s| s.listed_at)
-                .map(|s| s.required),
-            (None, Some(a)) => shards.iter().find(|s| s.address == a).map(|s| s.required),
+                .max_by_key(|s| s.listed_at),
+            (None, Some(a)) => shards.iter().find(|s| s.address == a),
             (None, None) => None,
         };
-        found
-            .or_else(|| shards.iter().map(|s| s.required).max())
-            .unwrap_or(1)
-            .max(1)
+        match found {
+            Some(s) => (s.required.max(1), Some(s.attached)),
+            None => (shards.iter().map(|s| s.required).max().unwrap_or(1).max(1), None),
+        }
     }
 
     /// Record the replicas attached now: `(address, slot ranges, replicas)` per primary.
@@ -83,6 +95,7 @@ impl ReplicaQuorum {
                     address: address.clone(),
                     ranges: ranges.clone(),
                     required: *attached,
+                    attached: *attached,
                     seen_at: now,
                     listed_at: now,
                 };
@@ -126,9 +139,11 @@ mod tests {
         );
         q.observe(&one("p:1", 2), t0);
         assert_eq!(q.required(None, p), 2);
-        // One replica detaches (a failover under way): still two.
+        assert_eq!(q.need(None, p), (2, Some(2)));
+        // One replica detaches (a failover under way): still two, one attached.
         q.observe(&one("p:1", 1), t0 + Duration::from_secs(3));
         assert_eq!(q.required(None, p), 2);
+        assert_eq!(q.need(None, p), (2, Some(1)));
         q.observe(&one("p:1", 1), t0 + GRACE - Duration::from_millis(1));
         assert_eq!(q.required(None, p), 2);
         // Gone for longer than the grace: it stops counting.
@@ -154,6 +169,7 @@ mod tests {
         assert_eq!(q.required(None, Some("old:1")), 2);
         // A connection whose primary is unknown (reconnecting) waits for the most.
         assert_eq!(q.required(None, None), 2);
+        assert_eq!(q.need(None, None), (2, None));
         assert_eq!(q.required(None, Some("other:3")), 2);
         // The old primary, no longer listed, is forgotten after the grace.
         q.observe(&one("new:2", 1), t0 + GRACE + Duration::from_secs(2));

@@ -325,15 +325,58 @@ impl Store {
             ..once
         };
         let client = self.raw_client();
-        let required = if self.inner.durability == Durability::Replica {
-            // Outside a cluster: the count of the primary this connection is on now.
-            let on = match slot {
-                Some(_) => None,
-                None => client.active_connections().first().map(|s| s.to_string()),
-            };
-            self.inner.replicas.required(slot, on.as_deref())
+        let (required, attached) = if self.inner.durability == Durability::Replica {
+            // On a cluster, the count of the primary serving the slot. Outside one, the most
+            // any primary has had in the grace: counting per primary address (a promoted
+            // primary starting from its own replicas) lost acknowledged writes in the
+            // Sentinel failover bench, so a Sentinel write waits for the high-water mark.
+            if self.inner.fred_cfg.server.is_clustered() {
+                self.inner.replicas.need(slot, None)
+            } else {
+                self.inner.replicas.need(None, None)
+            }
         } else {
-            1
+            (1, None)
+        };
+        // Known to be short (a cluster primary with fewer replicas attached than it had):
+        // answered without the WAIT. An unknown primary still waits.
+        let short = attached.filter(|a| *a < required).map(|a| {
+            format!(
+                "only {a} of the {required} replicas its primary had in the last {} s are attached \
+                 (a replica detached: a failover may be under way)",
+                super::durability::GRACE.as_secs()
+            )
+        });
+        if let Some(why) = short {
+            // The WAIT cannot be met: apply the write and say so now. A WAIT that cannot be
+            // met blocks its connection for durability_timeout_ms, and Redis runs nothing
+            // queued behind it on that connection meanwhile: with 16 writes pipelined, 16
+            // timeouts in a row.
+            let v = client
+                .with_options(&opts)
+                .fcall(f.name, keys.to_vec(), args.to_vec())
+                .await?;
+            return Ok((v, Some(Err(why))));
+        }
+        // Redis runs nothing a client sends after a WAIT until the WAIT returns: writes
+        // pipelined behind a WAIT that cannot be met (a replica detached in a failover) each
+        // took a whole durability_timeout_ms in turn, and every read queued on the connection
+        // timed out — a 17 s stall after each Sentinel failover. So one wait is in flight per
+        // connection, and a write that does not get its turn within durability_timeout_ms is
+        // refused before anything is sent (503, outcome not_applied).
+        let _turn = match &self.inner.wait_turns {
+            Some(turns) => {
+                match tokio::time::timeout(Duration::from_millis(wait_ms), turns.acquire()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        return Err(RedisError::new(
+                            ErrorKind::Unknown,
+                            "BUSY the durability waits queued on this connection did not finish in time",
+                        ))
+                    }
+                }
+            }
+            None => None,
         };
         let p = client.pipeline();
         let routed = p.with_options(&opts);

@@ -60,6 +60,9 @@ struct Inner {
     durability_timeout_ms: u64,
     /// Replicas a write waits for under `durability = replica`.
     replicas: durability::ReplicaQuorum,
+    /// Outside a cluster, with a durability wait: one `WAIT` / `WAITAOF` in flight per pool
+    /// connection (see `fcall::call_once`).
+    wait_turns: Option<tokio::sync::Semaphore>,
     command_timeout: Duration,
     log_maxlen: String,
     history_versions: String,
@@ -137,6 +140,8 @@ impl Store {
                 }
             }
         };
+        let wait_turns = (cfg.durability != Durability::None && target.mode != RedisMode::Cluster)
+            .then(|| tokio::sync::Semaphore::new(cfg.redis_pool_size.max(1)));
         let store = Store {
             inner: Arc::new(Inner {
                 pool,
@@ -146,6 +151,7 @@ impl Store {
                 durability: cfg.durability,
                 durability_timeout_ms: cfg.durability_timeout_ms,
                 replicas: Default::default(),
+                wait_turns,
                 command_timeout: timeout,
                 log_maxlen: cfg.changelog_retention.to_string(),
                 history_versions: cfg.history_versions.to_string(),
@@ -403,6 +409,9 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
         // fred's answer when a client's router dropped the command's response channel (its
         // connections were reset): no answer came, like a broken connection.
         ErrorKind::Unknown if e.details().contains("channel closed") => "io",
+        // fred's answer when the client has no connection to route to (a Sentinel client
+        // between losing its primary and reaching the new one).
+        ErrorKind::Unknown if e.details().contains("Failed to route") => "topology",
         _ if refused_reply => "busy",
         _ => "other",
     };

@@ -84,6 +84,29 @@ fn serve_runs_and_supervises_its_own_redis() {
         wait_status(port, "/readyz", 200, Duration::from_secs(30)),
         "service did not become ready"
     );
+    // The container HEALTHCHECK: finds the port from SWARMSTATE_LISTEN (0.0.0.0 in the image).
+    let health = bin()
+        .arg("healthcheck")
+        .env("SWARMSTATE_LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
+    let closed = free_port();
+    let health = bin()
+        .args([
+            "healthcheck",
+            "--addr",
+            &format!("127.0.0.1:{closed}"),
+            "--timeout-ms",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(health.status.code(), Some(1), "{health:?}");
+    assert!(
+        String::from_utf8_lossy(&health.stderr).contains("unhealthy"),
+        "{health:?}"
+    );
     let (_, status) = http_get(port, "/v1/status").unwrap();
     assert!(status.contains("\"redis_source\":\"embedded\""), "{status}");
     assert_eq!(http_put(port, "/v1/ns/e/kv/a", r#"{"value": "kept"}"#), Some(201));

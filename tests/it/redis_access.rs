@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,16 +119,7 @@ impl TlsRedis {
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl in the child before exec; the server dies with the thread that spawned it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        let child = swarmstate::testkit::spawn_with_deathsig(cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(

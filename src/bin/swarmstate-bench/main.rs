@@ -223,7 +223,10 @@ async fn spawn_service_on(
     cmd.arg("serve")
         .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{sport}"))
         .env("SWARMSTATE_REDIS_URL", redis_url)
-        .env("SWARMSTATE_LOG", "warn")
+        .env(
+            "SWARMSTATE_LOG",
+            std::env::var("SWARMSTATE_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("SWARMSTATE_KEY_PREFIX", "bench")
         .env_remove("SWARMSTATE_TOKENS_FILE")
         .stdout(Stdio::null());

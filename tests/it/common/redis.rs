@@ -66,45 +66,31 @@ impl Drop for RedisServer {
 
 /// The Redis shared by the whole test run (each test uses its own key prefix): one
 /// redis-server, or a cluster or Sentinel set when `SWARMSTATE_TEST_REDIS` says so (see
-/// [`super::topology`]). It is spawned from a thread that never ends, so PR_SET_PDEATHSIG
-/// fires only when the test process exits.
+/// [`super::topology`]). Never torn down: its servers die with the test process
+/// ([`spawn_with_deathsig`](swarmstate::testkit::spawn_with_deathsig)).
 pub fn shared_redis_url() -> String {
     use super::topology::{topology, Cluster, SentinelSet, Topology};
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let url = match topology() {
-                Topology::Standalone => {
-                    let dir: PathBuf =
-                        std::env::temp_dir().join(format!("swarmstate-it-{}", std::process::id()));
-                    std::fs::create_dir_all(&dir).unwrap();
-                    let port = free_port();
-                    let mut child = spawn_redis(&dir, port, &[]);
-                    tx.send(format!("redis://127.0.0.1:{port}")).unwrap();
-                    // Blocks for the life of the test process; the thread never ends before it.
-                    let _ = child.wait();
-                    return;
-                }
-                Topology::Cluster => {
-                    let c = Cluster::start();
-                    let url = c.url();
-                    std::mem::forget(c);
-                    url
-                }
-                Topology::Sentinel => {
-                    let s = SentinelSet::start();
-                    let url = s.url();
-                    std::mem::forget(s);
-                    url
-                }
-            };
-            tx.send(url).unwrap();
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().expect("the shared Redis started")
+    URL.get_or_init(|| match topology() {
+        Topology::Standalone => {
+            let dir: PathBuf = std::env::temp_dir().join(format!("swarmstate-it-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let port = free_port();
+            std::mem::forget(spawn_redis(&dir, port, &[]));
+            format!("redis://127.0.0.1:{port}")
+        }
+        Topology::Cluster => {
+            let c = Cluster::start();
+            let url = c.url();
+            std::mem::forget(c);
+            url
+        }
+        Topology::Sentinel => {
+            let s = SentinelSet::start();
+            let url = s.url();
+            std::mem::forget(s);
+            url
+        }
     })
     .clone()
 }
