@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check the Grafana dashboard against a running swarmstate (scripts/deploy-tests.sh).
 
-usage: check_dashboard.py DASHBOARD_JSON BASE_URL ADMIN_TOKEN LIMITED_TOKEN
+usage: check_dashboard.py DASHBOARD_JSON BASE_URL ADMIN_TOKEN LIMITED_TOKEN README
 
 1. Drives a short workload through the public API so that every labelled series exists: KV
    writes, a queue task acked and one dead-lettered, a lock, an agent, a partition, requests
@@ -9,6 +9,8 @@ usage: check_dashboard.py DASHBOARD_JSON BASE_URL ADMIN_TOKEN LIMITED_TOKEN
 2. Takes every PromQL expression of every panel (and template variable), substitutes the
    Grafana variables, and checks each with promtool (as recording rules: a real PromQL parser).
 3. Checks that every metric name the expressions use is a series in GET /metrics.
+4. Checks the README's metrics reference table: every metric in /metrics is listed with its
+   type, and every listed one is a metric of src/metrics.rs or the code.
 """
 import json
 import os
@@ -19,7 +21,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-dashboard_path, base, admin, limited = sys.argv[1:5]
+dashboard_path, base, admin, limited, readme = sys.argv[1:6]
 
 
 def call(method, path, body=None, token=admin, ok=(200, 201, 204)):
@@ -65,8 +67,12 @@ deadline = time.time() + 30
 while True:
     _, metrics_text = call("GET", "/metrics", token=None)
     names = set()
+    types = {}
     for line in metrics_text.splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+        elif line and not line.startswith("#"):
             names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
     if needed <= names or time.time() > deadline:
         break
@@ -141,3 +147,26 @@ for title, e in exprs:
 if missing:
     sys.exit(f"error: the dashboard uses metrics the service does not export: {missing}")
 print(f"   dashboard: {len(exprs)} PromQL expressions parse (promtool); all {len(used)} metrics they use are in /metrics")
+
+# 4. The README's metrics table.
+text = open(readme).read()
+start = text.index("<!-- metrics-table:")
+table = {}
+for line in text[start:].splitlines()[1:]:
+    if not line.startswith("|"):
+        if table:
+            break
+        continue
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if cells[0].startswith("`"):
+        table[cells[0].strip("`")] = cells[1]
+code = "".join(open(os.path.join(root, f)).read() for root, _, files in os.walk("src") for f in files if f.endswith(".rs"))
+for name, kind in types.items():
+    if name not in table:
+        sys.exit(f"error: {name} is in /metrics but not in the README's metrics table")
+    if table[name] != kind:
+        sys.exit(f"error: README says {name} is a {table[name]}, /metrics says {kind}")
+for name in table:
+    if f'"{name}"' not in code:
+        sys.exit(f"error: the README lists {name}, which the code does not export")
+print(f"   metrics table: {len(table)} rows; the {len(types)} metrics in /metrics are all listed with their type")

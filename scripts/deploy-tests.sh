@@ -122,7 +122,7 @@ if grep -qi 'read-only file system\|permission denied' "$work/service.log"; then
   fail "the service tried to write outside its data dir"
 fi
 echo ">> the Grafana dashboard's PromQL against promtool and this service's /metrics"
-python3 scripts/check_dashboard.py helm/swarmstate/dashboards/swarmstate.json "http://127.0.0.1:$port" "$secret" "$limited" \
+python3 scripts/check_dashboard.py helm/swarmstate/dashboards/swarmstate.json "http://127.0.0.1:$port" "$secret" "$limited" README.md \
   || fail "dashboard check"
 kill -TERM "$service_pid"
 status=0
