@@ -73,6 +73,9 @@ cleanup() {
 trap cleanup EXIT
 data=$work/data
 mkdir -p "$data"
+# The image's copy of the binary: readable by 10001 wherever this checkout is (a clone under a
+# mode-0700 temp dir is not).
+install -m 0755 "$bin" "$work/swarmstate"
 out=$("$bin" token new --name deploy --namespaces '*' --queues '*' --channels '*' --permission admin)
 secret=$(sed -n 1p <<<"$out")
 sed -n '3,$p' <<<"$out" >"$work/tokens.toml"
@@ -92,7 +95,7 @@ unshare -m --propagation private sh -c "
     SWARMSTATE_LISTEN=0.0.0.0:$port SWARMSTATE_DATA_DIR='$data' \
     SWARMSTATE_REDIS_URL=redis://127.0.0.1:$redis_port \
     SWARMSTATE_TOKENS_FILE='$work/tokens.toml' SWARMSTATE_LOG_FORMAT=json \
-    '$PWD/$bin' serve" >"$work/service.log" 2>&1 &
+    '$work/swarmstate' serve" >"$work/service.log" 2>&1 &
 service_pid=$!
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
@@ -105,7 +108,7 @@ fail() { echo "error: $*" >&2; cat "$work/service.log" >&2; exit 1; }
 grep -Eq '^Uid:\s+10001\s' "/proc/$service_pid/status" || fail "the service is not running as uid 10001"
 awk '$5 == "/" {print $6}' "/proc/$service_pid/mountinfo" | grep -q '^ro' || fail "the service's root is not read-only"
 # The HEALTHCHECK command, as the image runs it (port from SWARMSTATE_LISTEN).
-SWARMSTATE_LISTEN=0.0.0.0:$port setpriv --reuid=10001 --regid=10001 --clear-groups "$bin" healthcheck \
+SWARMSTATE_LISTEN=0.0.0.0:$port setpriv --reuid=10001 --regid=10001 --clear-groups "$work/swarmstate" healthcheck \
   || fail "swarmstate healthcheck failed against a healthy service"
 if "$bin" healthcheck --addr "127.0.0.1:$redis_port" --timeout-ms 500 2>/dev/null; then
   fail "swarmstate healthcheck passed against something that is not the service"
