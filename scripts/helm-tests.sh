@@ -52,4 +52,5 @@ refuse "a misspelt top-level value" --set auth.insecureNoAuth=true --set replica
 refuse "a sentinel address without a port" --set auth.insecureNoAuth=true --set redis.mode=sentinel \
   --set 'redis.sentinel.sentinels[0]=sentinel-0'
 refuse "a backup key that is not 32 bytes" --set auth.insecureNoAuth=true --set backupKey=abc
-echo "   bad values refused: 10 cases"
+refuse "a config key the chart sets itself (a duplicate TOML key)" --set auth.insecureNoAuth=true --set config.durability=aof
+echo "   bad values refused: 11 cases"
