@@ -220,3 +220,61 @@ mod cache {
 }
 
 pub use cache::{http, redis_command};
+
+/// Process-wide running totals that the watch socket's `stats` op reports (the dashboard's
+/// live rates), kept beside the Prometheus series so no one has to scrape `/metrics` for them.
+pub mod live {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+    use serde::Serialize;
+
+    static REQUESTS: AtomicU64 = AtomicU64::new(0);
+    static CLIENT_ERRORS: AtomicU64 = AtomicU64::new(0);
+    static SERVER_ERRORS: AtomicU64 = AtomicU64::new(0);
+    static EVENTS_SENT: AtomicU64 = AtomicU64::new(0);
+    static WS_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+
+    /// One answered HTTP request with this status.
+    pub fn request(status: u16) {
+        REQUESTS.fetch_add(1, Relaxed);
+        match status {
+            400..=499 => CLIENT_ERRORS.fetch_add(1, Relaxed),
+            500..=599 => SERVER_ERRORS.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// One watch event sent to a client.
+    pub fn event_sent() {
+        EVENTS_SENT.fetch_add(1, Relaxed);
+    }
+
+    /// A watch socket opened (+1) or closed (-1).
+    pub fn ws(delta: i64) {
+        WS_CONNECTIONS.fetch_add(delta, Relaxed);
+    }
+
+    /// The totals since this process started (`stats` frames of the watch socket).
+    #[derive(Debug, Clone, Copy, Serialize)]
+    pub struct Totals {
+        /// HTTP requests answered (every route, every status).
+        pub requests_total: u64,
+        /// Of those, answered 4xx / 5xx.
+        pub client_errors_total: u64,
+        pub server_errors_total: u64,
+        /// Watch events sent to watch sockets and event streams.
+        pub watch_events_sent_total: u64,
+        /// Watch sockets open now.
+        pub ws_connections: i64,
+    }
+
+    pub fn totals() -> Totals {
+        Totals {
+            requests_total: REQUESTS.load(Relaxed),
+            client_errors_total: CLIENT_ERRORS.load(Relaxed),
+            server_errors_total: SERVER_ERRORS.load(Relaxed),
+            watch_events_sent_total: EVENTS_SENT.load(Relaxed),
+            ws_connections: WS_CONNECTIONS.load(Relaxed),
+        }
+    }
+}

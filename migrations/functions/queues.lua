@@ -362,22 +362,19 @@ local function q_stats(keys, args)
           m[5] or '0', m[6] or '0', oldest[2] or '', fmt(c.now)}
 end
 
--- q_dead_list: a page of dead tasks, oldest death first, after a position (read only).
--- KEYS (9): the queue's keys
--- ARGV (5): prefix, channel, after_score ('' from the start), after_id, count
--- Returns: {{task fields}...}, dead tasks in all, '<score>:<id>' of the page's last task when
--- more follow ('' on the last page)
-local function q_dead_list(keys, args)
-  local c = q_ctx(keys, args)
-  local count = tonumber(args[5])
+-- A page of the tasks of sorted set `set` after a position (score as text, '' from the start,
+-- and id; ties of one score are ordered by id as text, as ZRANGE orders them), lowest score
+-- first: {{task fields}...}, how many the set holds, '<score>:<id>' of the page's last task when
+-- more follow ('' on the last page). Ids whose hash is gone (retention ran out between the
+-- range and the read) are left out.
+local function q_page(c, set, after_score, after_id, count)
   local ids = {}
-  if args[3] == '' then
-    ids = redis.call('ZRANGE', c.dead, 0, count, 'WITHSCORES')
+  if after_score == '' then
+    ids = redis.call('ZRANGE', set, 0, count, 'WITHSCORES')
   else
-    -- Same death time: ties are ordered by id as text, as ZRANGE orders them.
-    local score, last, skip = tonumber(args[3]), args[4], 0
+    local score, last, skip = tonumber(after_score), after_id, 0
     while #ids < 2 * (count + 1) do
-      local batch = redis.call('ZRANGE', c.dead, score, '+inf', 'BYSCORE', 'LIMIT', skip, count + 1, 'WITHSCORES')
+      local batch = redis.call('ZRANGE', set, score, '+inf', 'BYSCORE', 'LIMIT', skip, count + 1, 'WITHSCORES')
       if #batch == 0 then break end
       for i = 1, #batch, 2 do
         if (tonumber(batch[i + 1]) > score or batch[i] > last) and #ids < 2 * (count + 1) then
@@ -389,9 +386,38 @@ local function q_dead_list(keys, args)
     end
   end
   local out, cursor = {}, ''
-  for i = 1, math.min(#ids, 2 * count), 2 do out[#out + 1] = redis.call('HGETALL', c.tprefix .. ids[i]) end
+  for i = 1, math.min(#ids, 2 * count), 2 do
+    local t = redis.call('HGETALL', c.tprefix .. ids[i])
+    if #t > 0 then out[#out + 1] = t end
+  end
   if #ids > 2 * count then cursor = ids[2 * count] .. ':' .. ids[2 * count - 1] end
-  return {out, redis.call('ZCARD', c.dead), cursor}
+  return {out, redis.call('ZCARD', set), cursor}
+end
+
+-- q_dead_list: a page of dead tasks, oldest death first, after a position (read only).
+-- KEYS (9): the queue's keys
+-- ARGV (5): prefix, channel, after_score ('' from the start), after_id, count
+-- Returns: see q_page
+local function q_dead_list(keys, args)
+  local c = q_ctx(keys, args)
+  return q_page(c, c.dead, args[3], args[4], tonumber(args[5]))
+end
+
+-- The sorted set that holds the tasks of each state, and what its score is.
+local Q_STATE_SETS = {ready = 'ready', delayed = 'delayed', failed = 'retry', leased = 'leased',
+                      completed = 'completed', dead = 'dead'}
+
+-- q_task_list: a page of the tasks in one state, in the order of that state's set (ready: the
+-- order leases take them; delayed and failed: due time; leased: lease expiry; completed and
+-- dead: when they finished), after a position (read only).
+-- KEYS (9): the queue's keys
+-- ARGV (6): prefix, channel, state, after_score ('' from the start), after_id, count
+-- Returns: see q_page; {'bad_state'} for a state without a set
+local function q_task_list(keys, args)
+  local c = q_ctx(keys, args)
+  local set = Q_STATE_SETS[args[3]]
+  if not set then return {'bad_state'} end
+  return q_page(c, c[set], args[4], args[5], tonumber(args[6]))
 end
 
 -- q_requeue: the task goes back to the queue at once if `token` is still its lease (its
@@ -420,3 +446,4 @@ redis.register_function('q_pause', q_pause)
 redis.register_function('q_requeue', q_requeue)
 redis.register_function{function_name = 'q_stats', callback = q_stats, flags = {'no-writes'}}
 redis.register_function{function_name = 'q_dead_list', callback = q_dead_list, flags = {'no-writes'}}
+redis.register_function{function_name = 'q_task_list', callback = q_task_list, flags = {'no-writes'}}

@@ -38,6 +38,27 @@ pub struct Agent {
     /// Marked lost if no heartbeat arrives by then.
     pub heartbeat_deadline: String,
     pub state_changed_at: String,
+    /// Only in `GET /v1/agents/{id}`: the locks the agent holds and the tasks it has leased,
+    /// now (freed or requeued at once if it is lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<AgentHeld>,
+}
+
+/// What an agent holds now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentHeld {
+    pub locks: Vec<crate::domain::lock::LockInfo>,
+    pub tasks: Vec<HeldTask>,
+}
+
+/// A task leased by an agent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HeldTask {
+    pub queue: String,
+    pub id: String,
+    /// When the lease runs out unless extended, RFC 3339.
+    pub leased_until: Option<String>,
+    pub attempts: u32,
 }
 
 impl Agent {

@@ -23,6 +23,15 @@ pub struct LockInfo {
     pub expires_at: String,
 }
 
+/// `GET /v1/ns/{ns}/locks`: held locks by name.
+#[derive(Serialize, ToSchema)]
+pub struct LockList {
+    pub items: Vec<LockInfo>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
 /// What one acquire attempt answered.
 pub enum Acquire {
     /// fencing token, expires_at (unix ms)

@@ -295,6 +295,22 @@ pub struct DeadList {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct TaskList {
+    /// The tasks in the asked state, in that state's order (ready: the order leases take
+    /// them; delayed and failed: due time; leased: lease expiry; completed and dead: when they
+    /// finished).
+    pub items: Vec<Task>,
+    /// Tasks in that state in all.
+    pub total: u64,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// The states tasks can be listed by (`GET /v1/queues/{queue}/tasks?state=`).
+pub const LISTABLE_STATES: &[&str] = &["ready", "delayed", "leased", "failed", "completed", "dead"];
+
+#[derive(Serialize, ToSchema)]
 pub struct Purged {
     pub purged: u64,
 }

@@ -137,6 +137,13 @@ pub enum ClientOp {
         id: String,
         queue: String,
     },
+    /// This process's running totals (requests, errors, events sent, sockets) every
+    /// `interval_ms` (500 ..= 60000, default 2000): the dashboard's live rates.
+    Stats {
+        id: String,
+        #[serde(default)]
+        interval_ms: Option<u64>,
+    },
     Cancel {
         id: String,
     },

@@ -6,9 +6,10 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{header_str, JsonBody, Who};
+use super::extract::{header_str, JsonBody, Who, Q};
 use super::problem::json_response;
-use crate::domain::lock::{AcquireBody, Granted, LockInfo, RenewBody};
+use crate::domain::lock::{AcquireBody, Granted, LockInfo, LockList, RenewBody};
+use crate::domain::page::{Page, PageQuery};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
@@ -16,6 +17,27 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(acquire, get_lock, release))
         .routes(routes!(renew))
+        .routes(routes!(list_locks))
+}
+
+/// The locks of a namespace held now, by name, with holder, fencing token and expiry.
+#[utoipa::path(
+    get, path = "/v1/ns/{ns}/locks", tag = "locks", operation_id = "locks_list",
+    params(("ns" = String, Path, description = "Namespace"), PageQuery),
+    responses(
+        (status = 200, description = "Held locks, by name", body = LockList),
+        (status = 400, description = "Bad namespace, limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_locks(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(ns): Path<String>,
+    Q(q): Q<PageQuery>,
+) -> ApiResult<Response> {
+    let page = Page::parse(&q)?;
+    let (items, next_cursor) = st.ops.locks(&who, &ns, &page).await?;
+    Ok(json_response(StatusCode::OK, &LockList { items, next_cursor }))
 }
 
 /// Acquire a lock, optionally waiting for it.

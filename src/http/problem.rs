@@ -101,6 +101,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .unwrap_or("unmatched");
     let (count, duration) = crate::metrics::http(method.as_str(), route, res.status().as_u16());
     count.increment(1);
+    crate::metrics::live::request(res.status().as_u16());
     duration.record(start.elapsed().as_secs_f64());
     res
 }

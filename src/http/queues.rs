@@ -13,14 +13,14 @@ use super::problem::json_response;
 use crate::domain::page::{Page, PageQuery};
 use crate::domain::queue::{
     AckBody, DeadList, EnqueueBody, ExtendBody, LeaseBody, LeaseResult, NackBody, Purged, QueueList,
-    QueueStats, Task,
+    QueueStats, Task, TaskList,
 };
 use crate::error::ApiResult;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(enqueue))
+        .routes(routes!(enqueue, list_tasks))
         .routes(routes!(lease))
         .routes(routes!(ack))
         .routes(routes!(nack))
@@ -210,6 +210,54 @@ pub async fn queue_status(
     Ok(json_response(
         StatusCode::OK,
         &st.ops.queue_stats(&who, &q).await?,
+    ))
+}
+
+/// Query of `GET /v1/queues/{queue}/tasks`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TasksQuery {
+    /// ready, delayed, leased, failed (waiting for a retry), completed (kept for their
+    /// retention) or dead.
+    #[param(value_type = crate::domain::queue::TaskStateDoc)]
+    state: String,
+    /// `next_cursor` of the previous page (opaque).
+    #[param(max_length = 2048)]
+    cursor: Option<String>,
+    /// Page size, 1 ..= 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Tasks in one state, in that state's order (ready: the order leases take them; delayed and
+/// failed: due time; leased: lease expiry; completed and dead: when they finished).
+#[utoipa::path(
+    get, path = "/v1/queues/{queue}/tasks", tag = "queues", operation_id = "tasks_list",
+    params(("queue" = String, Path, description = "Queue name"), TasksQuery),
+    responses(
+        (status = 200, description = "A page of the tasks in that state", body = TaskList),
+        (status = 400, description = "Bad state, limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_tasks(
+    State(st): State<AppState>,
+    Who(who): Who,
+    Path(q): Path<String>,
+    Q(tq): Q<TasksQuery>,
+) -> ApiResult<Response> {
+    let page = PageQuery {
+        cursor: tq.cursor,
+        limit: tq.limit,
+    };
+    let (items, total, next_cursor) = st.ops.tasks_in(&who, &q, &tq.state, &page).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &TaskList {
+            items,
+            total,
+            next_cursor,
+        },
     ))
 }
 

@@ -56,6 +56,7 @@ enum Ctrl {
 
 async fn run(st: AppState, who: Caller, socket: WebSocket) {
     metrics::gauge!("ws_connections").increment(1.0);
+    crate::metrics::live::ws(1);
     let _open = st.ops.socket_open();
     let (mut sink, mut stream) = socket.split();
     let (out, mut inbox) = outbox();
@@ -222,6 +223,7 @@ async fn run(st: AppState, who: Caller, socket: WebSocket) {
         .await;
     }
     metrics::gauge!("ws_connections").decrement(1.0);
+    crate::metrics::live::ws(-1);
 }
 
 /// A frame or message over `MAX_FRAME` (tungstenite's capacity error; axum does not expose

@@ -2,7 +2,7 @@
 //! agent's held resources are freed at once; every state change is announced on `agents.<id>`.
 
 use super::Ops;
-use crate::domain::agent::{Agent, AgentFilter, RegisterBody, StateBody};
+use crate::domain::agent::{Agent, AgentFilter, AgentHeld, Held, HeldTask, RegisterBody, StateBody};
 use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::names::validate_name;
 use crate::domain::page::{encode_cursor, Page};
@@ -56,10 +56,56 @@ impl Ops {
     pub async fn agent(&self, who: &Caller, id: &str) -> ApiResult<Agent> {
         who.check(Permission::Read, Scope::Agent(id))?;
         validate_name("agent", id)?;
-        self.store
+        let mut agent = self
+            .store
             .agent_get(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("no such agent"))
+            .ok_or_else(|| ApiError::not_found("no such agent"))?;
+        agent.held = Some(self.agent_held(id).await?);
+        Ok(agent)
+    }
+
+    /// The locks the agent holds and the tasks it has leased now: its held set, each member
+    /// checked against the lock or task (ended ones stay in the set until a heartbeat prunes
+    /// them), by namespace and name, queue and id.
+    async fn agent_held(&self, id: &str) -> ApiResult<AgentHeld> {
+        let mut held = AgentHeld {
+            locks: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for m in self.store.agent_held_members(id).await? {
+            match Held::parse_member(&m) {
+                Some(Held::Lock { ns, name, token }) => {
+                    let live = self.store.lock_token(&ns, &name).await?.as_deref() == Some(token.as_str());
+                    let lock = if live {
+                        self.store.lock_get(&ns, &name).await?
+                    } else {
+                        None
+                    };
+                    held.locks.extend(lock);
+                }
+                Some(Held::Task { queue, id, token }) => {
+                    let live = self.store.q_still_leased(&queue, &id, &token).await?;
+                    let task = if live {
+                        self.store.q_task(&queue, &id).await?
+                    } else {
+                        None
+                    };
+                    held.tasks.extend(task.map(|t| HeldTask {
+                        queue,
+                        id,
+                        leased_until: t.leased_until,
+                        attempts: t.attempts,
+                    }));
+                }
+                None => {}
+            }
+        }
+        held.locks
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        held.tasks
+            .sort_by(|a, b| (&a.queue, &a.id).cmp(&(&b.queue, &b.id)));
+        Ok(held)
     }
 
     /// Registered agents by id, filtered.

@@ -10,7 +10,8 @@ use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::lock::{
     check_lock, check_token, Acquire, AcquireBody, Granted, LockInfo, RenewBody, MAX_WAIT_MS,
 };
-use crate::domain::names::validate_text;
+use crate::domain::names::{validate_name, validate_text};
+use crate::domain::page::{encode_cursor, Page};
 use crate::domain::time::rfc3339;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::live::pubsub::event;
@@ -154,5 +155,35 @@ impl Ops {
             .lock_get(ns, name)
             .await?
             .ok_or_else(|| ApiError::not_found("the lock is not held"))
+    }
+
+    /// A page of the locks of `ns` held now, by name (each lock ever granted in the namespace
+    /// is a candidate; released and expired ones are left out).
+    pub async fn locks(
+        &self,
+        who: &Caller,
+        ns: &str,
+        page: &Page,
+    ) -> ApiResult<(Vec<LockInfo>, Option<String>)> {
+        who.check(Permission::Read, Scope::Namespace(ns))?;
+        validate_name("namespace", ns)?;
+        let mut names = self.store.lock_names(ns).await?;
+        names.retain(|n| page.wants(n));
+        names.sort();
+        let mut items = Vec::new();
+        let mut more = false;
+        for name in names {
+            if let Some(l) = self.store.lock_get(ns, &name).await? {
+                if items.len() == page.limit {
+                    more = true;
+                    break;
+                }
+                items.push(l);
+            }
+        }
+        let next = more
+            .then(|| items.last().map(|l| encode_cursor(&l.name)))
+            .flatten();
+        Ok((items, next))
     }
 }

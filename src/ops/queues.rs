@@ -16,7 +16,7 @@ use crate::domain::names::{check_range, validate_name};
 use crate::domain::page::{decode_cursor, encode_cursor, not_ours, page_limit, Page, PageQuery};
 use crate::domain::queue::{
     check_lease_token, check_task_id, parse_ack_fence, AckBody, EnqueueBody, ExtendBody, LeaseBody, NackBody,
-    QueueStats, Task, MAX_ERROR_BYTES, MAX_LEASE_MS, MAX_WAIT_MS,
+    QueueStats, Task, LISTABLE_STATES, MAX_ERROR_BYTES, MAX_LEASE_MS, MAX_WAIT_MS,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::store::queue::AckFence;
@@ -244,8 +244,26 @@ impl Ops {
         q: &str,
         page: &PageQuery,
     ) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
+        self.tasks_in(who, q, "dead", page).await
+    }
+
+    /// A page of the tasks in `state`, in that state's order: tasks, how many in all, the
+    /// cursor of the next page (the score and id of the page's last task).
+    pub async fn tasks_in(
+        &self,
+        who: &Caller,
+        q: &str,
+        state: &str,
+        page: &PageQuery,
+    ) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
         who.check(Permission::Read, Scope::Queue(q))?;
         validate_name("queue", q)?;
+        if !LISTABLE_STATES.contains(&state) {
+            return Err(ApiError::bad_request(format!(
+                "state must be one of {}",
+                LISTABLE_STATES.join(", ")
+            )));
+        }
         let limit = page_limit(page.limit, 100)?;
         let after = match decode_cursor(page.cursor.as_deref())? {
             None => None,
@@ -258,7 +276,11 @@ impl Ops {
                     .ok_or_else(not_ours)?,
             ),
         };
-        let (items, total, last) = self.store.q_dead_list(q, after, limit as u64).await?;
+        let (items, total, last) = if state == "dead" {
+            self.store.q_dead_list(q, after, limit as u64).await?
+        } else {
+            self.store.q_task_list(q, state, after, limit as u64).await?
+        };
         let next = last.map(|position| encode_cursor(&position));
         Ok((items, total, next))
     }

@@ -198,6 +198,7 @@ impl Session {
             ClientOp::Watch { id, .. }
             | ClientOp::Subscribe { id, .. }
             | ClientOp::Queue { id, .. }
+            | ClientOp::Stats { id, .. }
             | ClientOp::Cancel { id } => Some(id.clone()),
             ClientOp::Ping => None,
         };
@@ -236,6 +237,23 @@ impl Session {
                     return;
                 }
                 let task = self.spawn(&id, run_queue_watch(ops, id.clone(), queue, out));
+                self.watches.insert(id, task);
+            }
+            ClientOp::Stats { id, interval_ms } => {
+                let interval = interval_ms.unwrap_or(2000);
+                let invalid = self
+                    .who
+                    .check(Permission::Read, Scope::Service)
+                    .err()
+                    .or_else(|| {
+                        (!(500..=60_000).contains(&interval)).then(|| {
+                            crate::error::ApiError::bad_request("interval_ms must be between 500 and 60000")
+                        })
+                    });
+                if self.refuse(&id, invalid) {
+                    return;
+                }
+                let task = self.spawn(&id, run_stats(id.clone(), interval, out));
                 self.watches.insert(id, task);
             }
             ClientOp::Subscribe { id, channel } => {
@@ -424,6 +442,24 @@ fn sent_counter() -> &'static metrics::Counter {
     C.get_or_init(|| metrics::counter!("watch_events_sent_total"))
 }
 
+/// `stats` frames every `interval_ms` until cancelled or the socket closes (the first at once).
+async fn run_stats(id: String, interval_ms: u64, out: Outbox) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let frame = json!({
+            "type": "stats",
+            "id": id,
+            "time": crate::domain::time::rfc3339(crate::domain::time::now_ms()),
+            "stats": crate::metrics::live::totals(),
+        });
+        if !out.frame(frame.to_string()) {
+            return;
+        }
+    }
+}
+
 /// One watch: subscribe to live changes, replay what the client missed, then stream live.
 pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
     let mut live = match ops.hub.subscribe(&ops.store, &spec.ns).await {
@@ -493,6 +529,7 @@ pub async fn run_watch(ops: Arc<Ops>, spec: WatchSpec, out: Outbox) {
                 last = e.revision;
                 if e.key.starts_with(&spec.prefix) {
                     sent_counter().increment(1);
+                    crate::metrics::live::event_sent();
                     if !out.frame(event_frame(&spec, &e)) {
                         return;
                     }
@@ -572,6 +609,7 @@ async fn catch_up(ops: &Ops, spec: &WatchSpec, out: &Outbox, last: &mut u64) -> 
                     *last = e.revision;
                     if e.key.starts_with(&spec.prefix) {
                         sent_counter().increment(1);
+                        crate::metrics::live::event_sent();
                         if !out.frame(event_frame(spec, &e)) {
                             return false;
                         }

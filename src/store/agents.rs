@@ -41,6 +41,7 @@ fn agent_from_fields(f: &HashMap<String, String>) -> Option<Agent> {
         last_heartbeat: time("last_heartbeat")?,
         heartbeat_deadline: time("deadline")?,
         state_changed_at: time("state_changed_at")?,
+        held: None,
     })
 }
 

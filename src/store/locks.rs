@@ -105,6 +105,12 @@ impl Store {
         }))
     }
 
+    /// The name of every lock of `ns` ever granted (the fields of its fence hash).
+    pub async fn lock_names(&self, ns: &str) -> ApiResult<Vec<String>> {
+        let key = self.keys().ns(ns).fence();
+        self.timed("hkeys", self.client().hkeys(key)).await
+    }
+
     /// The token holding the lock, if any.
     pub async fn lock_token(&self, ns: &str, name: &str) -> ApiResult<Option<String>> {
         let key = self.keys().ns(ns).lock(name);

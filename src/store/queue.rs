@@ -27,6 +27,7 @@ pub const Q_PURGE_DEAD: Function = Function::new("q_purge_dead", Q, Arity::Exact
 pub const Q_PAUSE: Function = Function::new("q_pause", Q, Arity::Exactly(3));
 pub const Q_STATS: Function = Function::new("q_stats", Q, Arity::Exactly(2)).reading();
 pub const Q_DEAD_LIST: Function = Function::new("q_dead_list", Q, Arity::Exactly(5)).reading();
+pub const Q_TASK_LIST: Function = Function::new("q_task_list", Q, Arity::Exactly(6)).reading();
 pub const Q_REQUEUE: Function = Function::new("q_requeue", Q, Arity::Exactly(5));
 
 pub const FUNCTIONS: &[&Function] = &[
@@ -41,6 +42,7 @@ pub const FUNCTIONS: &[&Function] = &[
     &Q_PAUSE,
     &Q_STATS,
     &Q_DEAD_LIST,
+    &Q_TASK_LIST,
     &Q_REQUEUE,
 ];
 
@@ -76,6 +78,17 @@ fn task_of(queue: &str, v: &Value, with_token: bool) -> ApiResult<Task> {
 
 fn tasks_of(queue: &str, list: Vec<Value>, with_token: bool) -> ApiResult<Vec<Task>> {
     list.iter().map(|t| task_of(queue, t, with_token)).collect()
+}
+
+/// `{tasks, total, cursor}` of `q_dead_list` / `q_task_list`.
+fn task_page(q: &str, mut r: Reply) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
+    let tasks = match r.value() {
+        Value::Array(list) => tasks_of(q, list, false)?,
+        _ => return Err(ApiError::bad_request("unknown task state")),
+    };
+    let total = r.u64_or_0();
+    let last = Some(r.str()).filter(|l| !l.is_empty());
+    Ok((tasks, total, last))
 }
 
 fn lease_lost(state: Option<String>) -> ApiError {
@@ -288,7 +301,6 @@ impl Store {
         })
     }
 
-    /// Dead tasks from `offset`, oldest first, and how many there are.
     /// Dead tasks after `after` (death time in ms as text and id; from the start when `None`), oldest
     /// first: at most `limit`, how many in all, and the page's last position (`<score>:<id>`) when more remain.
     pub async fn q_dead_list(
@@ -299,11 +311,23 @@ impl Store {
     ) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
         let (score, id) = after.unwrap_or_default();
         let extra = vec![score.into(), id.into(), (limit as i64).into()];
-        let mut r = self.qcall(&Q_DEAD_LIST, q, extra, None).await?;
-        let tasks = tasks_of(q, r.array(), false)?;
-        let total = r.u64_or_0();
-        let last = Some(r.str()).filter(|l| !l.is_empty());
-        Ok((tasks, total, last))
+        let r = self.qcall(&Q_DEAD_LIST, q, extra, None).await?;
+        task_page(q, r)
+    }
+
+    /// Tasks in `state` after `after` (the score of the state's set as text, and id), in the
+    /// set's order; as [`Store::q_dead_list`].
+    pub async fn q_task_list(
+        &self,
+        q: &str,
+        state: &str,
+        after: Option<(String, String)>,
+        limit: u64,
+    ) -> ApiResult<(Vec<Task>, u64, Option<String>)> {
+        let (score, id) = after.unwrap_or_default();
+        let extra = vec![state.into(), score.into(), id.into(), (limit as i64).into()];
+        let r = self.qcall(&Q_TASK_LIST, q, extra, None).await?;
+        task_page(q, r)
     }
 
     /// Return a leased task to its queue at once if `token` is still its lease (the holder is

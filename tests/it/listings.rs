@@ -186,3 +186,196 @@ async fn dead_letters_page_by_cursor_even_when_deaths_share_a_millisecond() {
     assert_eq!(rest["next_cursor"], Value::Null);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_list_by_state_in_that_states_order() {
+    let app = TestApp::start().await;
+    // Five ready tasks (priority 1 before 5, FIFO within one), two delayed, one leased.
+    let mut ready = Vec::new();
+    for (i, prio) in [5, 1, 5, 1, 5].into_iter().enumerate() {
+        let t = app
+            .post("/v1/queues/tl/tasks", json!({"payload": i, "priority": prio}))
+            .await
+            .json();
+        ready.push((prio, t["id"].as_str().unwrap().to_string()));
+    }
+    for delay in [90_000, 60_000] {
+        let r = app
+            .post(
+                "/v1/queues/tl/tasks",
+                json!({"payload": "later", "delay_ms": delay}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // Leasing takes the first in ready order: the first priority-1 task.
+    let leased = app
+        .post("/v1/queues/tl/lease", json!({"worker": "w1", "lease_ms": 60000}))
+        .await
+        .json();
+    let leased_id = leased["tasks"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(leased_id, ready[1].1, "{leased}");
+    let mut expect: Vec<(i32, String)> = ready.iter().filter(|(_, id)| *id != leased_id).cloned().collect();
+    expect.sort_by_key(|(p, _)| *p); // stable: FIFO within a priority
+    let expect: Vec<String> = expect.into_iter().map(|(_, id)| id).collect();
+
+    let (seen, pages) = walk(&app, "/v1/queues/tl/tasks?state=ready", "id").await;
+    assert_eq!((seen, pages), (expect, 2), "ready tasks in lease order");
+    let first = app.get("/v1/queues/tl/tasks?state=ready&limit=2").await.json();
+    assert_eq!(first["total"], 4, "{first}");
+    assert_eq!(first["items"][0]["state"], "ready", "{first}");
+
+    // Delayed: by due time (the 60 s one first), with their payload.
+    let delayed = app.get("/v1/queues/tl/tasks?state=delayed").await.json();
+    let items = delayed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{delayed}");
+    assert!(
+        items[0]["run_at"].as_str() < items[1]["run_at"].as_str(),
+        "{delayed}"
+    );
+    assert_eq!(items[0]["payload"], "later");
+
+    // Leased: with its owner and expiry, never its lease token.
+    let l = app.get("/v1/queues/tl/tasks?state=leased").await.json();
+    assert_eq!(l["items"][0]["id"], leased_id.as_str(), "{l}");
+    assert_eq!(l["items"][0]["lease_owner"], "w1", "{l}");
+    assert!(l["items"][0]["leased_until"].is_string(), "{l}");
+    assert!(l["items"][0].get("lease_token").is_none(), "{l}");
+
+    // Completed after an ack; empty states answer an empty page; dead goes through the same list.
+    let r = app
+        .post(
+            &format!("/v1/queues/tl/tasks/{leased_id}/ack"),
+            json!({"lease_token": leased["tasks"][0]["lease_token"], "result": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let c = app.get("/v1/queues/tl/tasks?state=completed").await.json();
+    assert_eq!(c["items"][0]["result"], json!({"ok": true}), "{c}");
+    let f = app.get("/v1/queues/tl/tasks?state=failed").await.json();
+    assert_eq!(
+        (f["total"].clone(), f["items"].clone()),
+        (json!(0), json!([])),
+        "{f}"
+    );
+    assert_eq!(app.get("/v1/queues/tl/tasks?state=dead").await.json()["total"], 0);
+    assert_eq!(
+        app.get("/v1/queues/never/tasks?state=ready").await.json()["items"],
+        json!([])
+    );
+
+    // Bad input: an unknown or missing state, a bad queue name.
+    app.get("/v1/queues/tl/tasks?state=running")
+        .await
+        .problem(400, "invalid_argument");
+    app.get("/v1/queues/tl/tasks")
+        .await
+        .problem(400, "invalid_argument");
+    app.get("/v1/queues/BAD*/tasks?state=ready")
+        .await
+        .problem(400, "invalid_name");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_locks_list_by_name_and_agents_show_what_they_hold() {
+    let app = TestApp::start().await;
+    let r = app
+        .put("/v1/agents/worker-1", json!({"capabilities": ["x"]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut grants = Vec::new();
+    for name in ["c", "a", "e", "b", "d"] {
+        let g = app
+            .post(
+                &format!("/v1/ns/lk/locks/{name}"),
+                json!({"owner": "worker-1", "ttl_ms": 60000}),
+            )
+            .await;
+        assert_eq!(g.status, 200, "{}", g.text());
+        grants.push((name, g.json()));
+    }
+    // One released, one with a short lease that runs out: neither is listed.
+    let (_, b) = grants.iter().find(|(n, _)| *n == "b").unwrap();
+    let r = app
+        .req(
+            "DELETE",
+            "/v1/ns/lk/locks/b",
+            &[("x-lock-token", b["token"].as_str().unwrap())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = app
+        .post("/v1/ns/lk/locks/short", json!({"owner": "other", "ttl_ms": 100}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let (names, pages) = walk(&app, "/v1/ns/lk/locks", "name").await;
+    assert_eq!(
+        (names, pages),
+        (vec!["a".into(), "c".into(), "d".into(), "e".into()], 2)
+    );
+    let page = app.get("/v1/ns/lk/locks").await.json();
+    let a = &page["items"][0];
+    assert_eq!(a["owner"], "worker-1", "{page}");
+    assert_eq!(
+        a["fencing_token"],
+        grants.iter().find(|(n, _)| *n == "a").unwrap().1["fencing_token"]
+    );
+    assert!(a["expires_at"].is_string() && a.get("token").is_none(), "{page}");
+    assert_eq!(app.get("/v1/ns/none/locks").await.json()["items"], json!([]));
+    app.get("/v1/ns/BAD*/locks").await.problem(400, "invalid_name");
+
+    // The agent shows its locks and the task it leased, not those of others or ended ones.
+    let r = app.post("/v1/queues/aq/tasks", json!({"payload": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = app.post("/v1/queues/aq/tasks", json!({"payload": 2})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let leased = app
+        .post(
+            "/v1/queues/aq/lease",
+            json!({"worker": "worker-1", "lease_ms": 60000, "max_tasks": 2}),
+        )
+        .await
+        .json();
+    let tasks = leased["tasks"].as_array().unwrap().clone();
+    assert_eq!(tasks.len(), 2, "{leased}");
+    let r = app
+        .post(
+            &format!("/v1/queues/aq/tasks/{}/ack", tasks[1]["id"].as_str().unwrap()),
+            json!({"lease_token": tasks[1]["lease_token"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let agent = app.get("/v1/agents/worker-1").await.json();
+    let held_locks: Vec<&str> = agent["held"]["locks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{agent}"))
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(held_locks, ["a", "c", "d", "e"], "{agent}");
+    assert_eq!(agent["held"]["locks"][0]["namespace"], "lk");
+    let held_tasks = agent["held"]["tasks"].as_array().unwrap();
+    assert_eq!(held_tasks.len(), 1, "{agent}");
+    assert_eq!(held_tasks[0]["id"], tasks[0]["id"], "{agent}");
+    assert_eq!(held_tasks[0]["queue"], "aq");
+    assert!(held_tasks[0]["leased_until"].is_string(), "{agent}");
+    // Listings do not carry it (one read per agent stays one read).
+    let list = app.get("/v1/agents").await.json();
+    assert!(list["items"][0].get("held").is_none(), "{list}");
+
+    // Terminated: everything it held is freed, and the agent shows nothing held.
+    for state in ["ready", "terminating", "terminated"] {
+        let r = app
+            .post("/v1/agents/worker-1/state", json!({"state": state}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let agent = app.get("/v1/agents/worker-1").await.json();
+    assert_eq!(agent["held"], json!({"locks": [], "tasks": []}), "{agent}");
+    assert_eq!(app.get("/v1/ns/lk/locks").await.json()["items"], json!([]));
+    app.stop().await;
+}

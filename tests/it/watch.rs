@@ -650,3 +650,54 @@ async fn a_slow_sse_consumer_is_told_and_the_stream_ends() {
         "{tail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_frames_report_running_totals_that_move_with_traffic() {
+    let app = TestApp::start().await;
+    let mut ws = connect(&app).await;
+    send(&mut ws, json!({"op": "stats", "id": "st", "interval_ms": 500})).await;
+    let first = next(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("a stats frame");
+    assert_eq!(
+        (first["type"].as_str(), first["id"].as_str()),
+        (Some("stats"), Some("st")),
+        "{first}"
+    );
+    let totals = |f: &Value, k: &str| f["stats"][k].as_u64().unwrap_or_else(|| panic!("{k} in {f}"));
+    assert!(totals(&first, "ws_connections") >= 1, "{first}");
+    assert!(first["time"].is_string(), "{first}");
+    // Ten requests, one of them a 404; then the next frame's totals have moved by at least that.
+    for i in 0..9 {
+        app.put(&format!("/v1/ns/st/kv/k{i}"), json!({"value": i})).await;
+    }
+    app.get("/v1/ns/st/kv/missing").await.problem(404, "not_found");
+    let later = loop {
+        let f = next(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("another stats frame");
+        assert_eq!(f["type"], "stats", "{f}");
+        if totals(&f, "requests_total") >= totals(&first, "requests_total") + 10 {
+            break f;
+        }
+    };
+    assert!(
+        totals(&later, "client_errors_total") > totals(&first, "client_errors_total"),
+        "{later}"
+    );
+    // Out-of-range intervals and reused ids are refused; cancel stops the frames.
+    send(&mut ws, json!({"op": "stats", "id": "fast", "interval_ms": 10})).await;
+    let e = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str()),
+        (Some("error"), Some("fast")),
+        "{e}"
+    );
+    send(&mut ws, json!({"op": "cancel", "id": "st"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while next(&mut ws, Duration::from_millis(50)).await.is_some() {}
+    assert!(
+        next(&mut ws, Duration::from_millis(1200)).await.is_none(),
+        "no frames after cancel"
+    );
+}
