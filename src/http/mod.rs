@@ -7,6 +7,7 @@ pub mod agents;
 pub mod auth;
 pub mod batch;
 pub mod channels;
+pub mod dashboard;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -101,6 +102,7 @@ pub fn router(state: AppState) -> Router {
     let request_timeout = std::time::Duration::from_millis(state.cfg.request_timeout_ms);
     api_router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi()))
+        .merge(dashboard::router())
         .fallback(problem::fallback)
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::layer))
         // Outside the idempotency layer: a replay needs the same token as the first request.

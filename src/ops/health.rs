@@ -14,6 +14,9 @@ use crate::store::migrate::LIBRARY_VERSION;
 pub struct Health {
     /// `ok` / `ready`.
     pub status: String,
+    /// Whether the other routes need a bearer token (a tokens file is set): pages ask for one
+    /// before their first call instead of after a 401.
+    pub auth_required: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -52,6 +55,7 @@ impl Ops {
         match self.store.library_version().await?.as_deref() {
             Some(v) if v == LIBRARY_VERSION => Ok(Health {
                 status: "ready".into(),
+                auth_required: self.auth.enabled(),
             }),
             other => Err(ApiError::unavailable(format!(
                 "functions library version {other:?} loaded, {LIBRARY_VERSION} expected"

@@ -941,3 +941,106 @@ fn the_readme_permission_table_names_every_operation() {
         }
     }
 }
+
+/// `/` and every file the page loads (its `<script>`/`<link>` references and every module
+/// import, followed transitively) are public and served from the binary with their types and
+/// caching headers; the API behind them still needs the token.
+#[tokio::test]
+async fn the_dashboard_and_its_assets_are_public_and_complete_and_the_api_is_not() {
+    let s = secured().await;
+    let page = s.app.get("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(page.header("cache-control").as_deref(), Some("no-cache"));
+    let etag = page.header("etag").expect("an ETag");
+    let again = s
+        .app
+        .req("GET", "/", &[("if-none-match", etag.as_str())], None)
+        .await;
+    assert_eq!(again.status, 304);
+    // Walk the references: src/href attributes of the page, then imports of every module.
+    let html = page.text();
+    let attr = |text: &str, name: &str| -> Vec<String> {
+        text.split(&format!("{name}=\""))
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|r| r.starts_with("/ui/"))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut todo: Vec<String> = attr(&html, "src")
+        .into_iter()
+        .chain(attr(&html, "href"))
+        .collect();
+    let mut seen = std::collections::BTreeMap::new();
+    while let Some(path) = todo.pop() {
+        if seen.contains_key(&path) {
+            continue;
+        }
+        let r = s.app.get(&path).await;
+        assert_eq!(r.status, 200, "{path} (referenced by the dashboard)");
+        let ctype = r.header("content-type").unwrap_or_default();
+        let want = match path.rsplit('.').next() {
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            Some("svg") => "image/svg+xml",
+            other => panic!("unexpected asset type {other:?}"),
+        };
+        assert_eq!(ctype, want, "{path}");
+        if path.ends_with(".js") {
+            let text = r.text();
+            let dir = &path[..path.rfind('/').unwrap() + 1];
+            for spec in text
+                .split(" from '")
+                .skip(1)
+                .filter_map(|rest| rest.split('\'').next())
+            {
+                let resolved = if let Some(rel) = spec.strip_prefix("./") {
+                    format!("{dir}{rel}")
+                } else if let Some(rel) = spec.strip_prefix("../") {
+                    let parent = &dir[..dir[..dir.len() - 1].rfind('/').unwrap() + 1];
+                    format!("{parent}{rel}")
+                } else {
+                    panic!("{path}: import of {spec} (only relative modules are embedded)")
+                };
+                todo.push(resolved);
+            }
+        }
+        seen.insert(path, (r.body.len(), r.raw.len()));
+    }
+    // Every embedded file is reached from the page (nothing shipped that nothing loads).
+    let embedded: std::collections::BTreeSet<String> = swarmstate::http::dashboard::files()
+        .into_iter()
+        .filter(|f| f != "index.html")
+        .map(|f| format!("/ui/{f}"))
+        .collect();
+    assert_eq!(
+        seen.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        embedded
+    );
+    assert!(seen.len() >= 10, "{seen:?}");
+    let (plain, wire): (usize, usize) = seen
+        .values()
+        .fold((html.len(), page.raw.len()), |(p, w), (b, r)| (p + b, w + r));
+    eprintln!(
+        "dashboard: {} files, {plain} bytes, {wire} bytes on the wire (compressed as the client asked)",
+        seen.len() + 1
+    );
+    // Unknown files are problem documents; the API the page calls still needs the token.
+    s.app.get("/ui/nope.js").await.problem(404, "not_found");
+    let outside = s.app.get("/ui/..%2FCargo.toml").await;
+    assert_eq!(outside.status, 404, "only embedded files are served");
+    s.app.get("/v1/status").await.problem(401, "unauthorized");
+    assert_eq!(s.call(READ, "GET", "/v1/status", None).await.status, 200);
+    // /healthz tells the page to ask for a token first.
+    assert_eq!(s.app.get("/healthz").await.json()["auth_required"], true);
+}
