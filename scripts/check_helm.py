@@ -48,6 +48,11 @@ check(sc.get("allowPrivilegeEscalation") is False, "privilege escalation allowed
 check(sc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities not all dropped")
 check(pod["securityContext"].get("runAsNonRoot") is True, "pod may run as root")
 check(pod["securityContext"].get("runAsUser") == 10001, "not the image's uid 10001")
+check(c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, "startup probe")
+check(
+    c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 45,
+    "the startup probe outlasts start-up's 30 s wait for Redis",
+)
 check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, "liveness probe")
 check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, "readiness probe")
 check(c["ports"][0]["containerPort"] == 8080, "container port")
