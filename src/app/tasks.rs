@@ -119,6 +119,9 @@ async fn queue_reaper(store: Store, stopped: Stopped) {
 /// (the drift it corrects is exported; it should stay 0).
 async fn partition_upkeep(store: Store, capacity: u64, stopped: Stopped) {
     let mut every = Every::new(Duration::from_secs(10), stopped);
+    // Partitions exported last round: a deleted one's series are zeroed (quota 0 leaves the
+    // near-quota alert and the utilisation panel), since the exporter cannot drop one series.
+    let mut exported = std::collections::BTreeSet::<String>::new();
     while every.tick().await {
         match store.pool_reconcile(capacity).await {
             Ok(0) => {}
@@ -128,6 +131,13 @@ async fn partition_upkeep(store: Store, capacity: u64, stopped: Stopped) {
         let Ok(names) = store.part_names().await else {
             continue;
         };
+        let now: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+        for gone in exported.difference(&now) {
+            for name in ["partition_used_bytes", "partition_quota_bytes", "partition_keys"] {
+                metrics::gauge!(name, "partition" => gone.clone()).set(0.0);
+            }
+        }
+        exported = now;
         for p in names {
             if let Ok(drift) = store.part_recount(&p).await {
                 metrics::counter!("partition_recount_drift_bytes_total", "partition" => p.clone())

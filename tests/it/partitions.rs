@@ -527,3 +527,46 @@ async fn schema_2_moves_the_schema_1_pool_and_fixes_its_sum() {
     assert_eq!(pool["allocated_bytes"], 3700, "{pool}");
     assert_eq!(pool["partitions"], 2, "{pool}");
 }
+
+/// The upkeep (every 10 s) exports each partition's quota and usage; once the partition is
+/// deleted its series drop to 0, so the near-quota alert (which divides by quota > 0) stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_partitions_gauges_drop_to_zero() {
+    let app = TestApp::start().await;
+    let name = format!("gauge-{}", std::process::id());
+    let r = app
+        .post(
+            "/v1/partitions",
+            json!({"name": name, "owner_agent": "a", "quota_bytes": 1000, "tier": "shared"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    app.put(&format!("/v1/ns/{name}/kv/k"), json!({"value": "x".repeat(300)}))
+        .await;
+    let series = |m: &str, metric: &str| -> Option<f64> {
+        let prefix = format!("{metric}{{partition=\"{name}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let wait_for = |metric: &'static str, want: fn(f64) -> bool| {
+        let app = &app;
+        async move {
+            for _ in 0..120 {
+                let m = app.get("/metrics").await.text();
+                if series(&m, metric).is_some_and(want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("{metric} of the partition never got there");
+        }
+    };
+    wait_for("partition_quota_bytes", |v| v == 1000.0).await;
+    wait_for("partition_used_bytes", |v| v > 300.0).await;
+    let r = app.delete(&format!("/v1/partitions/{name}")).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    wait_for("partition_quota_bytes", |v| v == 0.0).await;
+    wait_for("partition_used_bytes", |v| v == 0.0).await;
+    app.stop().await;
+}
