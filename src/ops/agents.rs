@@ -61,20 +61,23 @@ impl Ops {
             .agent_get(id)
             .await?
             .ok_or_else(|| ApiError::not_found("no such agent"))?;
-        agent.held = Some(self.agent_held(id).await?);
+        agent.held = Some(self.agent_held(who, id).await?);
         Ok(agent)
     }
 
     /// The locks the agent holds and the tasks it has leased now: its held set, each member
     /// checked against the lock or task (ended ones stay in the set until a heartbeat prunes
-    /// them), by namespace and name, queue and id.
-    async fn agent_held(&self, id: &str) -> ApiResult<AgentHeld> {
+    /// them), by namespace and name, queue and id — only those in namespaces and queues the
+    /// caller may read.
+    async fn agent_held(&self, who: &Caller, id: &str) -> ApiResult<AgentHeld> {
         let mut held = AgentHeld {
             locks: Vec::new(),
             tasks: Vec::new(),
         };
         for m in self.store.agent_held_members(id).await? {
             match Held::parse_member(&m) {
+                Some(Held::Lock { ns, .. }) if !who.may(Permission::Read, Scope::Namespace(&ns)) => {}
+                Some(Held::Task { queue, .. }) if !who.may(Permission::Read, Scope::Queue(&queue)) => {}
                 Some(Held::Lock { ns, name, token }) => {
                     let live = self.store.lock_token(&ns, &name).await?.as_deref() == Some(token.as_str());
                     let lock = if live {

@@ -21,6 +21,7 @@
 //! | `<p>:schema` | string | key-schema version applied by migrations |
 //! | `<p>:migrate-lock` | string | held while migrations run |
 //! | `<p>:{<ns>}:lock:<name>`, `<p>:{<ns>}:fence` | hash | a held lock; last fencing tokens |
+//! | `<p>:{<ns>}:locks` | zset | lock name → expires_at of locks granted and not released |
 //! | `<p>:{<ns>}:part`, `<p>:{g:pool}:ledger`, `<p>:{g:pool}:total` | hash, hash, string | a partition; the pool ledger (name -> bytes); its sum |
 //! | `<p>:{ag:<id>}:a` / `:held`, `<p>:agents` | hash / set, zset | agents |
 //! | `<p>:{<ns>}:ik:<id>`, `<p>:{q:<q>}:ik:<id>`, `<p>:{ag:<id>}:ik:<id>`, `<p>:ik:<id>` | string | an `Idempotency-Key` record (JSON), beside what its route changes |
@@ -303,6 +304,11 @@ impl NsKeys {
     /// The namespace's key prefix (`<p>:{ns}:`).
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// name -> expires_at (ms) of every lock granted and not released (the listing's index).
+    pub fn locks(&self) -> String {
+        self.derived("locks", "")
     }
 
     /// name -> last fencing token granted, for every lock of the namespace.

@@ -10,10 +10,10 @@ use crate::domain::lock::{Acquire, LockInfo};
 use crate::domain::time::rfc3339;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
-pub const LOCK_ACQUIRE: Function = Function::new("lock_acquire", Arity::Exactly(2), Arity::Exactly(4));
-pub const LOCK_RENEW: Function = Function::new("lock_renew", Arity::Exactly(1), Arity::Exactly(2));
-pub const LOCK_RELEASE: Function = Function::new("lock_release", Arity::Exactly(1), Arity::Exactly(2));
-pub const LOCK_FREE: Function = Function::new("lock_free", Arity::Exactly(1), Arity::Exactly(2));
+pub const LOCK_ACQUIRE: Function = Function::new("lock_acquire", Arity::Exactly(3), Arity::Exactly(4));
+pub const LOCK_RENEW: Function = Function::new("lock_renew", Arity::Exactly(2), Arity::Exactly(3));
+pub const LOCK_RELEASE: Function = Function::new("lock_release", Arity::Exactly(2), Arity::Exactly(3));
+pub const LOCK_FREE: Function = Function::new("lock_free", Arity::Exactly(2), Arity::Exactly(3));
 
 pub const FUNCTIONS: &[&Function] = &[&LOCK_ACQUIRE, &LOCK_RENEW, &LOCK_RELEASE, &LOCK_FREE];
 
@@ -38,7 +38,7 @@ impl Store {
         ttl_ms: u64,
     ) -> ApiResult<Acquire> {
         let nk = self.keys().ns(ns);
-        let keys = vec![nk.lock(name), nk.fence()];
+        let keys = vec![nk.lock(name), nk.fence(), nk.locks()];
         let args: Vec<Value> = vec![name.into(), owner.into(), token.into(), (ttl_ms as i64).into()];
         let mut r = self.fcall(&LOCK_ACQUIRE, keys, args).await?;
         match r.status()?.as_str() {
@@ -54,10 +54,10 @@ impl Store {
 
     /// Returns (fencing token, expires_at ms).
     pub async fn lock_renew(&self, ns: &str, name: &str, token: &str, ttl_ms: u64) -> ApiResult<(u64, i64)> {
-        let keys = vec![self.keys().ns(ns).lock(name)];
-        let mut r = self
-            .fcall(&LOCK_RENEW, keys, vec![token.into(), (ttl_ms as i64).into()])
-            .await?;
+        let nk = self.keys().ns(ns);
+        let keys = vec![nk.lock(name), nk.locks()];
+        let args = vec![token.into(), (ttl_ms as i64).into(), name.into()];
+        let mut r = self.fcall(&LOCK_RENEW, keys, args).await?;
         match r.status()?.as_str() {
             "ok" => Ok((r.u64_or_0(), r.opt_i64().unwrap_or(0))),
             other => Err(not_holder(&mut r, other)),
@@ -66,11 +66,11 @@ impl Store {
 
     /// Returns the owner it had.
     pub async fn lock_release(&self, ns: &str, name: &str, token: &str) -> ApiResult<String> {
-        let keys = vec![self.keys().ns(ns).lock(name)];
+        let nk = self.keys().ns(ns);
+        let keys = vec![nk.lock(name), nk.locks()];
         let channel = self.keys().lock_channel(ns, name);
-        let mut r = self
-            .fcall(&LOCK_RELEASE, keys, vec![token.into(), channel.into()])
-            .await?;
+        let args = vec![token.into(), channel.into(), name.into()];
+        let mut r = self.fcall(&LOCK_RELEASE, keys, args).await?;
         match r.status()?.as_str() {
             "ok" => Ok(r.str()),
             other => Err(not_holder(&mut r, other)),
@@ -79,12 +79,11 @@ impl Store {
 
     /// Free the lock if `token` still holds it (its holder is gone). Returns whether it did.
     pub async fn lock_free(&self, ns: &str, name: &str, token: &str) -> ApiResult<bool> {
-        let keys = vec![self.keys().ns(ns).lock(name)];
+        let nk = self.keys().ns(ns);
+        let keys = vec![nk.lock(name), nk.locks()];
         let channel = self.keys().lock_channel(ns, name);
-        Ok(self
-            .fcall(&LOCK_FREE, keys, vec![token.into(), channel.into()])
-            .await?
-            .flag())
+        let args = vec![token.into(), channel.into(), name.into()];
+        Ok(self.fcall(&LOCK_FREE, keys, args).await?.flag())
     }
 
     pub async fn lock_get(&self, ns: &str, name: &str) -> ApiResult<Option<LockInfo>> {
@@ -105,10 +104,16 @@ impl Store {
         }))
     }
 
-    /// The name of every lock of `ns` ever granted (the fields of its fence hash).
-    pub async fn lock_names(&self, ns: &str) -> ApiResult<Vec<String>> {
-        let key = self.keys().ns(ns).fence();
-        self.timed("hkeys", self.client().hkeys(key)).await
+    /// The names of the locks of `ns` granted, not released and not expired at `now_ms`
+    /// (the namespace's `locks` index).
+    pub async fn lock_names(&self, ns: &str, now_ms: i64) -> ApiResult<Vec<String>> {
+        let key = self.keys().ns(ns).locks();
+        self.timed(
+            "zrangebyscore",
+            self.client()
+                .zrangebyscore(key, format!("({now_ms}"), "+inf", false, None),
+        )
+        .await
     }
 
     /// The token holding the lock, if any.

@@ -1044,3 +1044,55 @@ async fn the_dashboard_and_its_assets_are_public_and_complete_and_the_api_is_not
     // /healthz tells the page to ask for a token first.
     assert_eq!(s.app.get("/healthz").await.json()["auth_required"], true);
 }
+
+/// `held` in `GET /v1/agents/{id}` shows only the locks and tasks in namespaces and queues the
+/// caller may read (agents themselves are readable by any token).
+#[tokio::test]
+async fn an_agents_held_resources_follow_the_callers_scope() {
+    let s = secured().await;
+    let ok = |r: crate::common::Resp| assert!(r.status < 300, "{} {}", r.status, r.text());
+    ok(s.call(ADMIN, "PUT", "/v1/agents/a-9", Some(json!({}))).await);
+    for ns in ["app1", "secret"] {
+        ok(s.call(
+            ADMIN,
+            "POST",
+            format!("/v1/ns/{ns}/locks/l"),
+            Some(json!({"owner": "a-9", "ttl_ms": 60000})),
+        )
+        .await);
+    }
+    for q in ["jobs", "secretq"] {
+        ok(s.call(
+            ADMIN,
+            "POST",
+            format!("/v1/queues/{q}/tasks"),
+            Some(json!({"payload": 1})),
+        )
+        .await);
+        ok(s.call(
+            ADMIN,
+            "POST",
+            format!("/v1/queues/{q}/lease"),
+            Some(json!({"worker": "a-9", "lease_ms": 60000})),
+        )
+        .await);
+    }
+    let all = s.call(ADMIN, "GET", "/v1/agents/a-9", None).await.json();
+    assert_eq!(all["held"]["locks"].as_array().map(Vec::len), Some(2), "{all}");
+    assert_eq!(all["held"]["tasks"].as_array().map(Vec::len), Some(2), "{all}");
+    // APP: namespaces app*, queues jobs and crawl-*.
+    let app = s.call(APP, "GET", "/v1/agents/a-9", None).await.json();
+    let locks: Vec<&str> = app["held"]["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["namespace"].as_str().unwrap())
+        .collect();
+    let tasks: Vec<&str> = app["held"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!((locks, tasks), (vec!["app1"], vec!["jobs"]), "{app}");
+}

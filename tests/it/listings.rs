@@ -2,6 +2,7 @@
 //! next_cursor}`, `limit` and an opaque `cursor`, every item exactly once over the pages,
 //! `next_cursor` null on the last page, a cursor the service did not issue refused with 400.
 
+use fred::prelude::*;
 use serde_json::{json, Value};
 
 use crate::common::http::TestApp;
@@ -317,6 +318,34 @@ async fn held_locks_list_by_name_and_agents_show_what_they_hold() {
         (names, pages),
         (vec!["a".into(), "c".into(), "d".into(), "e".into()], 2)
     );
+    // The listing reads an index of granted locks: the released one left it at once, the
+    // expired one at the next acquire in the namespace, so it holds only live locks.
+    let r = app
+        .post("/v1/ns/lk/locks/f", json!({"owner": "other", "ttl_ms": 60000}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut index: Vec<String> = app
+        .redis()
+        .await
+        .zrange(app.keys().ns("lk").locks(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    index.sort();
+    assert_eq!(
+        index,
+        ["a", "c", "d", "e", "f"],
+        "the index keeps live locks only"
+    );
+    let f_token = r.json()["token"].as_str().unwrap().to_string();
+    let r = app
+        .req(
+            "DELETE",
+            "/v1/ns/lk/locks/f",
+            &[("x-lock-token", f_token.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
     let page = app.get("/v1/ns/lk/locks").await.json();
     let a = &page["items"][0];
     assert_eq!(a["owner"], "worker-1", "{page}");

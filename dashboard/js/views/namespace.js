@@ -194,7 +194,7 @@ export async function namespace(main, { args: [ns], query, ctx }) {
             let newer = null;
             try { newer = await get(entryPath()); } catch { /* shown below as unknown */ }
             fill(msg, h('div.notice#conflict', { role: 'alert' },
-              h('strong', `412 ${err.title}: `), err.detail,
+              h('strong', `Conflict — 412 ${err.title}: `), err.detail,
               h('div', `Your edit was based on v${baseVersion}; the key is now v${err.problem.current_version ?? (newer && newer.version) ?? '?'}. Nothing was written.`),
               newer ? [h('div', 'The newer value:'), h('pre.json#conflict-value', jsonView(newer.value))] : null,
               newer ? h('div.row', h('button.ghost', { type: 'button', onclick: () => { baseVersion = newer.version; entry = newer; area.value = JSON.stringify(newer.value, null, 2); save.textContent = `Save (If-Match: "${baseVersion}")`; fill(msg); } }, 'Edit the newer version')) : null));
