@@ -46,8 +46,13 @@ async function render() {
   if (cleanup) { try { cleanup(); } catch (e) { console.warn(e); } cleanup = null; }
   const { path, query } = here();
   const found = routes.find(([re]) => re.test(path)) || [null, notFound, '', 'Not found'];
-  const [re, view, section, title] = found;
-  const args = re ? path.match(re).slice(1).map(decodeURIComponent) : [];
+  let [re, view, section, title] = found;
+  let args = [];
+  try {
+    args = re ? path.match(re).slice(1).map(decodeURIComponent) : [];
+  } catch {
+    [re, view, section, title] = [null, notFound, '', 'Not found'];
+  }
   for (const a of document.querySelectorAll('#nav a')) {
     if (a.dataset.section === section) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
@@ -95,19 +100,22 @@ export function confirmAction(title, text, okLabel = 'Confirm') {
   return new Promise((resolve) => d.addEventListener('close', () => resolve(d.returnValue === 'ok'), { once: true }));
 }
 
-/** Run an action; a failure is shown as a toast with the problem's title and detail. */
+/** What act() answers when the action failed (the failure was shown already). */
+export const FAILED = Symbol('failed');
+
+/** Run an action; a failure is shown as a toast with the problem's title and detail and
+ * answered as FAILED (never thrown: a click handler has nothing left to do with it). */
 export async function act(what, fn) {
   try {
-    const r = await fn();
-    return r;
+    return await fn();
   } catch (e) {
     const p = e instanceof ProblemError ? e : null;
     toast(`${what} failed: ${p ? `${p.status} ${p.title}${p.detail ? ` — ${p.detail}` : ''}` : e.message}`, 'bad');
-    throw e;
+    return FAILED;
   }
 }
 
-const ctx = { live, toast, confirmAction, act, go, here, problemBox };
+const ctx = { live, toast, confirmAction, act, FAILED, go, here, problemBox };
 
 // Token: asked once (when the service answers 401), kept in sessionStorage.
 const dialog = document.getElementById('token-dialog');
@@ -119,10 +127,15 @@ function askToken(why) {
   dialog.showModal();
 }
 onUnauthorized((e) => askToken(token.get() ? `The token was refused: ${e.detail || e.title}. Enter another one.` : null));
-document.getElementById('token-form').addEventListener('submit', () => {
+// The socket's token was refused or revoked (an `unauthorized` frame, or a 401 found after
+// the socket failed to open): ask for another.
+live.onUnauthorized = (why) => askToken(`The watch socket refused the token: ${why}. Enter another one.`);
+document.getElementById('token-form').addEventListener('submit', async () => {
   const t = document.getElementById('token-input').value.trim();
   if (!t) return;
   token.set(t);
+  // Checked over HTTP before the socket uses it: a refused token asks again (onUnauthorized).
+  try { await call('GET', '/v1/status'); } catch (e) { if (e instanceof ProblemError && e.status === 401) return; }
   live.connect();
   render();
 });

@@ -13,6 +13,7 @@ export class Live {
     this.retry = 500;
     this.seq = 0;
     this.timer = null;
+    this.onUnauthorized = () => {};
   }
 
   url() {
@@ -35,16 +36,32 @@ export class Live {
       this.setState('live');
       for (const sub of this.subs.values()) this.send(sub.op());
     };
+    let opened = false;
+    ws.addEventListener('open', () => { opened = true; });
     ws.onmessage = (m) => {
       let f;
       try { f = JSON.parse(m.data); } catch { return; }
+      if (f.type === 'error' && f.code === 'unauthorized') {
+        // The token was removed or changed in the tokens file: nothing more will work.
+        this.setState('unauthorized');
+        this.onUnauthorized(f.message);
+      }
       const sub = f.id && this.subs.get(f.id);
       if (sub) sub.handler(f);
-      else if (f.type === 'error') console.warn('watch socket:', f.code, f.message);
     };
-    ws.onclose = (e) => {
+    ws.onclose = async () => {
       if (this.ws !== ws) return;
-      this.setState(e.code === 1008 || e.code === 4001 ? 'unauthorized' : 'reconnecting');
+      if (!opened) {
+        // The upgrade failed: a refused token (401) is not retried until a new one is given.
+        const r = await fetch('/v1/status', { headers: token.get() ? { Authorization: `Bearer ${token.get()}` } : {} }).catch(() => null);
+        if (this.ws !== ws) return;
+        if (r && r.status === 401) {
+          this.setState('unauthorized');
+          this.onUnauthorized('401 Unauthorized');
+          return;
+        }
+      }
+      this.setState('reconnecting');
       this.timer = setTimeout(() => this.connect(), this.retry);
       this.retry = Math.min(this.retry * 2, 10000);
     };

@@ -97,6 +97,16 @@ test('a refused token and a token without scope show the problem, never a blank 
   // The read-only token covers one namespace: the service-wide panels show 403 and its detail.
   const problem = await r.page.waitForSelector('.problem:has-text("403")');
   assert.match(await problem.textContent(), /forbidden/i);
+  // A write it may not make is refused with the problem shown, and nothing is thrown.
+  const ns = process.env.DASHBOARD_READ_NS;
+  assert.equal((await api('PUT', `/v1/ns/${ns}/kv/doc`, { value: 1 })).status, 201);
+  await r.page.goto(BASE + `/#/ns/${ns}?key=doc`);
+  await r.page.waitForSelector('#entry-version:text("1")');
+  await r.page.click('#delete');
+  await r.page.click('#confirm-ok');
+  await r.page.waitForSelector('.toast.bad:has-text("403")');
+  assert.equal((await api('GET', `/v1/ns/${ns}/kv/doc`)).status, 200, 'nothing deleted');
+  assert.deepEqual(r.errors.filter((e) => e.startsWith('uncaught')), [], 'no uncaught exceptions');
   await r.context.close();
 });
 
@@ -123,8 +133,9 @@ test('a key written through the API appears in the live tail within 1 s', async 
   await page.waitForSelector('#tail li[data-key="two"][data-kind="delete"]', { timeout: 2000 });
   const kinds = await page.$$eval('#tail li', (els) => els.map((e) => `${e.dataset.kind}:${e.dataset.key}`));
   assert.deepEqual(kinds.slice(0, 3), ['delete:two', 'put:two', 'put:jobs/one'], 'resumed from the last revision, newest first');
-  // The new key shows in the key list too.
+  // The new key shows in the key list too; the deleted one left it.
   await page.waitForSelector('#keys button:text("jobs/one")');
+  assert.equal(await page.locator('#keys button:text-is("two")').count(), 0, 'a deleted key leaves the list');
   assert.deepEqual(errors, []);
   await context.close();
 });
@@ -185,6 +196,25 @@ test('a stale edit shows the 412 conflict and the newer value, and writes nothin
   await page.click('#edit-save');
   await page.waitForSelector('#entry-version:text("3")');
   assert.deepEqual((await api('GET', doc)).body.value, { limit: 5 });
+  await context.close();
+});
+
+test('editing an expiring key keeps its time to live', async () => {
+  const doc = '/v1/ns/edit-ns/kv/session';
+  await api('PUT', doc, { value: { user: 'a' }, ttl_ms: 600000 });
+  const { page, context, errors } = await open();
+  await page.goto(BASE + '/#/ns/edit-ns?key=session');
+  await page.waitForSelector('#entry-version:text("1")');
+  assert.match(await page.textContent('#entry'), /expires in/);
+  await page.click('#edit');
+  assert.ok(Number(await page.inputValue('#edit-ttl')) > 590000, 'the TTL field holds the time left');
+  await page.fill('#edit-value', '{"user": "b"}');
+  await page.click('#edit-save');
+  await page.waitForSelector('#entry-version:text("2")');
+  const now = (await api('GET', doc)).body;
+  assert.deepEqual(now.value, { user: 'b' });
+  assert.ok(now.expires_at && Date.parse(now.expires_at) - Date.now() > 590000, `still expires: ${now.expires_at}`);
+  assert.deepEqual(errors, []);
   await context.close();
 });
 
@@ -293,8 +323,10 @@ test('no serious accessibility violations (axe-core), light and dark, desktop an
   assert.deepEqual(found, []);
 });
 
-test('screenshots of every view at 1280x800 and 390x844, light and dark', async () => {
-  const views = { overview: '/', namespace: '/#/ns/hist-ns?key=plan', queue: '/#/queues/page-q?state=ready', agents: '/#/agents', locks: '/#/locks/lock-ns', partitions: '/#/partitions' };
+test('screenshots of every view at 1280x800 and 390x844, light and dark; none wider than the screen', async () => {
+  const long = `very/${'long-'.repeat(100)}key`;
+  await api('PUT', `/v1/ns/long-ns/kv/${encodeURIComponent(long)}`, { value: { note: 'a key of 505 characters' } });
+  const views = { overview: '/', namespace: '/#/ns/hist-ns?key=plan', longkey: `/#/ns/long-ns?key=${encodeURIComponent(long)}`, queue: '/#/queues/page-q?state=ready', agents: '/#/agents', locks: '/#/locks/lock-ns', partitions: '/#/partitions' };
   await api('POST', '/v1/partitions', { name: 'shots-part', owner_agent: 'holder-1', tier: 'working', quota_bytes: 100000 });
   await api('PUT', '/v1/ns/shots-part/kv/notes', { value: 'x'.repeat(30000) });
   let n = 0;
@@ -316,5 +348,5 @@ test('screenshots of every view at 1280x800 and 390x844, light and dark', async 
       await context.close();
     }
   }
-  assert.equal(n, 24);
+  assert.equal(n, 28);
 });

@@ -35,10 +35,13 @@ export async function agents(main, { ctx }) {
       h('div.table-wrap', { tabindex: 0 }, h('table#agents', h('thead', h('tr', h('th', 'agent'), h('th', 'state'), h('th', 'capabilities'), h('th', 'heartbeat'), h('th.hide-narrow', 'TTL'), h('th.hide-narrow', 'state since'))), body))));
   const rows = new Map();
   const ticks = new Map();
+  // Agents seen turning lost while the page is open keep their highlight across reloads.
+  const lostHere = new Set();
   const row = (a, fresh) => {
     const hb = heartbeat(a);
     ticks.set(a.id, hb.tick);
-    const tr = h(`tr${a.state === 'lost' && fresh ? '.lost' : ''}`, { dataset: { agent: a.id, state: a.state } },
+    if (a.state === 'lost' && fresh) lostHere.add(a.id);
+    const tr = h(`tr${a.state === 'lost' && lostHere.has(a.id) ? '.lost' : ''}`, { dataset: { agent: a.id, state: a.state } },
       h('td', h('a', { href: `#/agents/${encodeURIComponent(a.id)}` }, a.id)),
       h('td', pill(a.state, stateKind(a.state))),
       h('td', (a.capabilities || []).map((c) => [pill(c), ' '])),

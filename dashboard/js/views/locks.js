@@ -7,6 +7,7 @@ import { h, fill, num, time, countdown } from '../dom.js';
 export default async function locks(main, { args: [nsArg], ctx }) {
   const names = (await all('/v1/namespaces', 1000)).map((n) => n.namespace);
   const ns = nsArg || names[0] || '';
+  if (ns && !names.includes(ns)) names.unshift(ns);
   const pick = h('select#lock-ns', names.map((n) => h('option', { value: n }, n)));
   pick.value = ns;
   pick.addEventListener('change', () => ctx.go(`/locks/${encodeURIComponent(pick.value)}`));

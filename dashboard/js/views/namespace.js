@@ -74,8 +74,9 @@ export async function namespace(main, { args: [ns], query, ctx }) {
     more.hidden = !state.cursor;
     drawKeys();
   };
-  const reloadKeys = async () => { state.keys = []; state.cursor = null; await ctx.act('Listing keys', loadKeys).catch(() => {}); };
+  const reloadKeys = async () => { state.keys = []; state.cursor = null; await ctx.act('Listing keys', loadKeys); };
   more.addEventListener('click', () => ctx.act('Listing keys', loadKeys));
+  const dotted = (k) => k === '.' || k === '..';
 
   // One entry: value, metadata, edit, history and diff.
   async function showEntry() {
@@ -85,13 +86,22 @@ export async function namespace(main, { args: [ns], query, ctx }) {
     const path = `${base}/kv/${seg(key)}`;
     let entry;
     try {
-      entry = (await get(path));
+      // Browsers drop `.` and `..` path segments, even percent-encoded: such keys are read
+      // through batch/get, and can be changed through batch and txn calls only.
+      entry = dotted(key) ? (await call('POST', `${base}/batch/get`, { body: { keys: [key] } })).data.items[0] : await get(path);
+      if (!entry) throw new ProblemError(404, { title: 'Not found', detail: 'no such key', code: 'not_found' });
     } catch (e) {
       if (key !== state.key) return;
-      fill(detail, h('h2#entry-h', h('span.mono', key)), ctx.problemBox(e));
+      const gone = e instanceof ProblemError && e.status === 404;
+      fill(detail, h('h2#entry-h', h('span.mono', key)), gone ? h('p.notice', { role: 'status' }, `“${key}” does not exist (any more): deleted or expired.`) : ctx.problemBox(e));
       return;
     }
     if (key !== state.key) return;
+    if (dotted(key)) {
+      fill(detail, h('h2#entry-h.mono', key), h('p.notice', 'Browsers cannot address a key named “.” or “..” in a URL path: it is shown through batch/get; edit, delete and history need the API’s batch and txn calls.'),
+        h('h3', 'Value'), h('pre.json#entry-value', jsonView(entry.value)));
+      return;
+    }
     state.entry = entry;
     let history = [];
     let historyError = null;
@@ -103,7 +113,7 @@ export async function namespace(main, { args: [ns], query, ctx }) {
       type: 'button',
       onclick: async () => {
         if (!(await ctx.confirmAction(`Delete ${key}?`, `Deletes version ${entry.version} of “${key}” (only if it is still the current version).`, 'Delete'))) return;
-        await ctx.act('Delete', () => call('DELETE', path, { headers: { 'If-Match': `"${entry.version}"` } }));
+        if ((await ctx.act('Delete', () => call('DELETE', path, { headers: { 'If-Match': `"${entry.version}"` } }))) === ctx.FAILED) return;
         ctx.toast(`Deleted ${key}`);
         state.key = null;
         fill(detail, h('h2#entry-h', 'Entry'), h('p.muted', `${key} was deleted.`));
@@ -138,7 +148,8 @@ export async function namespace(main, { args: [ns], query, ctx }) {
     const draw = () => {
       const a = versions.find((v) => String(v.version) === from.value);
       const b = versions.find((v) => String(v.version) === to.value);
-      const rows = jsonDiff(a.value, b.value);
+      const all = jsonDiff(a.value, b.value);
+      const rows = all.slice(0, 300);
       const who = (v) => `v${v.version} by ${v.agent_id || 'unknown agent'}${v.change_reason ? ` — “${v.change_reason}”` : ''}, ${time(v.updated_at)}`;
       fill(out,
         h('p.muted', `From ${who(a)}`, h('br'), `to ${who(b)}`),
@@ -147,7 +158,8 @@ export async function namespace(main, { args: [ns], query, ctx }) {
           h('tbody', rows.map((r) => h('tr',
             h('td.mono', r.path), h('td', r.change),
             h(`td${r.change !== 'added' ? '.removed' : ''}`, r.change === 'added' ? '' : h('code', JSON.stringify(r.from))),
-            h(`td${r.change !== 'removed' ? '.added' : ''}`, r.change === 'removed' ? '' : h('code', JSON.stringify(r.to)))))))) : h('p', 'No differences.'));
+            h(`td${r.change !== 'removed' ? '.added' : ''}`, r.change === 'removed' ? '' : h('code', JSON.stringify(r.to)))))))) : h('p', 'No differences.'),
+        all.length > rows.length ? h('p.muted', `… and ${all.length - rows.length} more changes (the first ${rows.length} are shown).`) : null);
     };
     from.addEventListener('change', draw);
     to.addEventListener('change', draw);
@@ -161,6 +173,7 @@ export async function namespace(main, { args: [ns], query, ctx }) {
           onclick: async () => {
             if (!(await ctx.confirmAction(`Roll back ${key} to v${v.version}?`, `Writes the value of v${v.version} as a new version of “${key}”.`, 'Roll back'))) return;
             const r = await ctx.act('Rollback', () => call('POST', `${path}/rollback`, { body: { version: v.version }, headers: { 'x-change-reason': `rollback to v${v.version} from the dashboard` } }));
+            if (r === ctx.FAILED) return;
             ctx.toast(`Rolled back: ${key} is now v${r.data.version}`);
             showEntry();
           },
@@ -173,6 +186,10 @@ export async function namespace(main, { args: [ns], query, ctx }) {
     const area = h('textarea#edit-value', { spellcheck: 'false' });
     area.value = JSON.stringify(entry.value, null, 2);
     const reason = h('input#edit-reason', { type: 'text', placeholder: 'why (x-change-reason)', autocomplete: 'off' });
+    // A PUT without ttl_ms makes the key permanent: an expiring key keeps its remaining time
+    // unless the field is cleared.
+    const left = entry.expires_at ? Math.max(1, Date.parse(entry.expires_at) - Date.now()) : null;
+    const ttl = h('input#edit-ttl', { type: 'number', min: 1, step: 1, placeholder: 'none: never expires', value: left === null ? '' : String(left) });
     const msg = h('div#edit-message', { 'aria-live': 'assertive' });
     let baseVersion = entry.version;
     const save = h('button#edit-save', { type: 'submit' }, `Save (If-Match: "${baseVersion}")`);
@@ -185,6 +202,7 @@ export async function namespace(main, { args: [ns], query, ctx }) {
         if (reason.value.trim()) headers['x-change-reason'] = reason.value.trim();
         const body = { value };
         if (entry.metadata && Object.keys(entry.metadata).length) body.metadata = entry.metadata;
+        if (ttl.value.trim()) body.ttl_ms = Math.max(1, Math.round(Number(ttl.value)));
         try {
           const r = await call('PUT', entryPath(), { body, headers });
           ctx.toast(`Saved ${state.key}: v${r.data.version}`);
@@ -207,12 +225,20 @@ export async function namespace(main, { args: [ns], query, ctx }) {
     h('h3', 'Edit'),
     h('label', { for: 'edit-value' }, 'Value (JSON)'), area,
     h('label', { for: 'edit-reason' }, 'Reason'), reason,
+    h('label', { for: 'edit-ttl' }, 'TTL in ms (kept from the current version; empty: never expires)'), ttl,
     h('div.row', save, h('button.ghost', { type: 'button', onclick: () => { state.editing = false; fill(box); } }, 'Cancel')),
     msg);
     fill(box, form);
     area.focus();
   }
   const entryPath = () => `${base}/kv/${seg(state.key)}`;
+
+  // A busy key is re-read at most every 300 ms, not once per event.
+  let refreshTimer = null;
+  const refreshEntry = () => {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => { refreshTimer = null; if (!state.editing) showEntry(); }, 300);
+  };
 
   // Live tail: every change of the namespace; pause cancels the watch, resume (and every
   // reconnect) continues from the last revision seen.
@@ -239,15 +265,21 @@ export async function namespace(main, { args: [ns], query, ctx }) {
         state.keys.sort();
         drawKeys();
       }
-      if (e.key === state.key && !state.editing) showEntry();
+      if ((e.kind === 'delete' || e.kind === 'expire' || e.kind === 'evict') && state.keys.includes(e.key)) {
+        state.keys = state.keys.filter((k) => k !== e.key);
+        drawKeys();
+      }
+      if (e.key === state.key && !state.editing) refreshEntry();
     } else if (f.type === 'progress') {
       if (lastRev === null || f.revision > lastRev) lastRev = f.revision;
       if (f.epoch) epoch = f.epoch;
     } else if (f.type === 'compacted') {
+      // Continue with what the log still holds: from its oldest retained revision, or from
+      // the start of the namespace's new history after a reset.
       fill(tailNote, h('div.notice', { role: 'status' }, f.reason === 'reset'
-        ? 'The namespace history was reset (Redis lost it); the tail starts again from now.'
-        : `Events before revision ${f.compact_revision} are no longer in the change log; some changes were missed.`));
-      lastRev = null;
+        ? 'The namespace history was reset (Redis lost it): the tail continues with the new history; events of the old one may be missing.'
+        : `Events after revision ${lastRev ?? '?'} and before ${f.compact_revision} are no longer in the change log and were missed; the tail continues from ${f.compact_revision}.`));
+      lastRev = f.reason === 'reset' ? 0 : Math.max(0, f.compact_revision - 1);
       epoch = null;
       restart();
       return;
@@ -277,5 +309,5 @@ export async function namespace(main, { args: [ns], query, ctx }) {
 
   await reloadKeys();
   if (state.key) await showEntry();
-  return () => { if (watch) watch.cancel(); };
+  return () => { if (watch) watch.cancel(); clearTimeout(refreshTimer); };
 }

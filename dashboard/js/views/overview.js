@@ -59,16 +59,17 @@ export default async function overview(main, { ctx }) {
           h('dt', 'service'), h('dd', `${st.service_version}, up ${dur(st.uptime_seconds * 1000)}`)));
     }),
     section(ns, 'Namespaces', async () => {
-      const items = await all('/v1/namespaces', 200);
-      fill(ns, h('h2#ns-h', `Namespaces `, h('span.muted', `(${items.length})`)),
+      const items = await all('/v1/namespaces', 201);
+      const count = items.length > 200 ? '200+' : String(items.length);
+      fill(ns, h('h2#ns-h', `Namespaces `, h('span.muted', `(${count})`)),
         items.length ? h('div.table-wrap', { tabindex: 0 }, h('table', h('thead', h('tr', h('th', 'namespace'), h('th.num', 'keys'), h('th.num', 'revision'), h('th.num', 'bytes'))),
           h('tbody', items.slice(0, 12).map((n) => h('tr', h('td', h('a', { href: `#/ns/${encodeURIComponent(n.namespace)}` }, n.namespace)),
             h('td.num', num(n.keys)), h('td.num', num(n.revision)), h('td.num', bytes(n.bytes))))))) : h('p.muted', 'No namespaces yet: write a key.'),
-        items.length > 12 ? h('a', { href: '#/ns' }, `All ${items.length} namespaces`) : null);
+        items.length > 12 ? h('a', { href: '#/ns' }, `All ${count} namespaces`) : null);
     }),
     section(qs, 'Queues', async () => {
-      const items = await all('/v1/queues', 200);
-      fill(qs, h('h2#q-h', 'Queues ', h('span.muted', `(${items.length})`)),
+      const items = await all('/v1/queues', 201);
+      fill(qs, h('h2#q-h', 'Queues ', h('span.muted', `(${items.length > 200 ? '200+' : items.length})`)),
         items.length ? h('div.table-wrap', { tabindex: 0 }, h('table', h('thead', h('tr', h('th', 'queue'), h('th.num', 'ready'), h('th.num', 'leased'), h('th.num', 'dead'), h('th.num', 'oldest ready'))),
           h('tbody', items.slice(0, 12).map((q) => h('tr', h('td', h('a', { href: `#/queues/${encodeURIComponent(q.queue)}` }, q.queue), q.paused ? [' ', pill('paused', 'warn')] : null),
             h('td.num', num(q.ready)), h('td.num', num(q.leased)), h('td.num', q.dead ? pill(num(q.dead), 'bad') : '0'), h('td.num', dur(q.oldest_ready_age_ms))))))) : h('p.muted', 'No queues yet.'));

@@ -4,13 +4,18 @@ import { get, all } from '../api.js';
 import { h, fill, bytes, num, bar, pill } from '../dom.js';
 
 export default async function partitions(main, { ctx }) {
-  const [pool, items] = await Promise.all([get('/v1/pool'), all('/v1/partitions', 1000)]);
+  // The pool needs an admin token, the partitions list a read one: each shows what it can.
+  const [poolR, itemsR] = await Promise.allSettled([get('/v1/pool'), all('/v1/partitions', 1000)]);
+  if (itemsR.status === 'rejected') throw itemsR.reason;
+  const items = itemsR.value;
+  const pool = poolR.status === 'fulfilled' ? poolR.value : null;
   fill(main, h('h1', 'Partitions'),
     h('section.panel', { 'aria-labelledby': 'pool-h' }, h('h2#pool-h', 'Pool'),
-      h('div.muted', `${bytes(pool.allocated_bytes)} of ${bytes(pool.capacity_bytes)} allocated to ${pool.partitions} partitions (${(pool.utilization * 100).toFixed(1)} %)`),
-      bar(pool.utilization, 'pool allocated'),
-      h('div.muted', `${bytes(pool.used_bytes)} written`),
-      bar(pool.used_bytes / Math.max(1, pool.capacity_bytes), 'pool written')),
+      pool ? [
+        h('div.muted', `${bytes(pool.allocated_bytes)} of ${bytes(pool.capacity_bytes)} allocated to ${pool.partitions} partitions (${(pool.utilization * 100).toFixed(1)} %)`),
+        bar(pool.utilization, 'pool allocated'),
+        h('div.muted', `${bytes(pool.used_bytes)} written`),
+        bar(pool.used_bytes / Math.max(1, pool.capacity_bytes), 'pool written')] : ctx.problemBox(poolR.reason)),
     h('section.panel', h('div.table-wrap', { tabindex: 0 }, h('table#partitions',
       h('thead', h('tr', h('th', 'partition'), h('th', 'owner'), h('th', 'tier'), h('th', 'used of quota'), h('th.num', 'keys'), h('th.num', 'quota'))),
       h('tbody', items.length ? items.map((p) => h('tr', { dataset: { partition: p.name } },

@@ -50,7 +50,9 @@ export async function queue(main, { args: [q], query, ctx }) {
       type: 'button',
       class: stats.paused ? '' : 'ghost',
       onclick: async () => {
-        stats = await ctx.act(stats.paused ? 'Resume' : 'Pause', () => post(`${base}/${stats.paused ? 'resume' : 'pause'}`));
+        const r = await ctx.act(stats.paused ? 'Resume' : 'Pause', () => post(`${base}/${stats.paused ? 'resume' : 'pause'}`));
+        if (r === ctx.FAILED) return;
+        stats = r;
         ctx.toast(`${q} ${stats.paused ? 'paused' : 'resumed'}`);
         drawStats();
       },
@@ -102,13 +104,13 @@ export async function queue(main, { args: [q], query, ctx }) {
           h('th.hide-narrow', tab === 'leased' ? 'worker' : 'when'), h('th', 'last error'), tab === 'dead' ? h('th', h('span.sr-only', 'actions')) : null)), body)) : h('p.muted', `No ${tab} tasks.`),
         more);
       let next = page.next_cursor;
-      more.addEventListener('click', async () => { const p = await loadTasks(next, body); next = p && p.next_cursor; more.hidden = !next; });
+      more.addEventListener('click', async () => { const p = await loadTasks(next, body); if (p) { next = p.next_cursor; more.hidden = !next; } });
     }
     return page;
   }
 
   async function retry(id) {
-    await ctx.act('Retry', () => post(`${base}/dead/${seg(id)}/retry`));
+    if ((await ctx.act('Retry', () => post(`${base}/dead/${seg(id)}/retry`))) === ctx.FAILED) return;
     ctx.toast(`Task ${id} is back in the queue`);
     loadTasks();
     refresh();
@@ -116,6 +118,7 @@ export async function queue(main, { args: [q], query, ctx }) {
   async function purgeDead() {
     if (!(await ctx.confirmAction(`Purge the dead letters of ${q}?`, 'Deletes every dead task of this queue for good.', 'Purge'))) return;
     const r = await ctx.act('Purge', () => del(`${base}/dead`));
+    if (r === ctx.FAILED) return;
     ctx.toast(`Purged ${r && r.purged} dead tasks`);
     loadTasks();
     refresh();
