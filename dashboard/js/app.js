@@ -175,10 +175,16 @@ window.addEventListener('hashchange', () => { render(); main.focus({ preventScro
 (async () => {
   let needed = false;
   try { needed = (await call('GET', '/healthz')).data.auth_required === true; } catch (e) { console.warn(e.message); }
+  const prompt = () => fill(main, h('h1', 'swarmstate'), h('p', 'This service requires a bearer token. ', h('button.link', { type: 'button', onclick: () => askToken(null) }, 'Enter a token')));
   if (needed && !token.get()) {
     askToken(null);
-    fill(main, h('h1', 'swarmstate'), h('p', 'This service requires a bearer token. ', h('button.link', { type: 'button', onclick: () => askToken(null) }, 'Enter a token')));
+    prompt();
     return;
+  }
+  if (needed) {
+    // A kept token is checked over HTTP first: a refused one is asked for again (and never
+    // ends up in a failed WebSocket URL in the console).
+    try { await call('GET', '/v1/status'); } catch (e) { if (e instanceof ProblemError && e.status === 401) { prompt(); return; } }
   }
   live.connect();
   render();
