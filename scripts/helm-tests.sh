@@ -62,6 +62,14 @@ refuse "a sentinel address without a port" "sentinels" "${ok[@]}" --set redis.mo
   --set 'redis.sentinel.sentinels[0]=sentinel-0'
 refuse "a backup key that is not 32 bytes" "backupKey" "${ok[@]}" --set backupKey=abc
 refuse "a config key the chart sets itself (a duplicate TOML key)" "durability" "${ok[@]}" --set config.durability=aof
+refuse "a TLS secret without tls: true" "tls" "${ok[@]}" --set redis.tlsSecret=redis-client-tls
+# A CA-only TLS secret sets no client certificate.
+helm template swarmstate "$chart" "${ok[@]}" --set redis.tls=true --set redis.tlsSecret=ca-only \
+  --set redis.tlsClientCert=false >"$out/ca-only.yaml"
+grep -q SWARMSTATE_REDIS_TLS_CA_FILE "$out/ca-only.yaml" && ! grep -q SWARMSTATE_REDIS_TLS_CERT_FILE "$out/ca-only.yaml" || {
+  echo "error: redis.tlsClientCert=false still set a client certificate" >&2
+  exit 1
+}
 # ... and the same command with valid values renders.
 helm template swarmstate "$chart" "${ok[@]}" >/dev/null
 echo "   bad values refused, each with its message: $cases cases"
