@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod backup;
 pub mod idempotency;
 pub mod json;
 pub mod kv;
