@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod backup;
 pub mod batch;
 pub mod channels;
 pub mod health;

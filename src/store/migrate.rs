@@ -19,7 +19,7 @@ use super::Store;
 
 /// Version of the functions library; must equal `LIBRARY_VERSION` in
 /// `migrations/functions/library.lua`.
-pub const LIBRARY_VERSION: &str = "17";
+pub const LIBRARY_VERSION: &str = "18";
 /// The functions library source, compiled into the binary: one file per area, in this order
 /// (later files use the helpers of earlier ones).
 pub const LIBRARY: &str = concat!(
@@ -29,6 +29,7 @@ pub const LIBRARY: &str = concat!(
     include_str!("../../migrations/functions/locks.lua"),
     include_str!("../../migrations/functions/agents.lua"),
     include_str!("../../migrations/functions/partitions.lua"),
+    include_str!("../../migrations/functions/backup.lua"),
 );
 
 /// One ordered key-schema migration.

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod backup;
 pub mod channels;
 pub mod durability;
 pub mod fcall;

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod backup;
 mod bodies;
 mod cli;
 mod common;

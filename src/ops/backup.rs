@@ -1,0 +1,290 @@
+//! Backups (issue 16, in progress): the consistent capture of namespaces into one backup file
+//! (format: [`crate::domain::backup`]). API, restore, schedule and queues follow.
+//!
+//! Each namespace is captured exactly at one revision without stopping writers: its keys are
+//! read in pages (each atomic at its own revision, the first at `from`), the lines go to a
+//! temporary file, then one atomic call reads every key the change log shows changed after
+//! `from`, with the namespace's revision, epoch and fencing counters at that moment. Written
+//! out, the fixed keys replace their page lines: the result is the namespace at that revision.
+//! Namespaces are captured one after the other: there is no consistency across namespaces
+//! (each lives in its own hash tag, possibly on another cluster node).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::Ops;
+use crate::domain::backup::{BackupKey, Writer};
+use crate::domain::kv::Entry;
+use crate::domain::time::{now_ms, rfc3339};
+use crate::error::{ApiError, ApiResult};
+use crate::store::backup::{DumpedKey, Fix};
+
+/// Keys read per page.
+const PAGE: usize = 500;
+/// Most changed keys the atomic fix-up reads in one call; more and the capture starts again.
+const FIX_MOST: usize = 20_000;
+/// Capture attempts per namespace (a fix-up over the limit, or a log trimmed under the capture).
+const ATTEMPTS: usize = 5;
+
+/// One version of an entry in a backup line.
+#[derive(Serialize)]
+struct VersionLine {
+    version: u64,
+    create_revision: u64,
+    mod_revision: u64,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    agent_id: Option<String>,
+    change_reason: Option<String>,
+    metadata: Option<Box<RawValue>>,
+    value: Option<Box<RawValue>>,
+}
+
+fn version_line(ns: &str, key: &str, record: &str) -> Option<VersionLine> {
+    let e = Entry::from_record(ns, key, record, true)?;
+    Some(VersionLine {
+        version: e.version,
+        create_revision: e.create_revision,
+        mod_revision: e.mod_revision,
+        created_at_ms: e.created_at,
+        updated_at_ms: e.updated_at,
+        expires_at_ms: e.expires_at,
+        agent_id: e.agent_id,
+        change_reason: e.change_reason,
+        metadata: e.metadata.and_then(|m| RawValue::from_string(m).ok()),
+        value: e.value.and_then(|v| RawValue::from_string(v).ok()),
+    })
+}
+
+/// A key's line: its current version and its history (oldest first).
+#[derive(Serialize)]
+struct EntryLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    namespace: &'a str,
+    key: &'a str,
+    #[serde(flatten)]
+    current: VersionLine,
+    history: Vec<VersionLine>,
+}
+
+fn entry_line(ns: &str, k: &DumpedKey) -> Option<Vec<u8>> {
+    let line = EntryLine {
+        kind: "entry",
+        namespace: ns,
+        key: &k.key,
+        current: version_line(ns, &k.key, &k.record)?,
+        history: k
+            .history
+            .iter()
+            .filter_map(|(_, r)| version_line(ns, &k.key, r))
+            .collect(),
+    };
+    let mut text = serde_json::to_vec(&line).ok()?;
+    text.push(b'\n');
+    Some(text)
+}
+
+/// What the manifest says of one namespace.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamespaceManifest {
+    pub namespace: String,
+    /// The revision the namespace was captured at, and the epoch of its history.
+    pub revision: u64,
+    pub epoch: String,
+    pub entries: u64,
+    /// Lock name → last fencing token granted.
+    pub fencing: HashMap<String, u64>,
+    /// A partition's quota bytes, max keys, default TTL (ms); null for a plain namespace.
+    pub partition_limits: Option<[Option<u64>; 3]>,
+    /// Capture attempts it took (a log trimmed under it, or too many changes, start again).
+    pub attempts: usize,
+}
+
+/// The first line of a backup file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub format: u8,
+    pub created_at: String,
+    pub service_version: &'static str,
+    pub namespaces: Vec<NamespaceManifest>,
+}
+
+/// One namespace captured into a temporary file: its manifest part and the keys the fix-up
+/// replaced (their page lines are skipped when the file is written).
+struct Captured {
+    manifest: NamespaceManifest,
+    fixed: HashMap<String, Option<Vec<u8>>>,
+    pages: std::path::PathBuf,
+}
+
+impl Ops {
+    /// Capture `namespaces` (every namespace when empty) into a backup file at `out`,
+    /// encrypted with `key` when given. Temporary files go beside `out` and are removed.
+    pub async fn backup_capture(
+        &self,
+        namespaces: &[String],
+        out: &Path,
+        key: Option<&BackupKey>,
+    ) -> ApiResult<(Manifest, u64)> {
+        let names = if namespaces.is_empty() {
+            let mut n = self.store.namespace_names().await?;
+            n.sort();
+            n
+        } else {
+            namespaces.to_vec()
+        };
+        let io = |e: std::io::Error| ApiError::internal(format!("backup file {}: {e}", out.display()));
+        let mut captured = Vec::new();
+        for (i, ns) in names.iter().enumerate() {
+            let pages = out.with_extension(format!("part{i}"));
+            captured.push(self.capture_namespace(ns, &pages).await.inspect_err(|_| {
+                let _ = std::fs::remove_file(&pages);
+            })?);
+        }
+        let manifest = Manifest {
+            kind: "manifest",
+            format: 1,
+            created_at: rfc3339(now_ms()),
+            service_version: env!("CARGO_PKG_VERSION"),
+            namespaces: captured.iter().map(|c| c.manifest.clone()).collect(),
+        };
+        let result = (|| -> std::io::Result<u64> {
+            let mut w = Writer::new(BufWriter::new(File::create(out)?), key)?;
+            w.line(&manifest)?;
+            for c in &captured {
+                w.line(
+                    &serde_json::json!({"type": "namespace", "namespace": c.manifest.namespace,
+                    "revision": c.manifest.revision, "epoch": c.manifest.epoch, "fencing": c.manifest.fencing,
+                    "partition_limits": c.manifest.partition_limits}),
+                )?;
+                for line in BufReader::new(File::open(&c.pages)?).split(b'\n') {
+                    let mut line = line?;
+                    let key = serde_json::from_slice::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v["key"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    if !c.fixed.contains_key(&key) {
+                        line.push(b'\n');
+                        w.raw_line(&line)?;
+                    }
+                }
+                for line in c.fixed.values().flatten() {
+                    w.raw_line(line)?;
+                }
+            }
+            let (_, size, _) = w.finish()?;
+            Ok(size)
+        })();
+        for c in &captured {
+            let _ = std::fs::remove_file(&c.pages);
+        }
+        let size = result.map_err(io)?;
+        Ok((manifest, size))
+    }
+
+    async fn capture_namespace(&self, ns: &str, pages: &Path) -> ApiResult<Captured> {
+        let io =
+            |e: std::io::Error| ApiError::internal(format!("backup temporary file {}: {e}", pages.display()));
+        for attempt in 1..=ATTEMPTS {
+            let mut file = BufWriter::new(File::create(pages).map_err(io)?);
+            let (mut after, mut from, mut lines) = (None::<String>, None::<u64>, 0u64);
+            loop {
+                let page = self.store.ns_dump(ns, after.as_deref(), PAGE).await?;
+                from.get_or_insert(page.revision);
+                for k in &page.keys {
+                    if let Some(l) = entry_line(ns, k) {
+                        file.write_all(&l).map_err(io)?;
+                        lines += 1;
+                    }
+                }
+                match page.last {
+                    Some(l) => after = Some(l),
+                    None => break,
+                }
+            }
+            file.flush().map_err(io)?;
+            let from = from.unwrap_or(0);
+            match self.store.ns_dump_fix(ns, from, FIX_MOST).await? {
+                Fix::Compacted(oldest) => {
+                    tracing::info!(
+                        ns,
+                        attempt,
+                        from,
+                        oldest,
+                        "backup: the change log was trimmed under the capture; again"
+                    );
+                }
+                Fix::TooMany(n) => {
+                    tracing::info!(
+                        ns,
+                        attempt,
+                        n,
+                        "backup: too many keys changed during the capture; again"
+                    );
+                }
+                Fix::Ok {
+                    revision,
+                    epoch,
+                    fence,
+                    limits,
+                    keys,
+                } => {
+                    let now = now_ms();
+                    let fixed: HashMap<String, Option<Vec<u8>>> = keys
+                        .into_iter()
+                        .map(|(key, k)| {
+                            // An entry whose TTL ran out by now is absent at this revision.
+                            let line = k.filter(|k| {
+                                Entry::from_record(ns, &k.key, &k.record, false)
+                                    .is_some_and(|e| e.expires_at.is_none_or(|x| x > now))
+                            });
+                            (key, line.and_then(|k| entry_line(ns, &k)))
+                        })
+                        .collect();
+                    // Entries: the page lines not replaced, plus the fixed ones present.
+                    let replaced = count_replaced(pages, &fixed).map_err(io)?;
+                    let entries = lines - replaced + fixed.values().filter(|l| l.is_some()).count() as u64;
+                    return Ok(Captured {
+                        manifest: NamespaceManifest {
+                            namespace: ns.to_string(),
+                            revision,
+                            epoch,
+                            entries,
+                            fencing: fence.into_iter().collect(),
+                            partition_limits: limits.iter().any(Option::is_some).then_some(limits),
+                            attempts: attempt,
+                        },
+                        fixed,
+                        pages: pages.to_path_buf(),
+                    });
+                }
+            }
+        }
+        Err(ApiError::unavailable(format!(
+            "namespace {ns} changed too fast to capture in {ATTEMPTS} attempts (its change log is trimmed before a capture ends, or more than {FIX_MOST} keys change during one); raise log retention or retry"
+        )))
+    }
+}
+
+/// How many page lines of the temporary file a fixed key replaces.
+fn count_replaced(pages: &Path, fixed: &HashMap<String, Option<Vec<u8>>>) -> std::io::Result<u64> {
+    let mut n = 0;
+    for line in BufReader::new(File::open(pages)?).split(b'\n') {
+        let key = serde_json::from_slice::<serde_json::Value>(&line?)
+            .ok()
+            .and_then(|v| v["key"].as_str().map(str::to_string));
+        if key.is_some_and(|k| fixed.contains_key(&k)) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
