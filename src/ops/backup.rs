@@ -1,11 +1,12 @@
 //! Backups (issue 16, in progress): the consistent capture of namespaces into one backup file
 //! (format: [`crate::domain::backup`]). API, restore, schedule and queues follow.
 //!
-//! Each namespace is captured exactly at one revision without stopping writers: its keys are
-//! read in pages (each atomic at its own revision, the first at `from`), the lines go to a
-//! temporary file, then one atomic call reads every key the change log shows changed after
-//! `from`, with the namespace's revision, epoch and fencing counters at that moment. Written
-//! out, the fixed keys replace their page lines: the result is the namespace at that revision.
+//! Each namespace is captured exactly at one revision without stopping writers: its revision
+//! R0 is read, then its keys in pages (lines to a temporary file), then the keys the change
+//! log names after R0, then one atomic call reads those keys with the namespace's revision,
+//! epoch and fencing counters (and refuses, naming them, if the log holds later changes to
+//! keys it was not given). Written out, the fixed keys replace their page lines: the result is
+//! the namespace at that revision.
 //! Namespaces are captured one after the other: there is no consistency across namespaces
 //! (each lives in its own hash tag, possibly on another cluster node).
 
@@ -194,83 +195,113 @@ impl Ops {
     async fn capture_namespace(&self, ns: &str, pages: &Path) -> ApiResult<Captured> {
         let io =
             |e: std::io::Error| ApiError::internal(format!("backup temporary file {}: {e}", pages.display()));
-        for attempt in 1..=ATTEMPTS {
+        'attempt: for attempt in 1..=ATTEMPTS {
+            // R0 first: every change after it is in the log, so every key it does not name
+            // afterwards is read by the pages as it is at the end.
+            let from = self.store.revision(ns).await?;
             let mut file = BufWriter::new(File::create(pages).map_err(io)?);
-            let (mut after, mut from, mut lines) = (None::<String>, None::<u64>, 0u64);
+            let (mut after, mut lines) = (None::<String>, 0u64);
             loop {
-                let page = self.store.ns_dump(ns, after.as_deref(), PAGE).await?;
-                from.get_or_insert(page.revision);
-                for k in &page.keys {
-                    if let Some(l) = entry_line(ns, k) {
+                let names = self.store.ns_key_page(ns, after.as_deref(), PAGE).await?;
+                for k in self.store.ns_read(ns, &names).await? {
+                    if let Some(l) = entry_line(ns, &k) {
                         file.write_all(&l).map_err(io)?;
                         lines += 1;
                     }
                 }
-                match page.last {
-                    Some(l) => after = Some(l),
-                    None => break,
+                if names.len() < PAGE {
+                    break;
                 }
+                after = names.last().cloned();
             }
             file.flush().map_err(io)?;
-            let from = from.unwrap_or(0);
-            match self.store.ns_dump_fix(ns, from, FIX_MOST).await? {
-                Fix::Compacted(oldest) => {
+            // The keys changed since R0, from the log, then one atomic read of them (again
+            // with the ones the log names after what was read, until none is missing).
+            let mut changed: Vec<String> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut covered = from;
+            loop {
+                let Some(batch) = self.store.ns_log_keys(ns, covered, 10_000).await? else {
                     tracing::info!(
                         ns,
                         attempt,
-                        from,
-                        oldest,
                         "backup: the change log was trimmed under the capture; again"
                     );
+                    continue 'attempt;
+                };
+                let Some((last, _)) = batch.last() else { break };
+                covered = *last;
+                for (_, k) in batch {
+                    if seen.insert(k.clone()) {
+                        changed.push(k);
+                    }
                 }
-                Fix::TooMany(n) => {
+                if changed.len() > FIX_MOST {
                     tracing::info!(
                         ns,
                         attempt,
-                        n,
+                        n = changed.len(),
                         "backup: too many keys changed during the capture; again"
                     );
+                    continue 'attempt;
                 }
-                Fix::Ok {
-                    revision,
-                    epoch,
-                    fence,
-                    limits,
-                    keys,
-                } => {
-                    let now = now_ms();
-                    let fixed: HashMap<String, Option<Vec<u8>>> = keys
-                        .into_iter()
-                        .map(|(key, k)| {
-                            // An entry whose TTL ran out by now is absent at this revision.
-                            let line = k.filter(|k| {
-                                Entry::from_record(ns, &k.key, &k.record, false)
-                                    .is_some_and(|e| e.expires_at.is_none_or(|x| x > now))
-                            });
-                            (key, line.and_then(|k| entry_line(ns, &k)))
-                        })
-                        .collect();
-                    // Entries: the page lines not replaced, plus the fixed ones present.
-                    let replaced = count_replaced(pages, &fixed).map_err(io)?;
-                    let entries = lines - replaced + fixed.values().filter(|l| l.is_some()).count() as u64;
-                    return Ok(Captured {
-                        manifest: NamespaceManifest {
-                            namespace: ns.to_string(),
-                            revision,
-                            epoch,
-                            entries,
-                            fencing: fence.into_iter().collect(),
-                            partition_limits: limits.iter().any(Option::is_some).then_some(limits),
-                            attempts: attempt,
-                        },
-                        fixed,
-                        pages: pages.to_path_buf(),
-                    });
+            }
+            for _ in 0..10 {
+                match self.store.ns_dump_fix(ns, covered, &changed).await? {
+                    Fix::Compacted(oldest) => {
+                        tracing::info!(
+                            ns,
+                            attempt,
+                            covered,
+                            oldest,
+                            "backup: the change log was trimmed under the capture; again"
+                        );
+                        continue 'attempt;
+                    }
+                    Fix::More(more) => {
+                        for k in more {
+                            if seen.insert(k.clone()) {
+                                changed.push(k);
+                            }
+                        }
+                        if changed.len() > FIX_MOST {
+                            continue 'attempt;
+                        }
+                    }
+                    Fix::Ok {
+                        revision,
+                        epoch,
+                        fence,
+                        limits,
+                        keys,
+                    } => {
+                        let fixed: HashMap<String, Option<Vec<u8>>> = keys
+                            .into_iter()
+                            .map(|(key, k)| (key, k.and_then(|k| entry_line(ns, &k))))
+                            .collect();
+                        // Entries: the page lines not replaced, plus the fixed ones present.
+                        let replaced = count_replaced(pages, &fixed).map_err(io)?;
+                        let entries =
+                            lines - replaced + fixed.values().filter(|l| l.is_some()).count() as u64;
+                        return Ok(Captured {
+                            manifest: NamespaceManifest {
+                                namespace: ns.to_string(),
+                                revision,
+                                epoch,
+                                entries,
+                                fencing: fence.into_iter().collect(),
+                                partition_limits: limits.iter().any(Option::is_some).then_some(limits),
+                                attempts: attempt,
+                            },
+                            fixed,
+                            pages: pages.to_path_buf(),
+                        });
+                    }
                 }
             }
         }
         Err(ApiError::unavailable(format!(
-            "namespace {ns} changed too fast to capture in {ATTEMPTS} attempts (its change log is trimmed before a capture ends, or more than {FIX_MOST} keys change during one); raise log retention or retry"
+            "namespace {ns} changed too fast to capture in {ATTEMPTS} attempts (its change log is trimmed before a capture ends, or more than {FIX_MOST} keys change during one); raise changelog_retention or retry"
         )))
     }
 }

@@ -1,17 +1,20 @@
 //! Backups: wrappers of `migrations/functions/backup.lua` (the consistent capture of a
-//! namespace: pages, then one atomic fix-up of what changed meanwhile).
+//! namespace: pages of keys, then one atomic fix-up of what changed meanwhile).
 
+use std::collections::HashMap;
+
+use fred::prelude::*;
 use fred::types::Value;
 
 use super::fcall::{hash_fields, v_str, Arity, Function};
 use super::Store;
 use crate::error::{ApiError, ApiResult};
 
-pub const NS_DUMP: Function = Function::new("ns_dump", Arity::Exactly(5), Arity::Exactly(3)).reading();
+pub const NS_READ: Function = Function::new("ns_read", Arity::AtLeast(2), Arity::AtLeast(1)).reading();
 pub const NS_DUMP_FIX: Function =
-    Function::new("ns_dump_fix", Arity::Exactly(6), Arity::Exactly(3)).reading();
+    Function::new("ns_dump_fix", Arity::AtLeast(3), Arity::AtLeast(1)).reading();
 
-pub const FUNCTIONS: &[&Function] = &[&NS_DUMP, &NS_DUMP_FIX];
+pub const FUNCTIONS: &[&Function] = &[&NS_READ, &NS_DUMP_FIX];
 
 /// One key as captured: its stored record and its history (version, record), oldest first.
 #[derive(Debug, Clone)]
@@ -19,15 +22,6 @@ pub struct DumpedKey {
     pub key: String,
     pub record: String,
     pub history: Vec<(u64, String)>,
-}
-
-/// A page of `ns_dump`.
-pub struct DumpPage {
-    pub revision: u64,
-    pub epoch: String,
-    /// The page's last key when more follow.
-    pub last: Option<String>,
-    pub keys: Vec<DumpedKey>,
 }
 
 /// What `ns_dump_fix` answered.
@@ -39,17 +33,13 @@ pub enum Fix {
         fence: Vec<(String, u64)>,
         /// A partition's quota bytes, max keys and default TTL (`None` for a plain namespace).
         limits: [Option<u64>; 3],
-        /// Every key changed since the first page, as it is now (`None`: absent).
+        /// The keys given, as they are now (`None`: absent).
         keys: Vec<(String, Option<DumpedKey>)>,
     },
-    /// The log no longer holds the revisions after the first page (the oldest it holds).
+    /// Keys the log shows changed that were not given.
+    More(Vec<String>),
+    /// The log no longer holds the revisions needed (the oldest it holds).
     Compacted(u64),
-    /// More keys changed than the fix-up reads at once.
-    TooMany(u64),
-}
-
-fn num(v: &Value) -> u64 {
-    v_str(v).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn dumped(v: &Value) -> ApiResult<Option<DumpedKey>> {
@@ -65,45 +55,82 @@ fn dumped(v: &Value) -> ApiResult<Option<DumpedKey>> {
     Ok(Some(DumpedKey { key, record, history }))
 }
 
+/// `(revision, keys named)` of change-log entries: the revision from the id `0-<rev>`.
+type LogKeys = Vec<(u64, String)>;
+
 impl Store {
-    /// A page of `ns`'s live keys after `after` (atomic at the revision it answers).
-    pub async fn ns_dump(&self, ns: &str, after: Option<&str>, count: usize) -> ApiResult<DumpPage> {
-        let nk = self.keys().ns(ns);
-        let args: Vec<Value> = vec![
-            nk.base().into(),
-            after.unwrap_or("").into(),
-            (count as i64).into(),
-        ];
-        let r = self.fcall(&NS_DUMP, nk.common(), args).await?;
-        let mut items = r.rest().into_iter();
-        let revision = num(&items.next().unwrap_or(Value::Null));
-        let epoch = v_str(&items.next().unwrap_or(Value::Null)).unwrap_or_default();
-        let last = v_str(&items.next().unwrap_or(Value::Null)).filter(|l| !l.is_empty());
-        let mut keys = Vec::new();
-        if let Some(Value::Array(list)) = items.next() {
-            for k in &list {
-                keys.extend(dumped(k)?);
-            }
-        }
-        Ok(DumpPage {
-            revision,
-            epoch,
-            last,
-            keys,
-        })
+    /// Up to `count` live key names of `ns` after `after`, in index order.
+    pub async fn ns_key_page(&self, ns: &str, after: Option<&str>, count: usize) -> ApiResult<Vec<String>> {
+        let idx = self.keys().ns(ns).idx;
+        let lo = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_string(),
+        };
+        self.timed(
+            "zrangebylex",
+            self.client().zrangebylex(idx, lo, "+", Some((0, count as i64))),
+        )
+        .await
     }
 
-    /// The keys of `ns` changed after revision `from`, with the namespace's figures, in one
-    /// atomic read (at most `most` keys).
-    pub async fn ns_dump_fix(&self, ns: &str, from: u64, most: usize) -> ApiResult<Fix> {
+    /// The entries (with history) of `names` of `ns`; absent ones are left out.
+    pub async fn ns_read(&self, ns: &str, names: &[String]) -> ApiResult<Vec<DumpedKey>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let nk = self.keys().ns(ns);
-        let mut keys = nk.common();
-        keys.push(nk.fence());
-        let args: Vec<Value> = vec![nk.base().into(), (from as i64).into(), (most as i64).into()];
+        let keys = names.iter().flat_map(|n| [nk.entry(n), nk.hist(n)]).collect();
+        let args = names.iter().map(|n| Value::from(n.as_str())).collect();
+        let r = self.fcall(&NS_READ, keys, args).await?;
+        let mut out = Vec::new();
+        for v in r.rest() {
+            out.extend(dumped(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The keys named by `ns`'s change log after revision `from` (up to `count` entries), each
+    /// with its revision, and whether the log still holds revision `from + 1` (None: trimmed).
+    pub async fn ns_log_keys(&self, ns: &str, from: u64, count: u64) -> ApiResult<Option<LogKeys>> {
+        let log = self.keys().ns(ns).log;
+        let head: Vec<(String, HashMap<String, String>)> = self
+            .timed("xrange", self.client().xrange(log.clone(), "-", "+", Some(1)))
+            .await?;
+        let rev_of = |id: &str| id.strip_prefix("0-").and_then(|r| r.parse::<u64>().ok());
+        if head
+            .first()
+            .and_then(|(id, _)| rev_of(id))
+            .is_some_and(|oldest| oldest > from + 1)
+        {
+            return Ok(None);
+        }
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .timed(
+                "xrange",
+                self.client()
+                    .xrange(log, format!("0-{}", from + 1), "+", Some(count)),
+            )
+            .await?;
+        Ok(Some(
+            entries
+                .into_iter()
+                .filter_map(|(id, mut f)| Some((rev_of(&id)?, f.remove("key")?)))
+                .collect(),
+        ))
+    }
+
+    /// `names` of `ns` read atomically with its figures, if the log shows no change after
+    /// `covered` to a key not among them.
+    pub async fn ns_dump_fix(&self, ns: &str, covered: u64, names: &[String]) -> ApiResult<Fix> {
+        let nk = self.keys().ns(ns);
+        let mut keys = vec![nk.meta.clone(), nk.log.clone(), nk.fence()];
+        keys.extend(names.iter().flat_map(|n| [nk.entry(n), nk.hist(n)]));
+        let mut args: Vec<Value> = vec![(covered as i64).into()];
+        args.extend(names.iter().map(|n| Value::from(n.as_str())));
         let mut r = self.fcall(&NS_DUMP_FIX, keys, args).await?;
         match r.status()?.as_str() {
             "compacted" => return Ok(Fix::Compacted(r.u64_or_0())),
-            "too_many" => return Ok(Fix::TooMany(r.u64_or_0())),
+            "more" => return Ok(Fix::More(r.array().iter().filter_map(v_str).collect())),
             "ok" => {}
             other => return Err(r.unexpected(other)),
         }
@@ -116,12 +143,10 @@ impl Store {
         let lim = r.array();
         let limit = |i: usize| lim.get(i).and_then(v_str).and_then(|s| s.parse().ok());
         let limits = [limit(0), limit(1), limit(2)];
-        let mut changed = Vec::new();
-        for item in r.array() {
-            if let Value::Array(pair) = &item {
-                let key = pair.first().and_then(v_str).unwrap_or_default();
-                changed.push((key, dumped(pair.get(1).unwrap_or(&Value::Null))?));
-            }
+        let entries = r.array();
+        let mut changed = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            changed.push((name.clone(), dumped(entries.get(i).unwrap_or(&Value::Null))?));
         }
         Ok(Fix::Ok {
             revision,
