@@ -112,6 +112,7 @@ impl Server {
 /// `swarmstate serve`: everything from start-up to graceful exit. An `Err` is printed and
 /// the process exits 1.
 pub async fn run(mut cfg: Config) -> Result<(), String> {
+    let stop = shutdown::signal();
     let listener = serve::listen(&cfg.listen).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let embedded = match cfg.redis_url {
         Some(_) => None,
@@ -130,7 +131,7 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
             return Err(e);
         }
     };
-    shutdown::signal().await;
+    stop.await;
     tracing::info!("shutting down");
     server.shutdown().await;
     if let Some(r) = embedded {
