@@ -321,3 +321,90 @@ async fn sigterm_ends_streams_sockets_and_long_polls_cleanly() {
         "noise at shutdown:\n{after}"
     );
 }
+
+#[test]
+fn backup_verify_checks_a_file_and_names_what_is_wrong() {
+    use swarmstate::domain::backup::{BackupKey, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let hex_key = "5a".repeat(32);
+    let key = BackupKey::parse(&hex_key).unwrap();
+    let mut w = Writer::new(Vec::new(), Some(&key)).unwrap();
+    w.line(&serde_json::json!({"type": "manifest", "format": 1, "namespaces": []}))
+        .unwrap();
+    for i in 0..100 {
+        w.line(&serde_json::json!({"type": "entry", "key": format!("k{i}")}))
+            .unwrap();
+    }
+    let (bytes, _, _) = w.finish().unwrap();
+    let good = dir.path().join("good.swsbak");
+    std::fs::write(&good, &bytes).unwrap();
+    let run = |file: &std::path::Path, key: Option<&str>, old: &[&str]| {
+        let mut c = bin();
+        c.args(["backup", "verify", "--file"])
+            .arg(file)
+            .env_remove("SWARMSTATE_BACKUP_KEY");
+        if let Some(k) = key {
+            c.env("SWARMSTATE_BACKUP_KEY", k);
+        }
+        for o in old {
+            c.args(["--old-key", o]);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = run(&good, Some(&hex_key), &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("101 content lines") && out.contains("\"manifest\""),
+        "{out}"
+    );
+    // The key as an old one, with another current key.
+    let (code, _, err) = run(&good, Some(&"11".repeat(32)), &[&hex_key]);
+    assert_eq!(code, Some(0), "{err}");
+    for (name, mutate, want) in [
+        (
+            "flipped",
+            Box::new(|b: &mut Vec<u8>| {
+                let m = b.len() / 2;
+                b[m] ^= 4;
+            }) as Box<dyn Fn(&mut Vec<u8>)>,
+            "backup_tampered",
+        ),
+        (
+            "cut",
+            Box::new(|b: &mut Vec<u8>| b.truncate(b.len() - 7)),
+            "backup_truncated",
+        ),
+        (
+            "not one",
+            Box::new(|b: &mut Vec<u8>| *b = b"hello".to_vec()),
+            "backup_invalid",
+        ),
+    ] {
+        let mut b = bytes.clone();
+        mutate(&mut b);
+        let f = dir.path().join("bad.swsbak");
+        std::fs::write(&f, &b).unwrap();
+        let (code, _, err) = run(&f, Some(&hex_key), &[]);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.starts_with(want), "{name}: {err}");
+    }
+    let (code, _, err) = run(&good, Some(&"22".repeat(32)), &[]);
+    assert_eq!(
+        (code, err.starts_with("backup_key_mismatch")),
+        (Some(1), true),
+        "{err}"
+    );
+    let (code, _, err) = run(&good, None, &[]);
+    assert_eq!(
+        (code, err.starts_with("backup_key_missing")),
+        (Some(1), true),
+        "{err}"
+    );
+    let (code, _, err) = run(&good, Some("short"), &[]);
+    assert_eq!(code, Some(2), "{err}");
+}
