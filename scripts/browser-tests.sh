@@ -9,19 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_cmd chromium chromium
-ensure_cmd npm npm
 ensure_cmd curl curl
-pins=("playwright-core@1.65.1" "axe-core@4.14.1")
+# No install scripts: playwright-core downloads no browser; it drives /usr/bin/chromium.
 node_dir=target/browser/node
-mkdir -p "$node_dir"
-if [ "$(cat "$node_dir/.installed" 2>/dev/null)" != "${pins[*]}" ]; then
-  echo ">> npm install ${pins[*]}"
-  rm -rf "$node_dir/node_modules" "$node_dir/package.json" "$node_dir/package-lock.json" "$node_dir/.installed"
-  echo '{"private": true}' >"$node_dir/package.json"
-  # No install scripts: playwright-core downloads no browser; it drives /usr/bin/chromium.
-  npm install --prefix "$node_dir" --no-audit --no-fund --save-exact --ignore-scripts --loglevel=error "${pins[@]}"
-  echo "${pins[*]}" >"$node_dir/.installed"
-fi
+npm_pinned "$node_dir" "playwright-core@1.65.1" "axe-core@4.14.1"
 start_service
 shots=target/browser/screenshots
 rm -rf "$shots"

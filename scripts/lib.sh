@@ -110,3 +110,19 @@ ensure_helm() {
   export PATH="$dest/helm:$dest/kubectl:$PATH"
   command -v helm >/dev/null || { echo "error: helm not found after unpacking" >&2; exit 1; }
 }
+
+# npm packages pinned exactly, installed once into <dir>/node_modules without install scripts
+# (reinstalled only when the pins change): npm_pinned <dir> <pkg@version>...
+npm_pinned() {
+  local dir=$1
+  shift
+  ensure_cmd npm npm
+  mkdir -p "$dir"
+  if [ "$(cat "$dir/.installed" 2>/dev/null)" != "$*" ]; then
+    echo ">> npm install $*"
+    rm -rf "$dir/node_modules" "$dir/package.json" "$dir/package-lock.json" "$dir/.installed"
+    echo '{"private": true}' >"$dir/package.json"
+    npm install --prefix "$dir" --no-audit --no-fund --save-exact --ignore-scripts --loglevel=error "$@"
+    echo "$*" >"$dir/.installed"
+  fi
+}

@@ -34,15 +34,8 @@ pins=(
 )
 node_dir=target/sdk/node
 bin=$node_dir/node_modules/.bin
-mkdir -p "$node_dir"
-if [ "$(cat "$node_dir/.installed" 2>/dev/null)" != "${pins[*]}" ]; then
-  echo ">> npm install ${pins[*]}"
-  rm -rf "$node_dir/node_modules" "$node_dir/package.json" "$node_dir/package-lock.json" "$node_dir/.installed"
-  echo '{"private": true}' >"$node_dir/package.json"
-  # No install scripts: esbuild (under tsx) finds its binary from its platform package without one.
-  npm install --prefix "$node_dir" --no-audit --no-fund --save-exact --ignore-scripts --loglevel=error "${pins[@]}"
-  echo "${pins[*]}" >"$node_dir/.installed"
-fi
+# No install scripts: esbuild (under tsx) finds its binary from its platform package without one.
+npm_pinned "$node_dir" "${pins[@]}"
 
 echo ">> redocly lint openapi/openapi.json"
 REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
