@@ -125,10 +125,7 @@ pub async fn prune_held(store: &Store, id: &str, keep: u64) -> crate::error::Api
     let mut stale = Vec::new();
     for m in store.agent_held_members(id).await? {
         let live = match Held::parse_member(&m) {
-            Some(Held::Lock { ns, name, token }) => {
-                store.lock_token(&ns, &name).await?.as_deref() == Some(token.as_str())
-            }
-            Some(Held::Task { queue, id, token }) => store.q_still_leased(&queue, &id, &token).await?,
+            Some(h) => store.held_is_live(&h).await?,
             None => false,
         };
         if !live {

@@ -75,33 +75,25 @@ impl Ops {
             tasks: Vec::new(),
         };
         for m in self.store.agent_held_members(id).await? {
-            match Held::parse_member(&m) {
-                Some(Held::Lock { ns, .. }) if !who.may(Permission::Read, Scope::Namespace(&ns)) => {}
-                Some(Held::Task { queue, .. }) if !who.may(Permission::Read, Scope::Queue(&queue)) => {}
-                Some(Held::Lock { ns, name, token }) => {
-                    let live = self.store.lock_token(&ns, &name).await?.as_deref() == Some(token.as_str());
-                    let lock = if live {
-                        self.store.lock_get(&ns, &name).await?
-                    } else {
-                        None
-                    };
-                    held.locks.extend(lock);
+            let Some(h) = Held::parse_member(&m) else { continue };
+            let visible = match &h {
+                Held::Lock { ns, .. } => who.may(Permission::Read, Scope::Namespace(ns)),
+                Held::Task { queue, .. } => who.may(Permission::Read, Scope::Queue(queue)),
+            };
+            if !visible || !self.store.held_is_live(&h).await? {
+                continue;
+            }
+            match h {
+                Held::Lock { ns, name, .. } => held.locks.extend(self.store.lock_get(&ns, &name).await?),
+                Held::Task { queue, id, .. } => {
+                    held.tasks
+                        .extend(self.store.q_task(&queue, &id).await?.map(|t| HeldTask {
+                            queue,
+                            id,
+                            leased_until: t.leased_until,
+                            attempts: t.attempts,
+                        }))
                 }
-                Some(Held::Task { queue, id, token }) => {
-                    let live = self.store.q_still_leased(&queue, &id, &token).await?;
-                    let task = if live {
-                        self.store.q_task(&queue, &id).await?
-                    } else {
-                        None
-                    };
-                    held.tasks.extend(task.map(|t| HeldTask {
-                        queue,
-                        id,
-                        leased_until: t.leased_until,
-                        attempts: t.attempts,
-                    }));
-                }
-                None => {}
             }
         }
         held.locks

@@ -210,6 +210,17 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Whether a held-set member is still held: the lock still has its token, the task is
+    /// still leased with it.
+    pub async fn held_is_live(&self, h: &Held) -> ApiResult<bool> {
+        match h {
+            Held::Lock { ns, name, token } => {
+                Ok(self.lock_token(ns, name).await?.as_deref() == Some(token.as_str()))
+            }
+            Held::Task { queue, id, token } => self.q_still_leased(queue, id, token).await,
+        }
+    }
+
     /// How many resources the agent is recorded as holding.
     pub async fn agent_held_count(&self, id: &str) -> ApiResult<u64> {
         let (_, h) = self.keys().agent(id);
