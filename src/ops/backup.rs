@@ -169,11 +169,7 @@ impl Ops {
                 )?;
                 for line in BufReader::new(File::open(&c.pages)?).split(b'\n') {
                     let mut line = line?;
-                    let key = serde_json::from_slice::<serde_json::Value>(&line)
-                        .ok()
-                        .and_then(|v| v["key"].as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    if !c.fixed.contains_key(&key) {
+                    if !replaced(&line, &c.fixed) {
                         line.push(b'\n');
                         w.raw_line(&line)?;
                     }
@@ -310,12 +306,17 @@ impl Ops {
 fn count_replaced(pages: &Path, fixed: &HashMap<String, Option<Vec<u8>>>) -> std::io::Result<u64> {
     let mut n = 0;
     for line in BufReader::new(File::open(pages)?).split(b'\n') {
-        let key = serde_json::from_slice::<serde_json::Value>(&line?)
-            .ok()
-            .and_then(|v| v["key"].as_str().map(str::to_string));
-        if key.is_some_and(|k| fixed.contains_key(&k)) {
-            n += 1;
-        }
+        n += u64::from(replaced(&line?, fixed));
     }
     Ok(n)
+}
+
+/// Whether a page line's key is one the fix-up read again (only its `key` is decoded).
+fn replaced(line: &[u8], fixed: &HashMap<String, Option<Vec<u8>>>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct KeyOf<'a> {
+        #[serde(borrow)]
+        key: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<KeyOf>(line).is_ok_and(|k| fixed.contains_key(k.key.as_ref()))
 }
