@@ -68,6 +68,17 @@ pub enum ErrorCode {
     /// or the append-only file (`aof`) within `durability_timeout_ms`: it may be lost if the
     /// primary fails now (`outcome: applied_unconfirmed`).
     DurabilityTimeout,
+    /// A backup file that is not one, or of a version or structure this binary cannot restore.
+    BackupInvalid,
+    /// The backup is encrypted and no backup key is configured, or `encrypt: true` was asked
+    /// without one (400).
+    BackupKeyMissing,
+    /// The backup was encrypted with a key that is neither the backup key nor an old one.
+    BackupKeyMismatch,
+    /// The backup is damaged or was altered (a chunk's tag, the zstd checksum or the SHA-256).
+    BackupTampered,
+    /// The backup ends early (no final chunk, or no trailer).
+    BackupTruncated,
     /// An unexpected server error; see the log for the request id.
     Internal,
 }
@@ -98,6 +109,9 @@ impl ErrorCode {
             Forbidden => StatusCode::FORBIDDEN,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RedisUnavailable | DurabilityTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            BackupInvalid | BackupKeyMissing | BackupKeyMismatch | BackupTampered | BackupTruncated => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +146,11 @@ impl ErrorCode {
             RateLimited => "Rate limited",
             RedisUnavailable => "Redis unavailable",
             DurabilityTimeout => "Durability not confirmed",
+            BackupInvalid => "Not a valid backup",
+            BackupKeyMissing => "Backup key missing",
+            BackupKeyMismatch => "Backup key mismatch",
+            BackupTampered => "Backup damaged or altered",
+            BackupTruncated => "Backup truncated",
             Internal => "Internal server error",
         }
     }
@@ -166,6 +185,11 @@ impl ErrorCode {
             RateLimited => "rate_limited",
             RedisUnavailable => "redis_unavailable",
             DurabilityTimeout => "durability_timeout",
+            BackupInvalid => "backup_invalid",
+            BackupKeyMissing => "backup_key_missing",
+            BackupKeyMismatch => "backup_key_mismatch",
+            BackupTampered => "backup_tampered",
+            BackupTruncated => "backup_truncated",
             Internal => "internal",
         }
     }
@@ -216,6 +240,8 @@ pub struct ApiError {
     pub extra: Map<String, Value>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u32>,
+    /// A status other than the code's own (`backup_key_missing` is 400 on create, 422 on restore).
+    pub status: Option<StatusCode>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -227,6 +253,7 @@ impl ApiError {
             detail: detail.into(),
             extra: Map::new(),
             retry_after: None,
+            status: None,
         }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -262,6 +289,11 @@ impl ApiError {
         Self::new(ErrorCode::Internal, "internal error; the log has the details")
     }
 
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.code.status())
+    }
+
     /// Render the problem document for the request at `instance`.
     pub fn to_body(&self, instance: &str, request_id: Option<&str>) -> Vec<u8> {
         let mut doc = Map::new();
@@ -270,7 +302,7 @@ impl ApiError {
             format!("https://swarmstate.dev/problems/{}", self.code.as_str()).into(),
         );
         doc.insert("title".into(), self.code.title().into());
-        doc.insert("status".into(), self.code.status().as_u16().into());
+        doc.insert("status".into(), self.status().as_u16().into());
         doc.insert("detail".into(), self.detail.clone().into());
         doc.insert("instance".into(), instance.into());
         doc.insert("code".into(), self.code.as_str().into());

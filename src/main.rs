@@ -60,6 +60,49 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BackupCommand {
+    /// Capture namespaces (every one when --namespaces is not given) from the configured Redis
+    /// into one backup file, each at one revision while writers go on; encrypted when a backup
+    /// key is set (SWARMSTATE_BACKUP_KEY) unless --no-encrypt. Prints the manifest.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+        /// Comma-separated namespace (and partition) names.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Write a plain (compressed, checksummed, not encrypted) file even when a key is set.
+        #[arg(long)]
+        no_encrypt: bool,
+        /// TOML configuration file (lower priority than env and flags).
+        #[arg(long, env = "SWARMSTATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: CliOverrides,
+    },
+    /// Restore a backup file into the configured Redis: the whole file is checked first (a
+    /// damaged, truncated or wrong-key file exits 1 with its code and writes nothing). Prints
+    /// the summary {restored, deleted, skipped, revision, namespaces}.
+    Restore {
+        #[arg(long)]
+        file: PathBuf,
+        /// merge: write entries that are absent or whose current life is older; replace: make
+        /// each namespace exactly the backup.
+        #[arg(long)]
+        mode: String,
+        /// Comma-separated namespaces of the file to restore (default: all it holds).
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Report what would change, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Earlier keys that may have encrypted it (repeat, or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        old_key: Vec<String>,
+        /// TOML configuration file (lower priority than env and flags).
+        #[arg(long, env = "SWARMSTATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: CliOverrides,
+    },
     /// Read a backup file whole and check it (header, every chunk, the content's SHA-256):
     /// exit 0 and print its manifest, or exit 1 with the problem's code (backup_tampered,
     /// backup_truncated, backup_key_mismatch, backup_key_missing, backup_invalid). Needs no Redis.
@@ -110,6 +153,52 @@ fn main() -> ExitCode {
         Command::Backup {
             command: BackupCommand::Verify { file, key, old_key },
         } => backup_verify(&file, key.iter().chain(&old_key)),
+        Command::Backup {
+            command:
+                BackupCommand::Create {
+                    file,
+                    namespaces,
+                    no_encrypt,
+                    config,
+                    overrides,
+                },
+        } => backup_online(config, &overrides, &[], |ops, keys| async move {
+            let key = if no_encrypt { None } else { keys.first() };
+            let (manifest, size) = ops.backup_capture(&namespaces, &file, key).await?;
+            let mut v = serde_json::to_value(&manifest).unwrap_or_default();
+            v["size_bytes"] = size.into();
+            v["encrypted"] = key.is_some().into();
+            Ok(v)
+        }),
+        Command::Backup {
+            command:
+                BackupCommand::Restore {
+                    file,
+                    mode,
+                    namespaces,
+                    dry_run,
+                    old_key,
+                    config,
+                    overrides,
+                },
+        } => {
+            use swarmstate::store::backup::RestoreMode;
+            let mode = match mode.as_str() {
+                "merge" => RestoreMode::Merge,
+                "replace" => RestoreMode::Replace,
+                other => {
+                    eprintln!("error: --mode must be merge or replace (not `{other}`)");
+                    return ExitCode::from(2);
+                }
+            };
+            backup_online(config, &overrides, &old_key, |ops, keys| async move {
+                let caller = swarmstate::domain::auth::Caller::Open;
+                let s = ops
+                    .backup_restore(&caller, &file, &keys, mode, &namespaces, dry_run)
+                    .await?;
+                Ok(serde_json::to_value(&s).unwrap_or_default())
+            })
+        }
         Command::Healthcheck { addr, timeout_ms } => {
             let addr = addr.unwrap_or_else(|| {
                 let listen = std::env::var("SWARMSTATE_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
@@ -266,6 +355,66 @@ fn init_logging(cfg: &Config) {
     } else {
         builder.init();
     }
+}
+
+/// `swarmstate backup create|restore`: connect, run `f` with the backup key (first) and the
+/// old keys, print its JSON answer; exit 1 with the problem's code on failure, 2 on bad input.
+fn backup_online<F, Fut>(
+    config: Option<PathBuf>,
+    overrides: &CliOverrides,
+    old_keys: &[String],
+    f: F,
+) -> ExitCode
+where
+    F: FnOnce(std::sync::Arc<swarmstate::ops::Ops>, Vec<swarmstate::domain::backup::BackupKey>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, swarmstate::error::ApiError>>,
+{
+    use swarmstate::domain::backup::BackupKey;
+    let cfg = match Config::load(config.as_deref(), overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut keys = Vec::new();
+    for k in cfg.backup_key.iter().chain(old_keys) {
+        match BackupKey::parse(k) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let (ops, _stop) = match swarmstate::app::connect_ops(cfg).await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let out = f(ops.clone(), keys).await;
+        ops.store().close().await;
+        match out {
+            Ok(v) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {}", e.code.as_str(), e.detail);
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// `swarmstate backup verify`.

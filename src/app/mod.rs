@@ -139,3 +139,21 @@ pub async fn run(mut cfg: Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A one-off command's connection (`swarmstate backup create|restore`): connected to
+/// `cfg.redis_url`, migrated, with every operation allowed (the operator runs it). Keep the
+/// sender: dropping it does not stop anything, it only ends what waits for a stop.
+pub async fn connect_ops(cfg: Config) -> Result<(Arc<Ops>, StopSender), String> {
+    let url = cfg.redis_url.clone().ok_or_else(|| {
+        "no Redis to connect to: set SWARMSTATE_REDIS_URL or --redis-url (the embedded Redis runs only under `swarmstate serve`)"
+            .to_string()
+    })?;
+    let auth = Arc::new(crate::ops::auth::Auth::load(&cfg).map_err(|e| format!("tokens_file: {e}"))?);
+    let store = Store::connect(&cfg, &url).await?;
+    migrate::run(&store).await.map_err(|e| e.to_string())?;
+    let (stop, stopped) = shutdown::channel();
+    Ok((
+        Arc::new(Ops::new(store, Arc::new(cfg), false, stopped, auth)),
+        stop,
+    ))
+}

@@ -547,6 +547,21 @@ impl<R: Read> Reader<R> {
     }
 }
 
+impl From<BackupError> for crate::error::ApiError {
+    fn from(e: BackupError) -> Self {
+        use crate::error::{ApiError, ErrorCode};
+        let code = match e {
+            BackupError::NotABackup | BackupError::UnsupportedVersion(_) => ErrorCode::BackupInvalid,
+            BackupError::KeyMissing => ErrorCode::BackupKeyMissing,
+            BackupError::WrongKey(_) => ErrorCode::BackupKeyMismatch,
+            BackupError::Tampered(_) => ErrorCode::BackupTampered,
+            BackupError::Truncated(_) => ErrorCode::BackupTruncated,
+            BackupError::Io(e) => return ApiError::internal(format!("backup file: {e}")),
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
 /// Read a whole file, checking everything, and answer how many lines it holds.
 pub fn verify(input: impl Read, keys: &[BackupKey]) -> Result<u64, BackupError> {
     let mut r = Reader::open(input, keys)?;

@@ -20,7 +20,7 @@ impl IntoResponse for ApiError {
     /// The body is rendered without `instance`; [`observe`] re-renders it with the request
     /// path and id, finding the error in the extensions.
     fn into_response(self) -> Response {
-        let mut res = (self.code.status(), self.to_body("", None)).into_response();
+        let mut res = (self.status(), self.to_body("", None)).into_response();
         res.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(s) = self.retry_after {
@@ -132,7 +132,7 @@ fn finish_problem(mut res: Response, path: &str, rid: Option<&str>) -> Response 
         }
     };
     let (mut parts, _) = res.into_parts();
-    parts.status = err.code.status();
+    parts.status = err.status();
     parts
         .headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -10,7 +10,7 @@
 //! Namespaces are captured one after the other: there is no consistency across namespaces
 //! (each lives in its own hash tag, possibly on another cluster node).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
@@ -102,10 +102,36 @@ pub struct NamespaceManifest {
     pub entries: u64,
     /// Lock name → last fencing token granted.
     pub fencing: HashMap<String, u64>,
-    /// A partition's quota bytes, max keys, default TTL (ms); null for a plain namespace.
-    pub partition_limits: Option<[Option<u64>; 3]>,
+    /// The partition's settings; null for a plain namespace.
+    pub partition: Option<PartitionLine>,
     /// Capture attempts it took (a log trimmed under it, or too many changes, start again).
     pub attempts: usize,
+}
+
+/// A partition's settings as a backup holds them (restore creates the partition with them
+/// when the target has none of that name).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct PartitionLine {
+    pub owner_agent: String,
+    pub tier: String,
+    pub quota_bytes: u64,
+    pub max_keys: Option<u64>,
+    pub default_ttl_ms: Option<u64>,
+}
+
+impl PartitionLine {
+    /// From the fields of a `part` hash (None when it is not a partition).
+    fn from_fields(f: &[(String, String)]) -> Option<PartitionLine> {
+        let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
+        Some(PartitionLine {
+            owner_agent: get("owner_agent")?.to_string(),
+            tier: get("tier").unwrap_or("shared").to_string(),
+            quota_bytes: num("quota_bytes")?,
+            max_keys: num("max_keys"),
+            default_ttl_ms: num("default_ttl_ms"),
+        })
+    }
 }
 
 /// The first line of a backup file.
@@ -120,10 +146,11 @@ pub struct Manifest {
 }
 
 /// One namespace captured into a temporary file: its manifest part and the keys the fix-up
-/// replaced (their page lines are skipped when the file is written).
+/// replaced (their page lines are skipped when the file is written, and they are merged in
+/// key order: a namespace's entries are in byte order of their keys).
 struct Captured {
     manifest: NamespaceManifest,
-    fixed: HashMap<String, Option<Vec<u8>>>,
+    fixed: BTreeMap<String, Option<Vec<u8>>>,
     pages: std::path::PathBuf,
 }
 
@@ -162,20 +189,28 @@ impl Ops {
             let mut w = Writer::new(BufWriter::new(File::create(out)?), key)?;
             w.line(&manifest)?;
             for c in &captured {
-                w.line(
-                    &serde_json::json!({"type": "namespace", "namespace": c.manifest.namespace,
-                    "revision": c.manifest.revision, "epoch": c.manifest.epoch, "fencing": c.manifest.fencing,
-                    "partition_limits": c.manifest.partition_limits}),
-                )?;
+                w.line(&NamespaceLine {
+                    kind: "namespace",
+                    manifest: c.manifest.clone(),
+                })?;
+                // The page lines (in key order) and the fixed keys (in key order), merged.
+                let mut fixed = c.fixed.iter().peekable();
                 for line in BufReader::new(File::open(&c.pages)?).split(b'\n') {
                     let mut line = line?;
-                    if !replaced(&line, &c.fixed) {
+                    let Some(key) = key_of(&line) else { continue };
+                    while let Some((_, l)) = fixed.next_if(|(k, _)| k.as_str() < key.as_ref()) {
+                        if let Some(l) = l {
+                            w.raw_line(l)?;
+                        }
+                    }
+                    let skip = c.fixed.contains_key(key.as_ref());
+                    if !skip {
                         line.push(b'\n');
                         w.raw_line(&line)?;
                     }
                 }
-                for line in c.fixed.values().flatten() {
-                    w.raw_line(line)?;
+                for l in fixed.filter_map(|(_, l)| l.as_ref()) {
+                    w.raw_line(l)?;
                 }
             }
             let (_, size, _) = w.finish()?;
@@ -268,10 +303,10 @@ impl Ops {
                         revision,
                         epoch,
                         fence,
-                        limits,
+                        part,
                         keys,
                     } => {
-                        let fixed: HashMap<String, Option<Vec<u8>>> = keys
+                        let fixed: BTreeMap<String, Option<Vec<u8>>> = keys
                             .into_iter()
                             .map(|(key, k)| (key, k.and_then(|k| entry_line(ns, &k))))
                             .collect();
@@ -286,7 +321,7 @@ impl Ops {
                                 epoch,
                                 entries,
                                 fencing: fence.into_iter().collect(),
-                                partition_limits: limits.iter().any(Option::is_some).then_some(limits),
+                                partition: PartitionLine::from_fields(&part),
                                 attempts: attempt,
                             },
                             fixed,
@@ -303,20 +338,29 @@ impl Ops {
 }
 
 /// How many page lines of the temporary file a fixed key replaces.
-fn count_replaced(pages: &Path, fixed: &HashMap<String, Option<Vec<u8>>>) -> std::io::Result<u64> {
+fn count_replaced(pages: &Path, fixed: &BTreeMap<String, Option<Vec<u8>>>) -> std::io::Result<u64> {
     let mut n = 0;
     for line in BufReader::new(File::open(pages)?).split(b'\n') {
-        n += u64::from(replaced(&line?, fixed));
+        n += u64::from(key_of(&line?).is_some_and(|k| fixed.contains_key(k.as_ref())));
     }
     Ok(n)
 }
 
-/// Whether a page line's key is one the fix-up read again (only its `key` is decoded).
-fn replaced(line: &[u8], fixed: &HashMap<String, Option<Vec<u8>>>) -> bool {
+/// The key of an entry line (only its `key` is decoded).
+fn key_of(line: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct KeyOf<'a> {
         #[serde(borrow)]
         key: std::borrow::Cow<'a, str>,
     }
-    serde_json::from_slice::<KeyOf>(line).is_ok_and(|k| fixed.contains_key(k.key.as_ref()))
+    serde_json::from_slice::<KeyOf>(line).ok().map(|k| k.key)
+}
+
+/// A namespace's section header in the file: what the manifest says of it.
+#[derive(Serialize)]
+struct NamespaceLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    manifest: NamespaceManifest,
 }

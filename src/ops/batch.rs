@@ -74,7 +74,7 @@ impl Ops {
                         Err(e)
                             if matches!(e.code, ErrorCode::QuotaExceeded | ErrorCode::StaleFencingToken) =>
                         {
-                            item(e.code.status().as_u16(), None, None, Some(e))
+                            item(e.status().as_u16(), None, None, Some(e))
                         }
                         Err(e) => return Err(e),
                         Ok(PutOutcome::Written { entry, created }) => {

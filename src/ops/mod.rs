@@ -15,6 +15,7 @@ pub mod kv;
 pub mod locks;
 pub mod partitions;
 pub mod queues;
+pub mod restore;
 pub mod watch;
 
 use std::sync::Arc;

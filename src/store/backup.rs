@@ -12,9 +12,93 @@ use crate::error::{ApiError, ApiResult};
 
 pub const NS_READ: Function = Function::new("ns_read", Arity::AtLeast(2), Arity::AtLeast(1)).reading();
 pub const NS_DUMP_FIX: Function =
-    Function::new("ns_dump_fix", Arity::AtLeast(3), Arity::AtLeast(1)).reading();
+    Function::new("ns_dump_fix", Arity::AtLeast(4), Arity::AtLeast(1)).reading();
+pub const NS_RESTORE_BEGIN: Function =
+    Function::new("ns_restore_begin", Arity::Exactly(2), Arity::AtLeast(1));
+pub const NS_RESTORE_PUT: Function = Function::new("ns_restore_put", Arity::AtLeast(5), Arity::AtLeast(12));
+pub const NS_RESTORE_DELETE: Function =
+    Function::new("ns_restore_delete", Arity::AtLeast(5), Arity::AtLeast(8));
 
-pub const FUNCTIONS: &[&Function] = &[&NS_READ, &NS_DUMP_FIX];
+pub const FUNCTIONS: &[&Function] = &[
+    &NS_READ,
+    &NS_DUMP_FIX,
+    &NS_RESTORE_BEGIN,
+    &NS_RESTORE_PUT,
+    &NS_RESTORE_DELETE,
+];
+
+/// One version of an entry as restored: the fields of a record (see kv.lua).
+#[derive(Debug, Clone)]
+pub struct RestoreVersion {
+    pub version: u64,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub agent_id: Option<String>,
+    pub change_reason: Option<String>,
+    /// JSON text ('' = none).
+    pub metadata: String,
+    pub value: String,
+}
+
+/// One entry of a backup to restore: its current version and its history, oldest first.
+#[derive(Debug, Clone)]
+pub struct RestoreEntry {
+    pub key: String,
+    pub current: RestoreVersion,
+    pub history: Vec<RestoreVersion>,
+}
+
+/// How a restore treats what the namespace holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    Merge,
+    Replace,
+}
+
+/// What a restore call did (or, dry, would do).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreCounts {
+    pub restored: u64,
+    pub skipped: u64,
+    pub deleted: u64,
+    pub revision: u64,
+}
+
+/// A restore call's frame: the backup's epoch and the namespace's epoch and revision when the
+/// restore began.
+#[derive(Debug, Clone)]
+pub struct RestoreFrame {
+    pub mode: RestoreMode,
+    pub dry: bool,
+    pub backup_epoch: String,
+    pub epoch_before: String,
+    pub revision_before: u64,
+}
+
+fn version_args(v: &RestoreVersion, with_mrev: bool, out: &mut Vec<Value>) {
+    out.push(v.version.to_string().into());
+    out.push(v.create_revision.to_string().into());
+    if with_mrev {
+        out.push(v.mod_revision.to_string().into());
+    }
+    out.push(v.created_at_ms.to_string().into());
+    out.push(v.updated_at_ms.to_string().into());
+    out.push(v.expires_at_ms.map(|e| e.to_string()).unwrap_or_default().into());
+    out.push(v.agent_id.clone().unwrap_or_default().into());
+    out.push(v.change_reason.clone().unwrap_or_default().into());
+    out.push(v.metadata.as_str().into());
+    out.push(v.value.as_str().into());
+}
+
+fn restore_prov() -> crate::domain::kv::Provenance {
+    crate::domain::kv::Provenance {
+        reason: Some("restore".into()),
+        ..Default::default()
+    }
+}
 
 /// One key as captured: its stored record and its history (version, record), oldest first.
 #[derive(Debug, Clone)]
@@ -31,8 +115,8 @@ pub enum Fix {
         epoch: String,
         /// Lock name → last fencing token granted.
         fence: Vec<(String, u64)>,
-        /// A partition's quota bytes, max keys and default TTL (`None` for a plain namespace).
-        limits: [Option<u64>; 3],
+        /// The partition record (empty for a plain namespace).
+        part: Vec<(String, String)>,
         /// The keys given, as they are now (`None`: absent).
         keys: Vec<(String, Option<DumpedKey>)>,
     },
@@ -123,7 +207,7 @@ impl Store {
     /// `covered` to a key not among them.
     pub async fn ns_dump_fix(&self, ns: &str, covered: u64, names: &[String]) -> ApiResult<Fix> {
         let nk = self.keys().ns(ns);
-        let mut keys = vec![nk.meta.clone(), nk.log.clone(), nk.fence()];
+        let mut keys = vec![nk.meta.clone(), nk.log.clone(), nk.fence(), nk.part()];
         keys.extend(names.iter().flat_map(|n| [nk.entry(n), nk.hist(n)]));
         let mut args: Vec<Value> = vec![(covered as i64).into()];
         args.extend(names.iter().map(|n| Value::from(n.as_str())));
@@ -140,9 +224,7 @@ impl Store {
             .into_iter()
             .map(|(k, v)| (k, v.parse().unwrap_or(0)))
             .collect();
-        let lim = r.array();
-        let limit = |i: usize| lim.get(i).and_then(v_str).and_then(|s| s.parse().ok());
-        let limits = [limit(0), limit(1), limit(2)];
+        let part = hash_fields(&r.value()).into_iter().collect();
         let entries = r.array();
         let mut changed = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
@@ -152,8 +234,93 @@ impl Store {
             revision,
             epoch,
             fence,
-            limits,
+            part,
             keys: changed,
+        })
+    }
+
+    /// Start restoring `ns`: a new epoch, each lock's fencing counter set to the higher of its
+    /// current value and the backup's, plus `margin`. Answers the revision and epoch before.
+    pub async fn ns_restore_begin(
+        &self,
+        ns: &str,
+        fencing: &[(String, u64)],
+        margin: u64,
+    ) -> ApiResult<(u64, String)> {
+        let nk = self.keys().ns(ns);
+        let mut args: Vec<Value> = vec![margin.to_string().into()];
+        for (name, token) in fencing {
+            args.push(name.as_str().into());
+            args.push(token.to_string().into());
+        }
+        let mut r = self
+            .fcall(&NS_RESTORE_BEGIN, vec![nk.meta.clone(), nk.fence()], args)
+            .await?;
+        let rev = r.u64_or_0();
+        self.forget_namespace(ns);
+        self.register_namespace(ns).await?;
+        Ok((rev, r.str()))
+    }
+
+    /// Restore a batch of entries of `ns` (in key order).
+    pub async fn ns_restore_put(
+        &self,
+        ns: &str,
+        frame: &RestoreFrame,
+        entries: &[RestoreEntry],
+    ) -> ApiResult<RestoreCounts> {
+        let nk = self.keys().ns(ns);
+        let mut keys = nk.common();
+        let mut args = self.ctx_args(&restore_prov());
+        args.push(
+            if frame.mode == RestoreMode::Replace {
+                "replace"
+            } else {
+                "merge"
+            }
+            .into(),
+        );
+        args.push(if frame.dry { "1" } else { "" }.into());
+        args.push(frame.backup_epoch.as_str().into());
+        args.push(frame.epoch_before.as_str().into());
+        args.push(frame.revision_before.to_string().into());
+        args.push(entries.len().to_string().into());
+        for e in entries {
+            keys.push(nk.entry(&e.key));
+            keys.push(nk.hist(&e.key));
+            args.push(e.key.as_str().into());
+            version_args(&e.current, false, &mut args);
+            args.push(e.history.len().to_string().into());
+            for h in &e.history {
+                version_args(h, true, &mut args);
+            }
+        }
+        let mut r = self.fcall(&NS_RESTORE_PUT, keys, args).await?;
+        Ok(RestoreCounts {
+            restored: r.u64_or_0(),
+            skipped: r.u64_or_0(),
+            deleted: r.u64_or_0(),
+            revision: r.u64_or_0(),
+        })
+    }
+
+    /// Delete `names` of `ns` (replace restore: keys the backup does not hold).
+    pub async fn ns_restore_delete(&self, ns: &str, dry: bool, names: &[String]) -> ApiResult<RestoreCounts> {
+        let nk = self.keys().ns(ns);
+        let mut keys = nk.common();
+        let mut args = self.ctx_args(&restore_prov());
+        args.push(if dry { "1" } else { "" }.into());
+        args.push(names.len().to_string().into());
+        for n in names {
+            keys.push(nk.entry(n));
+            keys.push(nk.hist(n));
+            args.push(n.as_str().into());
+        }
+        let mut r = self.fcall(&NS_RESTORE_DELETE, keys, args).await?;
+        Ok(RestoreCounts {
+            deleted: r.u64_or_0(),
+            revision: r.u64_or_0(),
+            ..Default::default()
         })
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fred::prelude::*;
 use serde_json::{json, Value};
 use swarmstate::domain::backup::{verify, BackupError, BackupKey, Reader};
+use swarmstate::store::backup::RestoreMode;
 
 use crate::common::{shared_redis_url, test_config, TestApp};
 
@@ -188,4 +189,269 @@ async fn a_capture_under_writers_is_the_namespace_exactly_at_its_revision() {
     ));
     drop(client);
     Arc::try_unwrap(app).ok().expect("writers ended").stop().await;
+}
+
+/// What a user sees of a key: value, version, metadata, provenance, and its history.
+async fn key_view(app: &TestApp, ns: &str, key: &str) -> Option<Value> {
+    let r = app.get(&format!("/v1/ns/{ns}/kv/{key}")).await;
+    if r.status == 404 {
+        return None;
+    }
+    let e = r.json();
+    let h = app.get(&format!("/v1/ns/{ns}/kv/{key}/history")).await.json();
+    let hist: Vec<Value> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| json!([v["version"], v["value"], v["change_reason"]]))
+        .collect();
+    Some(
+        json!({"value": e["value"], "version": e["version"], "metadata": e["metadata"],
+        "agent_id": e["agent_id"], "change_reason": e["change_reason"], "history": hist,
+        "ttl": e["expires_at"].is_string()}),
+    )
+}
+
+async fn restore(
+    app: &TestApp,
+    path: &std::path::Path,
+    key: &BackupKey,
+    mode: RestoreMode,
+    dry: bool,
+) -> Result<swarmstate::ops::restore::RestoreSummary, swarmstate::error::ApiError> {
+    let ops = app.server.as_ref().unwrap().state.ops.clone();
+    ops.backup_restore(
+        &swarmstate::domain::auth::Caller::Open,
+        path,
+        std::slice::from_ref(key),
+        mode,
+        &[],
+        dry,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_a_fresh_deployment_gives_back_every_entry_history_ttl_lock_counter_and_partition() {
+    let src = TestApp::start().await;
+    for i in 0..300 {
+        let p = format!("/v1/ns/rs/kv/k{i:03}");
+        src.put_h(
+            &p,
+            &[("x-agent-id", "alice"), ("x-change-reason", "first")],
+            json!({"value": {"n": i}, "metadata": {"tag": i % 3}}),
+        )
+        .await;
+        if i % 10 == 0 {
+            src.put_h(
+                &p,
+                &[("x-change-reason", "second")],
+                json!({"value": {"n": i, "again": true}}),
+            )
+            .await;
+        }
+    }
+    src.put("/v1/ns/rs/kv/short", json!({"value": "soon", "ttl_ms": 600000}))
+        .await;
+    for _ in 0..3 {
+        let g = src
+            .post("/v1/ns/rs/locks/door", json!({"owner": "a", "ttl_ms": 60000}))
+            .await
+            .json();
+        let t = g["token"].as_str().unwrap().to_string();
+        src.req("DELETE", "/v1/ns/rs/locks/door", &[("x-lock-token", &t)], None)
+            .await;
+    }
+    let r = src
+        .post(
+            "/v1/partitions",
+            json!({"name": "rs-part", "owner_agent": "bob", "quota_bytes": 100000, "tier": "shared"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    src.put("/v1/ns/rs-part/kv/note", json!({"value": "kept"})).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rs.swsbak");
+    let key = BackupKey::parse(&"5a".repeat(32)).unwrap();
+    let ops = src.server.as_ref().unwrap().state.ops.clone();
+    let (manifest, _) = ops
+        .backup_capture(&["rs".into(), "rs-part".into()], &path, Some(&key))
+        .await
+        .unwrap();
+    assert_eq!(manifest.namespaces[0].entries, 301);
+    assert_eq!(manifest.namespaces[0].fencing.get("door"), Some(&3));
+
+    // A fresh deployment (its own key prefix): dry run first, which writes nothing.
+    let dst = TestApp::start().await;
+    let dry = restore(&dst, &path, &key, RestoreMode::Replace, true)
+        .await
+        .unwrap();
+    assert_eq!((dry.restored, dry.deleted, dry.skipped), (302, 0, 0), "{dry:?}");
+    assert!(
+        key_view(&dst, "rs", "k000").await.is_none(),
+        "a dry run writes nothing"
+    );
+    assert_eq!(dst.get("/v1/partitions/rs-part").await.status, 404);
+
+    let s = restore(&dst, &path, &key, RestoreMode::Replace, false)
+        .await
+        .unwrap();
+    assert_eq!((s.restored, s.deleted, s.skipped), (302, 0, 0), "{s:?}");
+    assert!(s.namespaces[1].partition_created);
+    let mut names: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
+    names.push("short".into());
+    for k in &names {
+        let want = key_view(&src, "rs", k).await;
+        assert!(want.is_some());
+        assert_eq!(key_view(&dst, "rs", k).await, want, "{k}");
+    }
+    let list = dst.get("/v1/ns/rs/kv?limit=1000").await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 301);
+    let part = dst.get("/v1/partitions/rs-part").await.json();
+    assert_eq!(
+        (part["quota_bytes"].as_u64(), part["owner_agent"].as_str()),
+        (Some(100000), Some("bob"))
+    );
+    assert_eq!(dst.get("/v1/ns/rs-part/kv/note").await.json()["value"], "kept");
+    // A restored lock never hands out a token already used.
+    let g = dst
+        .post("/v1/ns/rs/locks/door", json!({"owner": "b", "ttl_ms": 1000}))
+        .await
+        .json();
+    assert!(g["fencing_token"].as_u64().unwrap() > 3 + 999_999, "{g}");
+
+    // Idempotent: a second restore changes nothing.
+    let again = restore(&dst, &path, &key, RestoreMode::Replace, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.restored, again.deleted, again.skipped),
+        (0, 0, 302),
+        "{again:?}"
+    );
+
+    // Replace removes what the backup does not hold and puts back what changed; merge keeps
+    // newer lives and adds what is missing. Both on the source (same epoch as the backup).
+    src.put("/v1/ns/rs/kv/extra", json!({"value": 1})).await;
+    src.put("/v1/ns/rs/kv/k001", json!({"value": "changed after"}))
+        .await;
+    src.delete("/v1/ns/rs/kv/k002").await;
+    let m = restore(&src, &path, &key, RestoreMode::Merge, false)
+        .await
+        .unwrap();
+    assert_eq!(m.restored, 1, "only the deleted key comes back in a merge: {m:?}");
+    assert_eq!(
+        src.get("/v1/ns/rs/kv/k001").await.json()["value"],
+        "changed after"
+    );
+    assert_eq!(
+        src.get("/v1/ns/rs/kv/k002").await.json()["value"],
+        json!({"n": 2})
+    );
+    assert_eq!(src.get("/v1/ns/rs/kv/extra").await.status, 200);
+    let r = restore(&src, &path, &key, RestoreMode::Replace, false)
+        .await
+        .unwrap();
+    assert_eq!((r.restored, r.deleted), (1, 1), "{r:?}");
+    assert_eq!(
+        src.get("/v1/ns/rs/kv/k001").await.json()["value"],
+        json!({"n": 1})
+    );
+    assert_eq!(src.get("/v1/ns/rs/kv/extra").await.status, 404);
+    let v = src.get("/v1/ns/rs/kv/k001").await.json()["version"]
+        .as_u64()
+        .unwrap();
+    assert!(v > 2, "the restored version is above the one it replaced ({v})");
+
+    // A damaged, truncated or wrong-key file is refused before anything is written.
+    dst.put("/v1/ns/rs/kv/extra", json!({"value": "mine"})).await;
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = dir.path().join("bad.swsbak");
+    let mut b = bytes.clone();
+    let last = b.len() - 40;
+    b[last] ^= 0x20;
+    std::fs::write(&bad, &b).unwrap();
+    let e = restore(&dst, &bad, &key, RestoreMode::Replace, false)
+        .await
+        .unwrap_err();
+    assert_eq!((e.code.as_str(), e.status().as_u16()), ("backup_tampered", 422));
+    std::fs::write(&bad, &bytes[..bytes.len() - 100]).unwrap();
+    let e = restore(&dst, &bad, &key, RestoreMode::Replace, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "backup_truncated");
+    let wrong = BackupKey::parse(&"77".repeat(32)).unwrap();
+    let e = restore(&dst, &path, &wrong, RestoreMode::Replace, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.as_str(), "backup_key_mismatch");
+    assert_eq!(
+        dst.get("/v1/ns/rs/kv/extra").await.json()["value"],
+        "mine",
+        "nothing was written"
+    );
+    src.stop().await;
+    dst.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumed_across_a_restore_is_told_reset() {
+    let app = TestApp::start().await;
+    app.put("/v1/ns/rw/kv/a", json!({"value": 1})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rw.swsbak");
+    let key = BackupKey::parse(&"11".repeat(32)).unwrap();
+    let ops = app.server.as_ref().unwrap().state.ops.clone();
+    ops.backup_capture(&["rw".into()], &path, Some(&key))
+        .await
+        .unwrap();
+    let mut ws = crate::common::ws::connect(&app).await;
+    crate::common::ws::send(
+        &mut ws,
+        json!({"op": "watch", "id": "w", "namespace": "rw", "from_revision": 0}),
+    )
+    .await;
+    let first = crate::common::ws::next(&mut ws, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(first["type"], "event", "{first}");
+    let progress = crate::common::ws::next(&mut ws, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let epoch = progress["epoch"].as_str().unwrap().to_string();
+    app.put("/v1/ns/rw/kv/a", json!({"value": 2})).await;
+    restore(&app, &path, &key, RestoreMode::Replace, false)
+        .await
+        .unwrap();
+    // The live watcher is told its history changed: `compacted` with reason `reset`.
+    let mut told = None;
+    for _ in 0..20 {
+        match crate::common::ws::next(&mut ws, std::time::Duration::from_secs(3)).await {
+            Some(f) if f["type"] == "compacted" => {
+                told = Some(f);
+                break;
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    assert_eq!(told.expect("a compacted frame")["reason"], "reset");
+    // A resume with the old epoch is told the same.
+    let mut ws2 = crate::common::ws::connect(&app).await;
+    crate::common::ws::send(
+        &mut ws2,
+        json!({"op": "watch", "id": "r", "namespace": "rw", "from_revision": 1, "epoch": epoch}),
+    )
+    .await;
+    let f = crate::common::ws::next(&mut ws2, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (f["type"].as_str(), f["reason"].as_str()),
+        (Some("compacted"), Some("reset")),
+        "{f}"
+    );
+    assert_eq!(app.get("/v1/ns/rw/kv/a").await.json()["value"], 1);
+    app.stop().await;
 }
