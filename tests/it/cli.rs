@@ -408,3 +408,81 @@ fn backup_verify_checks_a_file_and_names_what_is_wrong() {
     let (code, _, err) = run(&good, Some("short"), &[]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_create_and_restore_run_against_redis_and_print_json() {
+    let src = crate::common::TestApp::start().await;
+    for i in 0..20 {
+        src.put(&format!("/v1/ns/cli-bk/kv/k{i}"), serde_json::json!({"value": i}))
+            .await;
+    }
+    let url = crate::common::shared_redis_url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cli.swsbak");
+    let key = "3c".repeat(32);
+    let run = |args: &[&str], prefix: &str| {
+        let out = bin()
+            .args(args)
+            .args(["--redis-url", &url, "--key-prefix", prefix])
+            .env("SWARMSTATE_BACKUP_KEY", &key)
+            .env_remove("SWARMSTATE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let f = file.to_str().unwrap();
+    let (code, out, err) = run(
+        &["backup", "create", "--file", f, "--namespaces", "cli-bk"],
+        src.keys().prefix(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (m["namespaces"][0]["entries"].as_u64(), m["encrypted"].as_bool()),
+        (Some(20), Some(true)),
+        "{m}"
+    );
+    // Into another deployment (prefix): a dry run, then the restore.
+    let other = crate::common::redis::unique_prefix();
+    let (code, out, err) = run(
+        &["backup", "restore", "--file", f, "--mode", "replace", "--dry-run"],
+        &other,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["restored"],
+        20
+    );
+    let (code, out, err) = run(&["backup", "restore", "--file", f, "--mode", "replace"], &other);
+    assert_eq!(code, Some(0), "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (s["restored"].as_u64(), s["dry_run"].as_bool()),
+        (Some(20), Some(false)),
+        "{s}"
+    );
+    let client = crate::common::redis_client(&url).await;
+    let rec: Option<String> = fred::interfaces::KeysInterface::get(
+        &client,
+        swarmstate::store::keys::Keys::new(&other)
+            .ns("cli-bk")
+            .entry("k7"),
+    )
+    .await
+    .unwrap();
+    assert!(rec.is_some_and(|r| r.ends_with("\n7")), "k7 restored");
+    let (code, _, err) = run(&["backup", "restore", "--file", f, "--mode", "sideways"], &other);
+    assert_eq!(code, Some(2), "{err}");
+    std::fs::write(&file, b"nonsense").unwrap();
+    let (code, _, err) = run(&["backup", "restore", "--file", f, "--mode", "merge"], &other);
+    assert_eq!(
+        (code, err.starts_with("backup_invalid")),
+        (Some(1), true),
+        "{err}"
+    );
+    src.stop().await;
+}
