@@ -21,7 +21,7 @@ use super::backup::PartitionLine;
 use super::Ops;
 use crate::domain::auth::Caller;
 use crate::domain::backup::{BackupKey, Reader};
-use crate::domain::names::{validate_key, validate_name};
+use crate::domain::names::{validate_key, validate_name, validate_text};
 use crate::domain::partition::CreateBody;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::backup::{RestoreCounts, RestoreEntry, RestoreFrame, RestoreMode, RestoreVersion};
@@ -100,12 +100,11 @@ fn invalid(line: u64, what: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::BackupInvalid, format!("content line {line}: {what}"))
 }
 
-fn text_ok(line: u64, what: &str, v: &Option<String>) -> ApiResult<()> {
+/// Provenance as the API accepts it (`x-agent-id` up to 128 bytes, `x-change-reason` up to 1024).
+fn text_ok(line: u64, what: &str, v: &Option<String>, max: usize) -> ApiResult<()> {
     match v {
-        Some(t) if t.len() > 256 || t.chars().any(char::is_control) => {
-            Err(invalid(line, format!("bad {what}")))
-        }
-        _ => Ok(()),
+        Some(t) => validate_text(what, t, max).map_err(|e| invalid(line, e.detail)),
+        None => Ok(()),
     }
 }
 
@@ -114,8 +113,8 @@ impl VersionIn {
         if !self.history.is_empty() {
             return Err(invalid(line, "a history version with a history"));
         }
-        text_ok(line, "agent_id", &self.agent_id)?;
-        text_ok(line, "change_reason", &self.change_reason)?;
+        text_ok(line, "agent_id", &self.agent_id, 128)?;
+        text_ok(line, "change_reason", &self.change_reason, 1024)?;
         if self.version == 0 {
             return Err(invalid(line, "version 0"));
         }
