@@ -51,7 +51,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("agent_rate_per_sec", "request budget per x-agent-id (burst 2x); none: no budget"),
     ("ws_max_watches", "watches and subscriptions per WebSocket connection"),
     ("backup_dir", "where backups are written (default <data_dir>/backups)"),
-    ("backup_key", "backup encryption key"),
+    ("backup_key", "backup encryption key: 32 bytes as 64 hex digits or base64; backups are encrypted when set"),
+    ("backup_keys_old", "earlier backup keys (comma-separated), to restore and verify files made with them"),
+    ("backup_upload_limit_bytes", "largest file POST /v1/backups/upload accepts (413 beyond)"),
+    ("backup_schedule", "take a backup of everything on this schedule: a cron expression (UTC, 5 or 6 fields) or an interval like 6h"),
+    ("backup_retention", "scheduled backups kept: a count, an age, or both (e.g. 7 or 30d or 7,30d)"),
     ("pool_capacity_bytes", "sum of all partition quotas allowed (507 pool_exhausted beyond)"),
 ];
 
@@ -161,10 +165,25 @@ pub struct Config {
     pub agent_rate_per_sec: Option<u32>,
     /// Watches and subscriptions one WebSocket connection may hold.
     pub ws_max_watches: usize,
-    /// Backup directory (backups issue). Defaults to `<data_dir>/backups`.
+    /// Backup directory: `<id>.swsbak` files and their `<id>.json` records. Defaults to
+    /// `<data_dir>/backups`; created on the first backup.
     pub backup_dir: Option<PathBuf>,
-    /// Backup encryption key (backups issue).
+    /// AES-256-GCM key of new backups (32 bytes, 64 hex digits or base64). Set: backups are
+    /// encrypted unless a request asks otherwise.
     pub backup_key: Option<String>,
+    /// Keys of earlier backups: verify and restore open files made with them (a list, or one
+    /// comma-separated string as in `SWARMSTATE_BACKUP_KEYS_OLD`).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub backup_keys_old: Vec<String>,
+    /// Largest file `POST /v1/backups/upload` takes (it is streamed to disk, outside
+    /// `body_limit_bytes` and `request_timeout_ms`).
+    pub backup_upload_limit_bytes: u64,
+    /// Scheduled backups of everything: a cron expression (UTC; 5 fields, or 6 with seconds
+    /// first) or an interval (`30m`, `6h`, `1d`).
+    pub backup_schedule: Option<String>,
+    /// How many scheduled backups are kept, and for how long: `7`, `30d` or `7,30d`. Backups
+    /// taken through the API or uploaded are never removed by it.
+    pub backup_retention: Option<String>,
     /// Total bytes memory partitions may allocate (sum of their quotas).
     pub pool_capacity_bytes: u64,
 }
@@ -206,6 +225,10 @@ impl Default for Config {
             ws_max_watches: 256,
             backup_dir: None,
             backup_key: None,
+            backup_keys_old: Vec::new(),
+            backup_upload_limit_bytes: 16 * 1024 * 1024 * 1024,
+            backup_schedule: None,
+            backup_retention: None,
             pool_capacity_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
@@ -367,6 +390,15 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.ws_max_watches) {
             return bad("ws_max_watches: must be between 1 and 100000".into());
+        }
+        if self.backup_upload_limit_bytes == 0 {
+            return bad("backup_upload_limit_bytes: must be greater than 0".into());
+        }
+        if let Some(s) = &self.backup_schedule {
+            BackupSchedule::parse(s).map_err(|e| ConfigError(format!("backup_schedule: {e}")))?;
+        }
+        if let Some(r) = &self.backup_retention {
+            Retention::parse(r).map_err(|e| ConfigError(format!("backup_retention: {e}")))?;
         }
         if self.pool_capacity_bytes == 0 {
             return bad("pool_capacity_bytes: must be greater than 0".into());
@@ -804,5 +836,150 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().0.contains("listen"));
         assert!(Config::default().validate().is_ok());
+    }
+}
+
+/// A list setting given as a list (TOML) or as one comma-separated string (environment).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(l) => l,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// `backup_schedule`: a cron expression (croner: 5 fields, or 6 with seconds first; UTC) or
+/// a fixed interval (humantime, at least 1 s).
+#[derive(Debug, Clone)]
+pub enum BackupSchedule {
+    Cron(Box<croner::Cron>),
+    Every(std::time::Duration),
+}
+
+impl BackupSchedule {
+    pub fn parse(text: &str) -> Result<BackupSchedule, String> {
+        let t = text.trim();
+        if let Ok(d) = humantime::parse_duration(t) {
+            if d < std::time::Duration::from_secs(1) {
+                return Err("an interval must be at least 1s".into());
+            }
+            return Ok(BackupSchedule::Every(d));
+        }
+        <croner::Cron as std::str::FromStr>::from_str(t)
+            .map(|c| BackupSchedule::Cron(Box::new(c)))
+            .map_err(|e| {
+                format!(
+                    "`{t}` is neither a cron expression (like `0 3 * * *`) nor an interval (like `6h`): {e}"
+                )
+            })
+    }
+
+    /// Milliseconds from `now_ms` to the next run.
+    pub fn next_in_ms(&self, now_ms: i64) -> Option<u64> {
+        match self {
+            BackupSchedule::Every(d) => Some(d.as_millis() as u64),
+            BackupSchedule::Cron(c) => {
+                // Whole seconds (croner keeps the fraction it is given).
+                let now = chrono::DateTime::<chrono::Utc>::from_timestamp(now_ms.div_euclid(1000), 0)?;
+                let next = c.find_next_occurrence(&now, false).ok()?;
+                Some((next.timestamp_millis() - now_ms).max(0) as u64)
+            }
+        }
+    }
+}
+
+/// `backup_retention`: keep at most `count` scheduled backups, none older than `max_age`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Retention {
+    pub count: Option<usize>,
+    pub max_age: Option<std::time::Duration>,
+}
+
+impl Retention {
+    pub fn parse(text: &str) -> Result<Retention, String> {
+        let mut r = Retention::default();
+        for part in text.split([',', ' ']).map(str::trim).filter(|p| !p.is_empty()) {
+            if let Ok(n) = part.parse::<usize>() {
+                if n == 0 || r.count.is_some() {
+                    return Err(format!("`{part}`: one count, at least 1"));
+                }
+                r.count = Some(n);
+            } else {
+                let d = humantime::parse_duration(part)
+                    .map_err(|_| format!("`{part}` is neither a count (7) nor an age (30d)"))?;
+                if d.is_zero() || r.max_age.is_some() {
+                    return Err(format!("`{part}`: one age, more than 0"));
+                }
+                r.max_age = Some(d);
+            }
+        }
+        if r == Retention::default() {
+            return Err("give a count, an age, or both (e.g. 7,30d)".into());
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod backup_settings {
+    use super::*;
+
+    #[test]
+    fn schedules_are_cron_or_intervals() {
+        // 2026-12-03T13:05:12.345Z
+        let now = 1_796_303_112_345;
+        let daily = BackupSchedule::parse("0 3 * * *").unwrap();
+        // Next 03:00 UTC is 2026-12-04T03:00:00Z.
+        assert_eq!(daily.next_in_ms(now), Some((1_796_353_200_000 - now) as u64));
+        let every_10s = BackupSchedule::parse("*/10 * * * * *").unwrap();
+        assert_eq!(every_10s.next_in_ms(now), Some((1_796_303_120_000 - now) as u64));
+        assert_eq!(
+            BackupSchedule::parse("6h").unwrap().next_in_ms(now),
+            Some(6 * 3_600_000)
+        );
+        for bad in ["", "soon", "0 3 * *", "500ms", "61 * * * *"] {
+            assert!(BackupSchedule::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retention_is_a_count_an_age_or_both() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(
+            Retention::parse("7").unwrap(),
+            Retention {
+                count: Some(7),
+                max_age: None
+            }
+        );
+        assert_eq!(Retention::parse("30d").unwrap().max_age, Some(30 * day));
+        assert_eq!(
+            Retention::parse("7, 30d").unwrap(),
+            Retention {
+                count: Some(7),
+                max_age: Some(30 * day)
+            }
+        );
+        for bad in ["", "0", "7,8", "forever", "1d,2d"] {
+            assert!(Retention::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn old_keys_are_a_list_or_a_comma_separated_string() {
+        let c: Config = serde_json::from_value(serde_json::json!({"backup_keys_old": "a, b,"})).unwrap();
+        assert_eq!(c.backup_keys_old, ["a", "b"]);
+        let c: Config = serde_json::from_value(serde_json::json!({"backup_keys_old": ["a"]})).unwrap();
+        assert_eq!(c.backup_keys_old, ["a"]);
     }
 }

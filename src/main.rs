@@ -164,9 +164,12 @@ fn main() -> ExitCode {
                 },
         } => backup_online(config, &overrides, &[], |ops, keys| async move {
             let key = if no_encrypt { None } else { keys.first() };
-            let (manifest, size) = ops.backup_capture(&namespaces, &file, key).await?;
-            let mut v = serde_json::to_value(&manifest).unwrap_or_default();
-            v["size_bytes"] = size.into();
+            let done = ops
+                .backup_capture(&namespaces, &file, key, &Default::default())
+                .await?;
+            let mut v = serde_json::to_value(&done.manifest).unwrap_or_default();
+            v["size_bytes"] = done.size_bytes.into();
+            v["sha256"] = done.sha256.into();
             v["encrypted"] = key.is_some().into();
             Ok(v)
         }),

@@ -406,6 +406,7 @@ pub struct Reader<R: Read> {
     count: u64,
     pub header: Header,
     finished: bool,
+    sha256: Option<String>,
 }
 
 /// Read only the header: whether the file is encrypted and with which key id.
@@ -482,6 +483,7 @@ impl<R: Read> Reader<R> {
             count: 0,
             header,
             finished: false,
+            sha256: None,
         })
     }
 
@@ -538,12 +540,18 @@ impl<R: Read> Reader<R> {
             return Err(BackupError::Tampered("content follows the trailer".into()));
         }
         self.finished = true;
+        self.sha256 = Some(sha);
         Ok(())
     }
 
     /// Content lines read so far.
     pub fn lines_read(&self) -> u64 {
         self.count
+    }
+
+    /// Hex SHA-256 of the content, once the trailer has been read and matched it.
+    pub fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod auth;
 pub mod backup;
+pub mod backups;
 pub mod idempotency;
 pub mod json;
 pub mod kv;

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -145,6 +146,22 @@ pub struct Manifest {
     pub namespaces: Vec<NamespaceManifest>,
 }
 
+/// A capture's progress, read while it runs (`GET /v1/backups/{id}`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    pub entries: AtomicU64,
+}
+
+/// A backup file written: its manifest, size and content SHA-256 (hex).
+#[derive(Debug, Clone)]
+pub struct CaptureFile {
+    pub manifest: Manifest,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
 /// One namespace captured into a temporary file: its manifest part and the keys the fix-up
 /// replaced (their page lines are skipped when the file is written, and they are merged in
 /// key order: a namespace's entries are in byte order of their keys).
@@ -162,7 +179,8 @@ impl Ops {
         namespaces: &[String],
         out: &Path,
         key: Option<&BackupKey>,
-    ) -> ApiResult<(Manifest, u64)> {
+        progress: &Progress,
+    ) -> ApiResult<CaptureFile> {
         let names = if namespaces.is_empty() {
             let mut n = self.store.namespace_names().await?;
             n.sort();
@@ -170,13 +188,19 @@ impl Ops {
         } else {
             namespaces.to_vec()
         };
+        progress.total.store(names.len() as u64, Relaxed);
         let io = |e: std::io::Error| ApiError::internal(format!("backup file {}: {e}", out.display()));
         let mut captured = Vec::new();
         for (i, ns) in names.iter().enumerate() {
             let pages = out.with_extension(format!("part{i}"));
-            captured.push(self.capture_namespace(ns, &pages).await.inspect_err(|_| {
-                let _ = std::fs::remove_file(&pages);
-            })?);
+            captured.push(
+                self.capture_namespace(ns, &pages, progress)
+                    .await
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&pages);
+                    })?,
+            );
+            progress.done.fetch_add(1, Relaxed);
         }
         let manifest = Manifest {
             kind: "manifest",
@@ -185,7 +209,7 @@ impl Ops {
             service_version: env!("CARGO_PKG_VERSION"),
             namespaces: captured.iter().map(|c| c.manifest.clone()).collect(),
         };
-        let result = (|| -> std::io::Result<u64> {
+        let result = (|| -> std::io::Result<(u64, String)> {
             let mut w = Writer::new(BufWriter::new(File::create(out)?), key)?;
             w.line(&manifest)?;
             for c in &captured {
@@ -213,17 +237,21 @@ impl Ops {
                     w.raw_line(l)?;
                 }
             }
-            let (_, size, _) = w.finish()?;
-            Ok(size)
+            let (_, size, sha) = w.finish()?;
+            Ok((size, sha))
         })();
         for c in &captured {
             let _ = std::fs::remove_file(&c.pages);
         }
-        let size = result.map_err(io)?;
-        Ok((manifest, size))
+        let (size_bytes, sha256) = result.map_err(io)?;
+        Ok(CaptureFile {
+            manifest,
+            size_bytes,
+            sha256,
+        })
     }
 
-    async fn capture_namespace(&self, ns: &str, pages: &Path) -> ApiResult<Captured> {
+    async fn capture_namespace(&self, ns: &str, pages: &Path, progress: &Progress) -> ApiResult<Captured> {
         let io =
             |e: std::io::Error| ApiError::internal(format!("backup temporary file {}: {e}", pages.display()));
         'attempt: for attempt in 1..=ATTEMPTS {
@@ -238,6 +266,7 @@ impl Ops {
                     if let Some(l) = entry_line(ns, &k) {
                         file.write_all(&l).map_err(io)?;
                         lines += 1;
+                        progress.entries.fetch_add(1, Relaxed);
                     }
                 }
                 if names.len() < PAGE {

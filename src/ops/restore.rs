@@ -175,15 +175,31 @@ fn classify(n: u64, text: &[u8]) -> ApiResult<Line> {
     }
 }
 
-/// The first pass: the whole file checked, and the namespaces it holds.
-fn check_file(path: &Path, keys: &[BackupKey]) -> ApiResult<Vec<String>> {
+/// What reading a whole file found: every check passed.
+#[derive(Debug)]
+pub struct Checked {
+    /// The namespace sections, in file order.
+    pub sections: Vec<String>,
+    pub lines: u64,
+    pub sha256: String,
+    pub header: crate::domain::backup::Header,
+    /// The manifest line.
+    pub manifest: serde_json::Value,
+}
+
+/// Read `path` whole (blocking): every chunk, the SHA-256 trailer and the structure
+/// (a manifest first, namespace sections once each, valid entries in key order).
+pub fn check_file(path: &Path, keys: &[BackupKey]) -> ApiResult<Checked> {
     let mut r = Reader::open(BufReader::new(open(path)?), keys)?;
     let (mut n, mut sections) = (0u64, Vec::new());
+    let mut manifest = serde_json::Value::Null;
     let mut cur: Option<(String, Option<String>)> = None;
     while let Some(text) = r.next_line()? {
         n += 1;
         match classify(n, &text)? {
-            Line::Manifest if n == 1 => {}
+            Line::Manifest if n == 1 => {
+                manifest = serde_json::from_slice(&text).map_err(|e| invalid(n, e))?;
+            }
             Line::Manifest => return Err(invalid(n, "a second manifest")),
             _ if n == 1 => return Err(invalid(n, "the first line is not the manifest")),
             Line::Namespace(ns) => {
@@ -210,7 +226,13 @@ fn check_file(path: &Path, keys: &[BackupKey]) -> ApiResult<Vec<String>> {
     if n == 0 {
         return Err(invalid(0, "no manifest"));
     }
-    Ok(sections)
+    Ok(Checked {
+        sections,
+        lines: r.lines_read(),
+        sha256: r.sha256().unwrap_or_default().to_string(),
+        header: r.header.clone(),
+        manifest,
+    })
 }
 
 fn open(path: &Path) -> ApiResult<File> {
@@ -244,6 +266,7 @@ impl Ops {
             tokio::task::spawn_blocking(move || check_file(&path, &keys))
                 .await
                 .map_err(ApiError::internal)??
+                .sections
         };
         for ns in only {
             if !sections.contains(ns) {

@@ -76,10 +76,17 @@ async fn a_capture_under_writers_is_the_namespace_exactly_at_its_revision() {
     let path = dir.path().join("one.swsbak");
     let key = BackupKey::parse(&"ab".repeat(32)).unwrap();
     let ops = app.server.as_ref().unwrap().state.ops.clone();
-    let (manifest, size) = ops
-        .backup_capture(&["bk".to_string(), "bk-other".to_string()], &path, Some(&key))
+    let progress = Default::default();
+    let file = ops
+        .backup_capture(
+            &["bk".to_string(), "bk-other".to_string()],
+            &path,
+            Some(&key),
+            &progress,
+        )
         .await
         .expect("the capture succeeds under load");
+    let (manifest, size) = (file.manifest, file.size_bytes);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let mut writes = 0;
@@ -275,10 +282,16 @@ async fn a_restore_into_a_fresh_deployment_gives_back_every_entry_history_ttl_lo
     let path = dir.path().join("rs.swsbak");
     let key = BackupKey::parse(&"5a".repeat(32)).unwrap();
     let ops = src.server.as_ref().unwrap().state.ops.clone();
-    let (manifest, _) = ops
-        .backup_capture(&["rs".into(), "rs-part".into()], &path, Some(&key))
+    let manifest = ops
+        .backup_capture(
+            &["rs".into(), "rs-part".into()],
+            &path,
+            Some(&key),
+            &Default::default(),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .manifest;
     assert_eq!(manifest.namespaces[0].entries, 301);
     assert_eq!(manifest.namespaces[0].fencing.get("door"), Some(&3));
 
@@ -403,7 +416,7 @@ async fn a_watcher_resumed_across_a_restore_is_told_reset() {
     let path = dir.path().join("rw.swsbak");
     let key = BackupKey::parse(&"11".repeat(32)).unwrap();
     let ops = app.server.as_ref().unwrap().state.ops.clone();
-    ops.backup_capture(&["rw".into()], &path, Some(&key))
+    ops.backup_capture(&["rw".into()], &path, Some(&key), &Default::default())
         .await
         .unwrap();
     let mut ws = crate::common::ws::connect(&app).await;
