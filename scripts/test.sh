@@ -24,7 +24,7 @@ echo ">> cargo test"
 cargo test --locked
 # The API tests (KV, txn, batch, history, watch + resume, keyspace relay, pub/sub, queues,
 # locks + fencing, agents, partitions, listings) on the other two topologies.
-api_tests=(kv:: watch:: relay:: queues:: locks:: agents:: partitions:: listings:: idempotency:: backup::)
+api_tests=(kv:: watch:: relay:: queues:: locks:: agents:: partitions:: listings:: idempotency:: backup:: backup_api::)
 for topology in cluster sentinel; do
   echo ">> cargo test: API tests on Redis ${topology}"
   SWARMSTATE_TEST_REDIS=$topology cargo test --locked --test it -- "${api_tests[@]}"

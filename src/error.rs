@@ -2,7 +2,7 @@
 //! status and title. Errors leave as RFC 9457 `application/problem+json` documents; 5xx
 //! bodies are generic, the details go to the log. (The HTTP rendering is `http::problem`.)
 
-use axum::http::StatusCode;
+pub use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

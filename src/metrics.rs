@@ -124,6 +124,44 @@ fn describe() {
         "Byte-count drift corrected by the exact recount, by partition"
     );
 
+    describe_counter!(
+        "backups_total",
+        "Backup captures that ended, by result (succeeded, failed) and origin (api, schedule)"
+    );
+    describe_histogram!(
+        "backup_duration_seconds",
+        Unit::Seconds,
+        "Duration of successful backup captures"
+    );
+    describe_counter!("backup_bytes_total", "Bytes of backup files written");
+    describe_gauge!(
+        "backup_last_size_bytes",
+        "Size of the last successful backup file"
+    );
+    describe_gauge!(
+        "backups_last_success_timestamp_seconds",
+        "Unix time of the newest successful backup in the backup directory (absent until there is one)"
+    );
+    describe_counter!(
+        "backups_pruned_total",
+        "Scheduled backups removed by backup_retention"
+    );
+    describe_counter!("backup_restores_total", "Restores through the API, by result");
+    describe_counter!("backup_uploads_total", "Backup files registered by upload");
+    for result in ["succeeded", "failed"] {
+        for origin in ["api", "schedule"] {
+            metrics::counter!("backups_total", "result" => result, "origin" => origin).absolute(0);
+        }
+        metrics::counter!("backup_restores_total", "result" => result).absolute(0);
+    }
+    for name in [
+        "backup_bytes_total",
+        "backups_pruned_total",
+        "backup_uploads_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    let _ = metrics::histogram!("backup_duration_seconds");
     for kind in REDIS_ERROR_KINDS {
         metrics::counter!("redis_errors_total", "kind" => *kind).absolute(0);
     }

@@ -39,6 +39,7 @@ impl Server {
             .clone()
             .ok_or_else(|| "no redis_url to connect to".to_string())?;
         let auth = Arc::new(crate::ops::auth::Auth::load(&cfg).map_err(|e| format!("tokens_file: {e}"))?);
+        let backups = Arc::new(crate::ops::backup_dir::Backups::open(&cfg)?);
         let store = Store::connect(&cfg, &url).await?;
         // Redis may accept connections before it can serve (loading its dataset, failing
         // over): retry migrations until the start-up deadline, but stop at once on a refusal.
@@ -69,7 +70,14 @@ impl Server {
         );
         let cfg = Arc::new(cfg);
         let (stop, stopped) = shutdown::channel();
-        let ops = Arc::new(Ops::new(store, cfg.clone(), embedded, stopped.clone(), auth));
+        let ops = Arc::new(Ops::new(
+            store,
+            cfg.clone(),
+            embedded,
+            stopped.clone(),
+            auth,
+            backups,
+        ));
         let state = AppState {
             ops: ops.clone(),
             cfg,
@@ -149,11 +157,12 @@ pub async fn connect_ops(cfg: Config) -> Result<(Arc<Ops>, StopSender), String> 
             .to_string()
     })?;
     let auth = Arc::new(crate::ops::auth::Auth::load(&cfg).map_err(|e| format!("tokens_file: {e}"))?);
+    let backups = Arc::new(crate::ops::backup_dir::Backups::open(&cfg)?);
     let store = Store::connect(&cfg, &url).await?;
     migrate::run(&store).await.map_err(|e| e.to_string())?;
     let (stop, stopped) = shutdown::channel();
     Ok((
-        Arc::new(Ops::new(store, Arc::new(cfg), false, stopped, auth)),
+        Arc::new(Ops::new(store, Arc::new(cfg), false, stopped, auth, backups)),
         stop,
     ))
 }

@@ -36,8 +36,49 @@ pub fn spawn(ops: &Arc<Ops>, metrics: PrometheusHandle, stopped: Stopped) -> Vec
         tokio::spawn(presence_watcher(ops.clone(), stopped.clone())),
         tokio::spawn(ops.auth().clone().watch(stopped.clone())),
         tokio::spawn(replica_watch(store.clone(), cfg.durability, stopped.clone())),
+        tokio::spawn(backup_schedule(ops.clone(), stopped.clone())),
         tokio::spawn(metrics_upkeep(metrics, store.clone(), stopped)),
     ]
+}
+
+/// `backup_schedule`: a backup of everything at each occurrence (origin `schedule`), then
+/// `backup_retention` applied to the scheduled ones. Not shared between replicas: set it on
+/// one (each replica keeps its own backup directory).
+async fn backup_schedule(ops: Arc<Ops>, stopped: Stopped) {
+    let Some(text) = ops.config().backup_schedule.clone() else {
+        return;
+    };
+    let Ok(schedule) = crate::config::BackupSchedule::parse(&text) else {
+        return;
+    };
+    tracing::info!(schedule = text, "scheduled backups on");
+    loop {
+        let Some(wait) = schedule.next_in_ms(now_ms()) else {
+            tracing::warn!(
+                schedule = text,
+                "backup_schedule has no next occurrence; no more scheduled backups"
+            );
+            return;
+        };
+        tokio::select! {
+            _ = crate::shutdown::wait(stopped.clone()) => return,
+            _ = tokio::time::sleep(Duration::from_millis(wait.max(1))) => {}
+        }
+        let req = crate::domain::backups::CreateBackup::default();
+        let origin = crate::domain::backups::BackupOrigin::Schedule;
+        match ops
+            .backup_start(&crate::domain::auth::Caller::Open, req, origin)
+            .await
+        {
+            Ok(info) => tracing::debug!(id = info.id, "scheduled backup started"),
+            Err(e) => {
+                metrics::counter!("backups_total", "result" => "failed", "origin" => "schedule").increment(1);
+                tracing::warn!(error = %e, "scheduled backup not started");
+            }
+        }
+        // A cron occurrence is a whole second: do not start twice within it.
+        tokio::time::sleep(Duration::from_millis(1000 - (now_ms() % 1000) as u64)).await;
+    }
 }
 
 /// Under `durability = replica`: the replicas attached to each primary, read every

@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod backups;
 pub mod batch;
 pub mod channels;
 pub mod dashboard;
@@ -26,6 +27,7 @@ use axum::middleware;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::classify::StatusInRangeAsFailures;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -67,14 +69,17 @@ use problem::X_REQUEST_ID;
         (name = "locks", description = "Locks with fencing tokens"),
         (name = "partitions", description = "Quota-bounded namespaces allocated from a pool"),
         (name = "agents", description = "Agent presence and lifecycle; a lost agent's locks and leased tasks are freed at once"),
-        (name = "queues", description = "Task queues: at-least-once, priorities, delays, leases, retries, dead letters")
+        (name = "queues", description = "Task queues: at-least-once, priorities, delays, leases, retries, dead letters"),
+        (name = "backups", description = "Consistent, compressed, encrypted backups of namespaces and partitions; verify and restore (admin)")
     )
 )]
 pub struct ApiDoc;
 
-/// The API routes (each resource's `router()`) and the OpenAPI document describing them.
-fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The API routes (each resource's `router()`), the routes outside the body limit and the
+/// request timeout (backup upload and restore), and the OpenAPI document describing both.
+fn api() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (long, long_doc) = backups::long_router().split_for_parts();
+    let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(kv::router())
         .merge(batch::router())
         .merge(health::router())
@@ -85,25 +90,42 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(partitions::router())
         .merge(locks::router())
         .merge(queues::router())
-        .split_for_parts()
+        .merge(backups::router())
+        .split_for_parts();
+    doc.merge(long_doc);
+    (routes, long, doc)
 }
 
 /// The OpenAPI document (served at /openapi.json, printed by `swarmstate openapi`).
 pub fn openapi() -> serde_json::Value {
-    let mut doc = api().1;
+    let mut doc = api().2;
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     spec::finish(&doc)
 }
 
 /// The whole application: API routes, docs, and middleware.
 pub fn router(state: AppState) -> Router {
-    let (api_router, _) = api();
+    let (api_router, long_routes, _) = api();
     let body_limit = state.cfg.body_limit_bytes;
     let request_timeout = std::time::Duration::from_millis(state.cfg.request_timeout_ms);
     api_router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi()))
         .merge(dashboard::router())
         .fallback(problem::fallback)
+        // Every route but the long ones: a declared Content-Length over the limit is 413 at
+        // once, before any body byte is awaited (the lazy limit catches chunked bodies as they
+        // stream); a request not answered within request_timeout_ms is 408.
+        .layer(
+            ServiceBuilder::new()
+                .layer(RequestBodyLimitLayer::new(body_limit))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    request_timeout,
+                ))
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        // Upload (its own limit, checked as it streams) and restore (as long as it takes).
+        .merge(long_routes.layer(DefaultBodyLimit::max(body_limit)))
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::layer))
         // Outside the idempotency layer: a replay needs the same token as the first request.
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::layer))
@@ -135,15 +157,10 @@ pub fn router(state: AppState) -> Router {
                 // Outside `observe`: the problem documents it writes are compressed like every
                 // other body (inside it, they kept the `content-encoding: gzip` of the body they
                 // replaced and no client could decode them).
-                .layer(CompressionLayer::new())
-                .layer(middleware::from_fn(problem::observe))
-                // A declared Content-Length over the limit is 413 at once, before any body byte
-                // is awaited (the lazy limit below catches chunked bodies as they stream).
-                .layer(RequestBodyLimitLayer::new(body_limit))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    request_timeout,
+                // Backup files are zstd already: sent as they are, with their Content-Length.
+                .layer(CompressionLayer::new().compress_when(
+                    DefaultPredicate::new().and(NotForContentType::const_new(backups::BACKUP_MEDIA_TYPE)),
                 ))
-                .layer(DefaultBodyLimit::max(body_limit)),
+                .layer(middleware::from_fn(problem::observe)),
         )
 }

@@ -14,6 +14,8 @@ use crate::domain::idempotency::home_of;
 const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 /// Task ids.
 const TASK_ID_PATTERN: &str = "^[0-9]{1,20}$";
+/// Backup ids (they name files).
+const BACKUP_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 /// Text without control characters (keys, tokens, owners).
 const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
 /// Like [`TEXT_PATTERN`], empty allowed (a key prefix).
@@ -89,6 +91,15 @@ fn constrain_body_keys(v: &mut Value) {
         });
     }
     schemas["KeysBody"]["properties"]["keys"]["items"] = key_schema();
+    for (s, field) in [
+        ("CreateBackup", "namespaces"),
+        ("CreateBackup", "partitions"),
+        ("RestoreBody", "namespaces"),
+    ] {
+        if let Some(items) = schemas[s]["properties"][field].get_mut("items") {
+            *items = json!({"type": "string", "pattern": NAME_PATTERN});
+        }
+    }
     for s in ["BatchPutItem", "TxnCompareBody", "TxnOpBody"] {
         if schemas[s]["properties"]["key"].is_object() {
             schemas[s]["properties"]["key"] = key_schema();
@@ -292,6 +303,7 @@ fn path_pattern(path: &str, p: &Map<String, Value>) -> Option<&'static str> {
         "name" if path.contains("/locks/") || path.starts_with("/v1/partitions/") => Some(NAME_PATTERN),
         "id" if path.starts_with("/v1/agents/") => Some(NAME_PATTERN),
         "id" if path.starts_with("/v1/queues/") => Some(TASK_ID_PATTERN),
+        "id" if path.starts_with("/v1/backups/") => Some(BACKUP_ID_PATTERN),
         _ => None,
     }
 }

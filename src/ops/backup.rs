@@ -14,11 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+pub use super::backup_dir::Progress;
 use super::Ops;
 use crate::domain::backup::{BackupKey, Writer};
 use crate::domain::kv::Entry;
@@ -144,14 +145,6 @@ pub struct Manifest {
     pub created_at: String,
     pub service_version: &'static str,
     pub namespaces: Vec<NamespaceManifest>,
-}
-
-/// A capture's progress, read while it runs (`GET /v1/backups/{id}`).
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub total: AtomicU64,
-    pub done: AtomicU64,
-    pub entries: AtomicU64,
 }
 
 /// A backup file written: its manifest, size and content SHA-256 (hex).

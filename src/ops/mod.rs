@@ -7,6 +7,8 @@
 pub mod agents;
 pub mod auth;
 pub mod backup;
+pub mod backup_dir;
+pub mod backups;
 pub mod batch;
 pub mod channels;
 pub mod health;
@@ -61,6 +63,8 @@ pub struct Ops {
     relay: Arc<Relay>,
     /// Tokens and request budgets.
     auth: Arc<Auth>,
+    /// The backup directory and the captures and restores running.
+    backups: Arc<backup_dir::Backups>,
 }
 
 /// The check of every key/value write: write on the namespace, and the `x-agent-id` it
@@ -74,7 +78,14 @@ pub fn writer(who: &Caller, ns: &str, prov: &Provenance) -> ApiResult<()> {
 }
 
 impl Ops {
-    pub fn new(store: Store, cfg: Arc<Config>, embedded: bool, stopped: Stopped, auth: Arc<Auth>) -> Ops {
+    pub fn new(
+        store: Store,
+        cfg: Arc<Config>,
+        embedded: bool,
+        stopped: Stopped,
+        auth: Arc<Auth>,
+        backups: Arc<backup_dir::Backups>,
+    ) -> Ops {
         Ops {
             store,
             cfg,
@@ -89,6 +100,7 @@ impl Ops {
             queues: Arc::default(),
             relay: Arc::default(),
             auth,
+            backups,
         }
     }
 

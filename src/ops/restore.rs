@@ -35,7 +35,7 @@ const BATCH: usize = 200;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// What a restore did (or, with `dry_run`, would do), per namespace and in all.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RestoreSummary {
     pub restored: u64,
     pub deleted: u64,
@@ -46,7 +46,7 @@ pub struct RestoreSummary {
     pub namespaces: Vec<NamespaceRestore>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct NamespaceRestore {
     pub namespace: String,
     pub restored: u64,

@@ -1096,3 +1096,38 @@ async fn an_agents_held_resources_follow_the_callers_scope() {
         .collect();
     assert_eq!((locks, tasks), (vec!["app1"], vec!["jobs"]), "{app}");
 }
+
+/// Backups are admin's: a write or read token gets 403 on every backup route (and nothing is
+/// taken); an admin token takes one.
+#[tokio::test]
+async fn backups_need_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("b");
+    let s = secured_with(&standard_tokens(), |c| c.backup_dir = Some(backups.clone())).await;
+    for token in [READ, APP] {
+        s.call(token, "POST", "/v1/backups", Some(json!({"namespaces": ["app"]})))
+            .await
+            .problem(403, "forbidden");
+        s.call(token, "GET", "/v1/backups", None)
+            .await
+            .problem(403, "forbidden");
+        s.call(token, "POST", "/v1/backups/upload", None)
+            .await
+            .problem(403, "forbidden");
+        s.call(
+            token,
+            "POST",
+            "/v1/backups/x/restore",
+            Some(json!({"mode": "merge"})),
+        )
+        .await
+        .problem(403, "forbidden");
+    }
+    assert!(!backups.exists(), "nothing was taken or uploaded");
+    s.call(ADMIN, "PUT", "/v1/ns/app/kv/k", Some(json!({"value": 1})))
+        .await;
+    let r = s
+        .call(ADMIN, "POST", "/v1/backups", Some(json!({"namespaces": ["app"]})))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}

@@ -3,6 +3,7 @@
 mod agents;
 mod auth;
 mod backup;
+mod backup_api;
 mod bodies;
 mod cli;
 mod common;
