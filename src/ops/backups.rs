@@ -7,10 +7,8 @@
 //! shared volume, or download what one took and upload it where it is needed). A record left
 //! `running` by a process that stopped is marked `failed` (`interrupted`) on the next start.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,12 +19,11 @@ use super::backup::{CaptureFile, Progress};
 use super::backup_dir::{fresh_id, namespaces_of, progress_of, Backups, MOST_RUNNING};
 use super::restore::{check_file, RestoreSummary};
 use super::Ops;
-use crate::config::{Config, Retention};
 use crate::domain::auth::{Caller, Permission, Scope};
-use crate::domain::backup::{read_header, BackupKey};
+use crate::domain::backup::read_header;
 use crate::domain::backups::{
-    new_id, validate_id, BackupFailure, BackupInfo, BackupNamespace, BackupOrigin, BackupProgress,
-    BackupStatus, CreateBackup, RestoreBody, RestoreModeIn, VerifyReport,
+    BackupFailure, BackupInfo, BackupNamespace, BackupOrigin, BackupProgress, BackupStatus, CreateBackup,
+    RestoreBody, RestoreModeIn, VerifyReport,
 };
 use crate::domain::names::validate_name;
 use crate::domain::time::{now_ms, parse_instant_ms, rfc3339};
