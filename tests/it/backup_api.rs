@@ -383,3 +383,78 @@ async fn without_a_key_backups_are_plain_and_encrypt_true_is_refused_and_a_stopp
     assert_eq!(&file[..8], b"SWSBAK01");
     assert_eq!(file[9] & 1, 0, "plain");
 }
+
+/// `backup_schedule` (a 6-field cron: every second) takes backups of everything with origin
+/// `schedule`; `backup_retention = 2` keeps the two newest of those and never touches one
+/// taken through the API; the metrics count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_run_and_retention_keeps_the_newest_scheduled_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&shared_redis_url());
+    cfg.backup_dir = Some(dir.path().join("b"));
+    cfg.backup_schedule = Some("* * * * * *".into());
+    cfg.backup_retention = Some("2".into());
+    let app = TestApp::with_config(cfg).await;
+    app.put("/v1/ns/sched/kv/a", json!({"value": 1})).await;
+    let manual = app
+        .post("/v1/backups", json!({"namespaces": ["sched"]}))
+        .await
+        .json();
+    let manual_id = manual["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let items = app.get("/v1/backups").await.json()["items"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let scheduled: Vec<&Value> = items
+            .iter()
+            .filter(|i| i["origin"] == "schedule" && i["status"] == "succeeded")
+            .collect();
+        let metrics = app.get("/metrics").await.text();
+        let taken = metric(
+            &metrics,
+            "backups_total{result=\"succeeded\",origin=\"schedule\"}",
+        );
+        let pruned = metric(&metrics, "backups_pruned_total");
+        if taken >= 4.0 && pruned >= 2.0 && scheduled.len() == 2 {
+            assert!(
+                items.iter().any(|i| i["id"] == manual_id.as_str()),
+                "the API backup is kept: {items:?}"
+            );
+            for s in &scheduled {
+                assert!(
+                    s["namespaces"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|n| n["namespace"] == "sched"),
+                    "a scheduled backup holds every namespace: {s}"
+                );
+            }
+            let last = metric(&metrics, "backups_last_success_timestamp_seconds");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            assert!((now - last).abs() < 10.0, "last success {last}, now {now}");
+            let files = std::fs::read_dir(dir.path().join("b")).unwrap().count();
+            // The manual one, the two scheduled ones (file + record each), maybe one running.
+            assert!((6..=9).contains(&files), "{files} files in the backup directory");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "taken {taken}, pruned {pruned}, kept {}: {items:?}",
+            scheduled.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A sample's value in Prometheus text (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

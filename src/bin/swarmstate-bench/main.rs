@@ -25,6 +25,7 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod backups;
 mod topologies;
 
 #[derive(Parser, Debug)]
@@ -53,7 +54,8 @@ struct Args {
     keys: usize,
     /// Scenarios to run, comma-separated: get, put, putq (PUT into a partition), getauth and
     /// putauth (GET / PUT with a bearer token, against a second service on the same Redis
-    /// that has a tokens file), watch, queue, lock, failover (primaries killed under CAS
+    /// that has a tokens file), watch, queue, lock, backup (--backup-keys keys of
+    /// --value-size bytes: capture, upload and restore MB/s and peak RSS), failover (primaries killed under CAS
     /// load, per topology and durability), agents (--agents simulated agents).
     #[arg(long, default_value = "get,put")]
     scenarios: String,
@@ -97,6 +99,9 @@ struct Args {
     /// failover scenario: clients doing CAS increments.
     #[arg(long, default_value_t = 16)]
     cas_clients: usize,
+    /// backup scenario: keys written, then backed up and restored into a fresh deployment.
+    #[arg(long, default_value_t = 100_000)]
+    backup_keys: usize,
     /// agents scenario: simulated agents.
     #[arg(long, default_value_t = 1000)]
     agents: usize,
@@ -219,7 +224,6 @@ async fn spawn_service_on(
     let service_bin = exe.with_file_name("swarmstate");
     let sport = free_port();
     let mut cmd = Command::new(&service_bin);
-    cmd.envs(env.iter().copied());
     cmd.arg("serve")
         .env("SWARMSTATE_LISTEN", format!("127.0.0.1:{sport}"))
         .env("SWARMSTATE_REDIS_URL", redis_url)
@@ -230,6 +234,8 @@ async fn spawn_service_on(
         .env("SWARMSTATE_KEY_PREFIX", "bench")
         .env_remove("SWARMSTATE_TOKENS_FILE")
         .stdout(Stdio::null());
+    // After the defaults: a scenario may set its own key prefix.
+    cmd.envs(env.iter().copied());
     if let Some(t) = tokens {
         cmd.env("SWARMSTATE_TOKENS_FILE", t);
     }
@@ -494,6 +500,13 @@ async fn main() {
             }
             "lock" => {
                 lock_scenario(addr, &args).await;
+                continue;
+            }
+            "backup" => {
+                match redis_port {
+                    Some(rport) => backups::backup_scenario(rport, &args).await,
+                    None => println!("backup: needs --redis-url with --url; skipped"),
+                }
                 continue;
             }
             "failover" => {
