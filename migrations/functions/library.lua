@@ -26,7 +26,7 @@ Rules every function keeps:
   the same hash tag: task hashes (`<p>:{q:<queue>}:t:<id>`, ids found in the queue's sets).
 ]]
 
-local LIBRARY_VERSION = '19'
+local LIBRARY_VERSION = '20'
 local MAX_SAFE = 9007199254740991
 
 local function now_ms()

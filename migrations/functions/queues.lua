@@ -9,10 +9,12 @@
   completed  zset  completed tasks, by the time their retention ends
   dead       zset  dead-lettered tasks, by the time their retention ends
   idem       hash  idempotency key -> task id
+  cap        list  while a backup captures the queue: the ids of tasks changed since it began
+             (RPUSHX: nothing is written when no capture runs)
   t:<id>     hash  the task
 Task ids are the queue's sequence numbers. Every state change PUBLISHes a small JSON summary on
 the queue's channel (ARGV[2]) — it wakes long-polling leases and feeds `queue` watches.
-Functions take KEYS = the nine keys above and ARGV[1] = task key prefix, ARGV[2] = channel.
+Functions take KEYS = the ten keys above and ARGV[1] = task key prefix, ARGV[2] = channel.
 Task keys are ARGV[1] .. id (same slot): the ids are found in the sets above.
 ]]
 
@@ -21,7 +23,7 @@ local Q_MAX_DELAY = 86400000 -- longest retry delay: one day
 
 local function q_ctx(keys, args)
   return {meta = keys[1], ready = keys[2], age = keys[3], delayed = keys[4], retry = keys[5],
-          leased = keys[6], completed = keys[7], dead = keys[8], idem = keys[9],
+          leased = keys[6], completed = keys[7], dead = keys[8], idem = keys[9], cap = keys[10],
           tprefix = args[1], channel = args[2], now = now_ms()}
 end
 
@@ -33,6 +35,7 @@ local function q_emit(c, id)
   if f[6] and f[6] ~= '' then ev.lease_owner = f[6] end
   if f[7] and f[7] ~= '' then ev.last_error = f[7] end
   redis.call('PUBLISH', c.channel, cjson.encode(ev))
+  redis.call('RPUSHX', c.cap, id)
 end
 
 local function q_make_ready(c, id, prio, seq)
@@ -61,6 +64,7 @@ local function q_remove(c, id)
     redis.call('HDEL', c.idem, idem)
   end
   redis.call('DEL', tk)
+  redis.call('RPUSHX', c.cap, id)
 end
 
 -- A lease that ended without an ack or nack (it ran out, or its holder is gone): the attempt
@@ -125,7 +129,7 @@ local function q_next_due(c)
 end
 
 -- q_enqueue: a new task (or, for a known idempotency key, the task it made).
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (10): prefix, channel, payload, priority, delay_ms ('' none), run_at ('' none),
 --       max_attempts, backoff_ms, idempotency key ('' none), retention_ms
 -- Returns: {'created'|'exists', task fields}
@@ -163,7 +167,7 @@ local function q_enqueue(keys, args)
 end
 
 -- q_lease: lease up to n ready tasks (due delayed tasks and expired leases first).
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (4+n): prefix, channel, worker, lease_ms, token_1 .. token_n (one per task wanted)
 -- Returns: {{task fields}...}, ms until the next task is due ('' = none), paused 0|1
 local function q_lease(keys, args)
@@ -207,11 +211,11 @@ local function q_check_lease(c, id, token)
   return tk, nil
 end
 
--- x-fencing-token on an ack/nack: KEYS[10] is the lock namespace's fence hash (another slot:
+-- x-fencing-token on an ack/nack: KEYS[11] is the lock namespace's fence hash (another slot:
 -- standalone and Sentinel only). Returns the refusal, or nil.
 local function q_fence(keys, name, n)
   if not name or name == '' then return nil end
-  local cur = tonumber(redis.call('HGET', keys[10], name) or '0')
+  local cur = tonumber(redis.call('HGET', keys[11], name) or '0')
   if cur ~= tonumber(n) then return {'stale_fencing_token', cur} end
   return nil
 end
@@ -228,7 +232,7 @@ local function q_leased(keys, args, fence_at)
 end
 
 -- q_ack: complete a leased task.
--- KEYS (9+f): the queue's keys, [the lock namespace's fence hash]
+-- KEYS (10+f): the queue's keys, [the lock namespace's fence hash]
 -- ARGV (5+f): prefix, channel, id, token, result ('' none), [fence lock, fence token]
 -- Returns: {'ok', task fields} | {'not_found'} | {'lease_lost', state}
 -- Refusals: stale_fencing_token
@@ -244,7 +248,7 @@ local function q_ack(keys, args)
 end
 
 -- q_nack: fail a leased task: retried after its backoff, or dead after max_attempts.
--- KEYS (9+f): the queue's keys, [the lock namespace's fence hash]
+-- KEYS (10+f): the queue's keys, [the lock namespace's fence hash]
 -- ARGV (6+f): prefix, channel, id, token, error, retry_delay_ms ('' = backoff), [fence lock, fence token]
 -- Returns: {'ok', task fields, lease owner} | {'not_found'} | {'lease_lost', state}
 -- Refusals: stale_fencing_token
@@ -282,7 +286,7 @@ local function q_nack(keys, args)
 end
 
 -- q_extend: extend a lease.
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (5): prefix, channel, id, token, lease_ms
 -- Returns: {'ok', task fields} | {'not_found'} | {'lease_lost', state}
 local function q_extend(keys, args)
@@ -296,7 +300,7 @@ local function q_extend(keys, args)
 end
 
 -- q_reap: background upkeep: due tasks made ready, expired leases reclaimed, retention applied.
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (2): prefix, channel
 -- Returns: {made ready, removed by retention}; the caller calls again while either is 1000
 local function q_reap(keys, args)
@@ -305,7 +309,7 @@ local function q_reap(keys, args)
 end
 
 -- q_retry_dead: a dead task back to ready with its attempts reset.
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (3): prefix, channel, id
 -- Returns: {'ok', task fields} | {'not_found'}
 local function q_retry_dead(keys, args)
@@ -321,7 +325,7 @@ local function q_retry_dead(keys, args)
 end
 
 -- q_purge_dead: remove up to 1000 dead tasks.
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (2): prefix, channel
 -- Returns: how many were removed
 local function q_purge_dead(keys, args)
@@ -335,7 +339,7 @@ local function q_purge_dead(keys, args)
 end
 
 -- q_pause: stop or resume handing out tasks (a resume wakes waiting leases).
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (3): prefix, channel, paused '1' | '0'
 -- Returns: 1
 local function q_pause(keys, args)
@@ -346,7 +350,7 @@ local function q_pause(keys, args)
 end
 
 -- q_stats: counts per state and totals (read only).
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (2): prefix, channel
 -- Returns: {ready, delayed, retry, leased, completed, dead, paused, enqueued, completed total,
 --   failed total, dead total, lease_expired total, oldest ready since (ms | ''), now (ms)}
@@ -395,7 +399,7 @@ local function q_page(c, set, after_score, after_id, count)
 end
 
 -- q_dead_list: a page of dead tasks, oldest death first, after a position (read only).
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (5): prefix, channel, after_score ('' from the start), after_id, count
 -- Returns: see q_page
 local function q_dead_list(keys, args)
@@ -410,7 +414,7 @@ local Q_STATE_SETS = {ready = 'ready', delayed = 'delayed', failed = 'retry', le
 -- q_task_list: a page of the tasks in one state, in the order of that state's set (ready: the
 -- order leases take them; delayed and failed: due time; leased: lease expiry; completed and
 -- dead: when they finished), after a position (read only).
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (6): prefix, channel, state, after_score ('' from the start), after_id, count
 -- Returns: see q_page; {'bad_state'} for a state without a set
 local function q_task_list(keys, args)
@@ -422,7 +426,7 @@ end
 
 -- q_requeue: the task goes back to the queue at once if `token` is still its lease (its
 -- holder, an agent, is gone); the attempt counts.
--- KEYS (9): the queue's keys
+-- KEYS (10): the queue's keys
 -- ARGV (5): prefix, channel, id, token, error
 -- Returns: 1 when requeued, 0 otherwise
 local function q_requeue(keys, args)

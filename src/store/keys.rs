@@ -16,7 +16,7 @@
 //! | `<p>:{<ns>}:e:<key>` | string | the entry (one record, see migrations/swarmstate.lua) |
 //! | `<p>:{<ns>}:h:<key>` | hash | past versions |
 //! | `<p>:namespaces` | set | every namespace ever written (listing) |
-//! | `<p>:{q:<q>}:meta` … `idem`, `t:<id>` | | a task queue (see migrations/swarmstate.lua) |
+//! | `<p>:{q:<q>}:meta` … `idem`, `cap`, `t:<id>` | | a task queue (see migrations/swarmstate.lua) |
 //! | `<p>:queues` | set | every queue ever enqueued to |
 //! | `<p>:schema` | string | key-schema version applied by migrations |
 //! | `<p>:migrate-lock` | string | held while migrations run |
@@ -230,6 +230,7 @@ impl Keys {
             "completed",
             "dead",
             "idem",
+            "cap",
         ]
         .iter()
         .map(|k| format!("{base}{k}"))

@@ -19,7 +19,7 @@ use super::Store;
 
 /// Version of the functions library; must equal `LIBRARY_VERSION` in
 /// `migrations/functions/library.lua`.
-pub const LIBRARY_VERSION: &str = "19";
+pub const LIBRARY_VERSION: &str = "20";
 /// The functions library source, compiled into the binary: one file per area, in this order
 /// (later files use the helpers of earlier ones).
 pub const LIBRARY: &str = concat!(

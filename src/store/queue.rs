@@ -12,14 +12,14 @@ use crate::domain::queue::{Leased, NewTask, QueueStats, Task};
 use crate::domain::time::rfc3339;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
-const Q: Arity = Arity::Exactly(9);
+const Q: Arity = Arity::Exactly(10);
 
 pub const Q_ENQUEUE: Function = Function::new("q_enqueue", Q, Arity::Exactly(10));
 pub const Q_LEASE: Function = Function::new("q_lease", Q, Arity::AtLeast(4));
 pub const Q_ACK: Function =
-    Function::new("q_ack", Arity::AtLeast(9), Arity::AtLeast(5)).refusing(&[Refusal::StaleFence]);
+    Function::new("q_ack", Arity::AtLeast(10), Arity::AtLeast(5)).refusing(&[Refusal::StaleFence]);
 pub const Q_NACK: Function =
-    Function::new("q_nack", Arity::AtLeast(9), Arity::AtLeast(6)).refusing(&[Refusal::StaleFence]);
+    Function::new("q_nack", Arity::AtLeast(10), Arity::AtLeast(6)).refusing(&[Refusal::StaleFence]);
 pub const Q_EXTEND: Function = Function::new("q_extend", Q, Arity::Exactly(5));
 pub const Q_REAP: Function = Function::new("q_reap", Q, Arity::Exactly(2));
 pub const Q_RETRY_DEAD: Function = Function::new("q_retry_dead", Q, Arity::Exactly(3));
@@ -104,7 +104,7 @@ fn lease_lost(state: Option<String>) -> ApiError {
 pub type AckFence = (String, String, u64);
 
 impl Store {
-    /// Call a queue function: KEYS are the queue's nine keys (plus, with `fence`, the lock
+    /// Call a queue function: KEYS are the queue's ten keys (plus, with `fence`, the lock
     /// namespace's fence hash), ARGV the task key prefix, the channel, then `extra` (then the
     /// fence's lock and token).
     async fn qcall(
