@@ -60,15 +60,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BackupCommand {
-    /// Capture namespaces (every one when --namespaces is not given) from the configured Redis
-    /// into one backup file, each at one revision while writers go on; encrypted when a backup
-    /// key is set (SWARMSTATE_BACKUP_KEY) unless --no-encrypt. Prints the manifest.
+    /// Capture namespaces and queues (every one when neither --namespaces nor --queues is
+    /// given) from the configured Redis into one backup file, each at one moment while writers
+    /// go on; encrypted when a backup key is set (SWARMSTATE_BACKUP_KEY) unless --no-encrypt.
+    /// Prints the manifest.
     Create {
         #[arg(long)]
         file: PathBuf,
         /// Comma-separated namespace (and partition) names.
         #[arg(long, value_delimiter = ',')]
         namespaces: Vec<String>,
+        /// Comma-separated queue names.
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
         /// Write a plain (compressed, checksummed, not encrypted) file even when a key is set.
         #[arg(long)]
         no_encrypt: bool,
@@ -88,9 +92,12 @@ enum BackupCommand {
         /// each namespace exactly the backup.
         #[arg(long)]
         mode: String,
-        /// Comma-separated namespaces of the file to restore (default: all it holds).
+        /// Comma-separated namespaces of the file to restore (default, with no --queues: all).
         #[arg(long, value_delimiter = ',')]
         namespaces: Vec<String>,
+        /// Comma-separated queues of the file to restore (default, with no --namespaces: all).
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
         /// Report what would change, write nothing.
         #[arg(long)]
         dry_run: bool,
@@ -158,6 +165,7 @@ fn main() -> ExitCode {
                 BackupCommand::Create {
                     file,
                     namespaces,
+                    queues,
                     no_encrypt,
                     config,
                     overrides,
@@ -165,7 +173,7 @@ fn main() -> ExitCode {
         } => backup_online(config, &overrides, &[], |ops, keys| async move {
             let key = if no_encrypt { None } else { keys.first() };
             let done = ops
-                .backup_capture(&namespaces, &file, key, &Default::default())
+                .backup_capture(&selection(namespaces, queues), &file, key, &Default::default())
                 .await?;
             let mut v = serde_json::to_value(&done.manifest).unwrap_or_default();
             v["size_bytes"] = done.size_bytes.into();
@@ -179,6 +187,7 @@ fn main() -> ExitCode {
                     file,
                     mode,
                     namespaces,
+                    queues,
                     dry_run,
                     old_key,
                     config,
@@ -197,7 +206,14 @@ fn main() -> ExitCode {
             backup_online(config, &overrides, &old_key, |ops, keys| async move {
                 let caller = swarmstate::domain::auth::Caller::Open;
                 let s = ops
-                    .backup_restore(&caller, &file, &keys, mode, &namespaces, dry_run)
+                    .backup_restore(
+                        &caller,
+                        &file,
+                        &keys,
+                        mode,
+                        &selection(namespaces, queues),
+                        dry_run,
+                    )
                     .await?;
                 Ok(serde_json::to_value(&s).unwrap_or_default())
             })
@@ -418,6 +434,17 @@ where
             }
         }
     })
+}
+
+/// What --namespaces and --queues name: everything when neither is given.
+fn selection(namespaces: Vec<String>, queues: Vec<String>) -> swarmstate::ops::backup::Selection {
+    if namespaces.is_empty() && queues.is_empty() {
+        return swarmstate::ops::backup::Selection::all();
+    }
+    swarmstate::ops::backup::Selection {
+        namespaces: Some(namespaces),
+        queues: Some(queues),
+    }
 }
 
 /// `swarmstate backup verify`.

@@ -200,8 +200,148 @@ local function ns_restore_delete(keys, args)
   return {deleted, tonumber(redis.call('HGET', ctx.meta, 'rev') or '0')}
 end
 
+--[[ Queues (src/ops/backup.rs). A queue is captured like a namespace, in two steps:
+q_dump_begin starts its change list `cap` (KEYS[10]; every queue function appends each task it
+changes or removes to it, with RPUSHX) and answers its sequence; the tasks with ids up to it
+are read in windows with q_dump_page; then q_dump_fix, one atomic call, reads the queue's
+figures and every task the list names, and ends the list. The windows with those tasks
+replaced are exactly the queue at that moment: a task the list does not name did not change
+after its window read it. Task keys are the prefix (ARGV[1]) and the id, in the queue's slot.
+]]
+
+-- The sets a task can be in, as KEYS indexes: ready age delayed retry leased completed dead.
+local Q_SETS = {2, 3, 4, 5, 6, 7, 8}
+
+-- One task as captured: {id, {field, value, ...}, {score in each of Q_SETS, or false}};
+-- false when there is no such task.
+local function q_dump_task(keys, prefix, id)
+  local f = redis.call('HGETALL', prefix .. id)
+  if #f == 0 then return false end
+  local scores = {}
+  for i, k in ipairs(Q_SETS) do scores[i] = redis.call('ZSCORE', keys[k], id) or false end
+  return {id, f, scores}
+end
+
+-- q_dump_begin: start capturing the queue (its change list lives 10 minutes at most).
+-- KEYS (10): the queue's keys
+-- ARGV (2): prefix, channel
+-- Returns: the queue's sequence (its highest task id so far)
+local function q_dump_begin(keys, args)
+  redis.call('DEL', keys[10])
+  redis.call('RPUSH', keys[10], '')
+  redis.call('PEXPIRE', keys[10], 600000)
+  return tonumber(redis.call('HGET', keys[1], 'seq') or '0')
+end
+
+-- q_dump_page: the tasks with ids from..to (read only).
+-- KEYS (10): the queue's keys
+-- ARGV (4): prefix, channel, first id, last id
+-- Returns: {task, ...} of the ids that exist, in id order (see q_dump_task)
+local function q_dump_page(keys, args)
+  local out = {}
+  for id = tonumber(args[3]), tonumber(args[4]) do
+    local t = q_dump_task(keys, args[1], fmt(id))
+    if t then out[#out + 1] = t end
+  end
+  return out
+end
+
+-- q_dump_fix: the queue's figures and every task changed since q_dump_begin, read at once;
+-- ends the capture.
+-- KEYS (10): the queue's keys
+-- ARGV (3): prefix, channel, most changed tasks taken
+-- Returns: {'ok', {meta field, value, ...}, {task | {id} (gone), ...}} | {'restart'} (the list
+-- expired, or more than the most tasks changed)
+local function q_dump_fix(keys, args)
+  local n = redis.call('LLEN', keys[10])
+  if n == 0 or n - 1 > tonumber(args[3]) then
+    redis.call('DEL', keys[10])
+    return {'restart'}
+  end
+  local seen, tasks = {}, {}
+  for _, id in ipairs(redis.call('LRANGE', keys[10], 1, -1)) do
+    if not seen[id] then
+      seen[id] = true
+      tasks[#tasks + 1] = q_dump_task(keys, args[1], id) or {id}
+    end
+  end
+  redis.call('DEL', keys[10])
+  return {'ok', redis.call('HGETALL', keys[1]), tasks}
+end
+
+-- q_restore_clear: remove up to 500 of the queue's tasks (a replace restore, before its puts).
+-- KEYS (10): the queue's keys
+-- ARGV (2): prefix, channel
+-- Returns: how many were removed (0: none is left, and the idempotency keys are gone too)
+local function q_restore_clear(keys, args)
+  local n = 0
+  for _, k in ipairs(Q_SETS) do
+    if n >= 500 then break end
+    for _, id in ipairs(redis.call('ZRANGE', keys[k], 0, 499 - n)) do
+      redis.call('DEL', args[1] .. id)
+      for _, z in ipairs(Q_SETS) do redis.call('ZREM', keys[z], id) end
+      n = n + 1
+    end
+  end
+  if n == 0 then redis.call('DEL', keys[9]) end
+  return n
+end
+
+-- q_restore_put: tasks as a backup holds them (a task of the same id is replaced), each with
+-- its idempotency key and an event (a waiting lease wakes for a ready one).
+-- KEYS (10): the queue's keys
+-- ARGV (2+): prefix, channel, then per task: id, n, n field/value pairs, 7 scores ('' = not in
+--            that set: ready age delayed retry leased completed dead)
+-- Returns: how many were written
+local function q_restore_put(keys, args)
+  local c = q_ctx(keys, args)
+  local i, n = 3, 0
+  while i <= #args do
+    local id, nf = args[i], tonumber(args[i + 1])
+    local tk = c.tprefix .. id
+    redis.call('DEL', tk)
+    if nf > 0 then redis.call('HSET', tk, unpack(args, i + 2, i + 1 + 2 * nf)) end
+    i = i + 2 + 2 * nf
+    for s = 1, 7 do
+      local z, sc = keys[Q_SETS[s]], args[i + s - 1]
+      if sc ~= '' then redis.call('ZADD', z, sc, id) else redis.call('ZREM', z, id) end
+    end
+    i = i + 7
+    local idem = redis.call('HGET', tk, 'idem')
+    if idem and idem ~= '' then redis.call('HSET', c.idem, idem, id) end
+    q_emit(c, id)
+    n = n + 1
+  end
+  return n
+end
+
+-- q_restore_end: the queue's figures as the backup holds them (paused, totals); the sequence
+-- becomes the higher of the current and the backup's, so no task id is used twice.
+-- KEYS (10): the queue's keys
+-- ARGV (2+): prefix, channel, then meta field/value pairs
+-- Returns: the sequence
+local function q_restore_end(keys, args)
+  local seq = tonumber(redis.call('HGET', keys[1], 'seq') or '0')
+  for i = 3, #args - 1, 2 do
+    if args[i] == 'seq' then
+      seq = math.max(seq, tonumber(args[i + 1]) or 0)
+    else
+      redis.call('HSET', keys[1], args[i], args[i + 1])
+    end
+  end
+  redis.call('HSET', keys[1], 'seq', seq)
+  redis.call('PUBLISH', args[2], '{"state":"ready","resumed":true}')
+  return seq
+end
+
 redis.register_function{function_name = 'ns_read', callback = ns_read, flags = {'no-writes'}}
 redis.register_function{function_name = 'ns_dump_fix', callback = ns_dump_fix, flags = {'no-writes'}}
 redis.register_function('ns_restore_begin', ns_restore_begin)
 redis.register_function('ns_restore_put', ns_restore_put)
 redis.register_function('ns_restore_delete', ns_restore_delete)
+redis.register_function('q_dump_begin', q_dump_begin)
+redis.register_function{function_name = 'q_dump_page', callback = q_dump_page, flags = {'no-writes'}}
+redis.register_function('q_dump_fix', q_dump_fix)
+redis.register_function('q_restore_clear', q_restore_clear)
+redis.register_function('q_restore_put', q_restore_put)
+redis.register_function('q_restore_end', q_restore_end)

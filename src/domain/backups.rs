@@ -38,7 +38,8 @@ pub fn new_id(now_ms: i64, random: u32) -> String {
 }
 
 /// `POST /v1/backups`. Every field is optional: without `namespaces`, `partitions` and
-/// `queues` every namespace (partitions included) is captured.
+/// `queues` every namespace (partitions included) and every queue is captured; with any of
+/// them, just what they name.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBackup {
@@ -49,8 +50,9 @@ pub struct CreateBackup {
     /// namespace with a quota: its entries and its settings are captured.
     #[schema(max_items = 10000)]
     pub partitions: Option<Vec<String>>,
-    /// Queues to capture. Queue capture is not built yet: a non-empty list is refused (400).
-    #[schema(max_items = 0)]
+    /// Queues to capture (exact names; each must exist): every task in every state, with its
+    /// attempts and idempotency key, and the queue's figures.
+    #[schema(max_items = 10000)]
     pub queues: Option<Vec<String>>,
     /// Encrypt with the backup key. Default: encrypted when a key is configured;
     /// `true` without one is 400 `backup_key_missing`.
@@ -62,9 +64,14 @@ pub struct CreateBackup {
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
     pub mode: RestoreModeIn,
-    /// Only these namespaces of the backup (each must be in it). Default: all of them.
+    /// Only these namespaces of the backup (each must be in it). Default: all of them, unless
+    /// `queues` is given.
     #[schema(max_items = 10000)]
     pub namespaces: Option<Vec<String>>,
+    /// Only these queues of the backup (each must be in it). Default: all of them, unless
+    /// `namespaces` is given.
+    #[schema(max_items = 10000)]
+    pub queues: Option<Vec<String>>,
     /// Report what would change and write nothing.
     #[serde(default)]
     pub dry_run: bool,

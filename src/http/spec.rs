@@ -94,7 +94,9 @@ fn constrain_body_keys(v: &mut Value) {
     for (s, field) in [
         ("CreateBackup", "namespaces"),
         ("CreateBackup", "partitions"),
+        ("CreateBackup", "queues"),
         ("RestoreBody", "namespaces"),
+        ("RestoreBody", "queues"),
     ] {
         if let Some(items) = schemas[s]["properties"][field].get_mut("items") {
             *items = json!({"type": "string", "pattern": NAME_PATTERN});

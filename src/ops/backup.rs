@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 pub use super::backup_dir::Progress;
+use super::backup_queue::{write_queue, QueueManifest};
 use super::Ops;
 use crate::domain::backup::{BackupKey, Writer};
 use crate::domain::kv::Entry;
@@ -145,6 +146,37 @@ pub struct Manifest {
     pub created_at: String,
     pub service_version: &'static str,
     pub namespaces: Vec<NamespaceManifest>,
+    pub queues: Vec<QueueManifest>,
+}
+
+/// What a capture or a restore covers: `None` is every namespace (every queue).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub namespaces: Option<Vec<String>>,
+    pub queues: Option<Vec<String>>,
+}
+
+impl Selection {
+    /// Everything.
+    pub fn all() -> Selection {
+        Selection::default()
+    }
+
+    /// These namespaces and no queue.
+    pub fn namespaces(names: &[String]) -> Selection {
+        Selection {
+            namespaces: Some(names.to_vec()),
+            queues: Some(Vec::new()),
+        }
+    }
+
+    pub fn wants_namespace(&self, ns: &str) -> bool {
+        self.namespaces.as_ref().is_none_or(|n| n.iter().any(|x| x == ns))
+    }
+
+    pub fn wants_queue(&self, q: &str) -> bool {
+        self.queues.as_ref().is_none_or(|n| n.iter().any(|x| x == q))
+    }
 }
 
 /// A backup file written: its manifest, size and content SHA-256 (hex).
@@ -169,19 +201,28 @@ impl Ops {
     /// encrypted with `key` when given. Temporary files go beside `out` and are removed.
     pub async fn backup_capture(
         &self,
-        namespaces: &[String],
+        sel: &Selection,
         out: &Path,
         key: Option<&BackupKey>,
         progress: &Progress,
     ) -> ApiResult<CaptureFile> {
-        let names = if namespaces.is_empty() {
-            let mut n = self.store.namespace_names().await?;
-            n.sort();
-            n
-        } else {
-            namespaces.to_vec()
+        let names = match &sel.namespaces {
+            None => {
+                let mut n = self.store.namespace_names().await?;
+                n.sort();
+                n
+            }
+            Some(n) => n.clone(),
         };
-        progress.total.store(names.len() as u64, Relaxed);
+        let queues = match &sel.queues {
+            None => {
+                let mut q = self.store.queue_names().await?;
+                q.sort();
+                q
+            }
+            Some(q) => q.clone(),
+        };
+        progress.total.store((names.len() + queues.len()) as u64, Relaxed);
         let io = |e: std::io::Error| ApiError::internal(format!("backup file {}: {e}", out.display()));
         let mut captured = Vec::new();
         for (i, ns) in names.iter().enumerate() {
@@ -195,12 +236,32 @@ impl Ops {
             );
             progress.done.fetch_add(1, Relaxed);
         }
+        let mut captured_queues = Vec::new();
+        for (i, q) in queues.iter().enumerate() {
+            let pages = out.with_extension(format!("qpart{i}"));
+            let c = self.capture_queue(q, &pages, progress).await;
+            match c {
+                Ok(c) => captured_queues.push(c),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&pages);
+                    for c in &captured {
+                        let _ = std::fs::remove_file(&c.pages);
+                    }
+                    for c in &captured_queues {
+                        let _ = std::fs::remove_file(&c.pages);
+                    }
+                    return Err(e);
+                }
+            }
+            progress.done.fetch_add(1, Relaxed);
+        }
         let manifest = Manifest {
             kind: "manifest",
             format: 1,
             created_at: rfc3339(now_ms()),
             service_version: env!("CARGO_PKG_VERSION"),
             namespaces: captured.iter().map(|c| c.manifest.clone()).collect(),
+            queues: captured_queues.iter().map(|c| c.manifest.clone()).collect(),
         };
         let result = (|| -> std::io::Result<(u64, String)> {
             let mut w = Writer::new(BufWriter::new(File::create(out)?), key)?;
@@ -230,10 +291,16 @@ impl Ops {
                     w.raw_line(l)?;
                 }
             }
+            for c in &captured_queues {
+                write_queue(&mut w, c)?;
+            }
             let (_, size, sha) = w.finish()?;
             Ok((size, sha))
         })();
         for c in &captured {
+            let _ = std::fs::remove_file(&c.pages);
+        }
+        for c in &captured_queues {
             let _ = std::fs::remove_file(&c.pages);
         }
         let (size_bytes, sha256) = result.map_err(io)?;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
-use super::backup::{CaptureFile, Progress};
+use super::backup::{CaptureFile, Progress, Selection};
 use super::backup_dir::{fresh_id, namespaces_of, progress_of, Backups, MOST_RUNNING};
 use super::restore::{check_file, RestoreSummary};
 use super::Ops;
@@ -65,12 +65,13 @@ impl Ops {
             Some(e) => e,
             None => b.has_key,
         };
-        let mut names: Vec<String> = Vec::new();
-        let (ns, parts) = (
+        let mut sel = Selection::all();
+        let (ns, parts, queues) = (
             req.namespaces.unwrap_or_default(),
             req.partitions.unwrap_or_default(),
+            req.queues.unwrap_or_default(),
         );
-        if !ns.is_empty() || !parts.is_empty() {
+        if !ns.is_empty() || !parts.is_empty() || !queues.is_empty() {
             let known = self.store.namespace_names().await?;
             for n in &ns {
                 validate_name("namespace", n)?;
@@ -84,12 +85,31 @@ impl Ops {
                     return Err(ApiError::bad_request(format!("there is no partition {p}")));
                 }
             }
-            names = ns.into_iter().chain(parts).collect();
+            let known_queues = if queues.is_empty() {
+                Vec::new()
+            } else {
+                self.store.queue_names().await?
+            };
+            for q in &queues {
+                validate_name("queue", q)?;
+                if !known_queues.contains(q) {
+                    return Err(ApiError::bad_request(format!("there is no queue {q}")));
+                }
+                who.check(Permission::Admin, Scope::Queue(q))?;
+            }
+            let mut names: Vec<String> = ns.into_iter().chain(parts).collect();
             names.sort();
             names.dedup();
-        }
-        for n in &names {
-            who.check(Permission::Admin, Scope::Namespace(n))?;
+            for n in &names {
+                who.check(Permission::Admin, Scope::Namespace(n))?;
+            }
+            let mut queues = queues;
+            queues.sort();
+            queues.dedup();
+            sel = Selection {
+                namespaces: Some(names),
+                queues: Some(queues),
+            };
         }
         b.ensure_dir()?;
         let progress = Arc::new(Progress::default());
@@ -125,16 +145,16 @@ impl Ops {
         }
         let ops = self.clone();
         let started = info.clone();
-        tokio::spawn(async move { ops.run_capture(started, names, progress).await });
+        tokio::spawn(async move { ops.run_capture(started, sel, progress).await });
         Ok(info)
     }
 
-    async fn run_capture(self: Arc<Self>, mut info: BackupInfo, names: Vec<String>, progress: Arc<Progress>) {
+    async fn run_capture(self: Arc<Self>, mut info: BackupInfo, sel: Selection, progress: Arc<Progress>) {
         let b = self.backups();
         let t0 = Instant::now();
         let tmp = b.dir.join(format!("{}.swsbak.tmp", info.id));
         let key = info.encrypted.then(|| b.keys[0].clone());
-        let out = self.backup_capture(&names, &tmp, key.as_ref(), &progress).await;
+        let out = self.backup_capture(&sel, &tmp, key.as_ref(), &progress).await;
         let out = out.and_then(|f: CaptureFile| {
             std::fs::rename(&tmp, b.file(&info.id))
                 .map_err(|e| ApiError::internal(format!("backup file {}: {e}", info.id)))?;
@@ -273,10 +293,20 @@ impl Ops {
         admin(who)?;
         let b = self.backups();
         b.complete(id)?;
-        let only = req.namespaces.unwrap_or_default();
-        for n in &only {
+        for n in req.namespaces.iter().flatten() {
             validate_name("namespace", n)?;
         }
+        for q in req.queues.iter().flatten() {
+            validate_name("queue", q)?;
+        }
+        let only = if req.namespaces.is_none() && req.queues.is_none() {
+            Selection::all()
+        } else {
+            Selection {
+                namespaces: Some(req.namespaces.unwrap_or_default()),
+                queues: Some(req.queues.unwrap_or_default()),
+            }
+        };
         let mode = match req.mode {
             RestoreModeIn::Merge => RestoreMode::Merge,
             RestoreModeIn::Replace => RestoreMode::Replace,

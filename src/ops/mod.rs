@@ -8,6 +8,7 @@ pub mod agents;
 pub mod auth;
 pub mod backup;
 pub mod backup_dir;
+pub mod backup_queue;
 pub mod backups;
 pub mod batch;
 pub mod channels;

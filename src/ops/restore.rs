@@ -17,7 +17,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::backup::PartitionLine;
+use super::backup::{PartitionLine, Selection};
+use super::backup_queue::{QueueManifest, QueueRestore, QueueSection, TaskLine};
 use super::Ops;
 use crate::domain::auth::Caller;
 use crate::domain::backup::{BackupKey, Reader};
@@ -25,6 +26,7 @@ use crate::domain::names::{validate_key, validate_name, validate_text};
 use crate::domain::partition::CreateBody;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::backup::{RestoreCounts, RestoreEntry, RestoreFrame, RestoreMode, RestoreVersion};
+use crate::store::queue_backup::TASK_SETS;
 
 /// Added to the higher of a lock's current and backed-up fencing counter on restore: tokens
 /// the lost deployment granted after the capture are below it (unless it granted more than
@@ -44,6 +46,7 @@ pub struct RestoreSummary {
     pub revision: u64,
     pub dry_run: bool,
     pub namespaces: Vec<NamespaceRestore>,
+    pub queues: Vec<QueueRestore>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -156,6 +159,8 @@ enum Line {
     Manifest,
     Namespace(NamespaceIn),
     Entry(String, RestoreEntry),
+    Queue(QueueManifest),
+    Task(TaskLine),
 }
 
 fn classify(n: u64, text: &[u8]) -> ApiResult<Line> {
@@ -171,6 +176,18 @@ fn classify(n: u64, text: &[u8]) -> ApiResult<Line> {
             let (ns, e) = parse_entry(n, text)?;
             Ok(Line::Entry(ns, e))
         }
+        "queue" => {
+            let q: QueueManifest = serde_json::from_slice(text).map_err(|e| invalid(n, e))?;
+            validate_name("queue", &q.queue).map_err(|e| invalid(n, e.detail))?;
+            Ok(Line::Queue(q))
+        }
+        "task" => {
+            let t: TaskLine = serde_json::from_slice(text).map_err(|e| invalid(n, e))?;
+            if t.id == 0 || t.sets.keys().any(|k| !TASK_SETS.contains(&k.as_str())) {
+                return Err(invalid(n, "a task with id 0 or an unknown set"));
+            }
+            Ok(Line::Task(t))
+        }
         other => Err(invalid(n, format!("unknown line type `{other}`"))),
     }
 }
@@ -180,6 +197,8 @@ fn classify(n: u64, text: &[u8]) -> ApiResult<Line> {
 pub struct Checked {
     /// The namespace sections, in file order.
     pub sections: Vec<String>,
+    /// The queue sections, in file order.
+    pub queues: Vec<String>,
     pub lines: u64,
     pub sha256: String,
     pub header: crate::domain::backup::Header,
@@ -191,9 +210,10 @@ pub struct Checked {
 /// (a manifest first, namespace sections once each, valid entries in key order).
 pub fn check_file(path: &Path, keys: &[BackupKey]) -> ApiResult<Checked> {
     let mut r = Reader::open(BufReader::new(open(path)?), keys)?;
-    let (mut n, mut sections) = (0u64, Vec::new());
+    let (mut n, mut sections, mut queues) = (0u64, Vec::new(), Vec::new());
     let mut manifest = serde_json::Value::Null;
     let mut cur: Option<(String, Option<String>)> = None;
+    let mut cur_q: Option<(String, u64)> = None;
     while let Some(text) = r.next_line()? {
         n += 1;
         match classify(n, &text)? {
@@ -206,8 +226,31 @@ pub fn check_file(path: &Path, keys: &[BackupKey]) -> ApiResult<Checked> {
                 if sections.contains(&ns.namespace) {
                     return Err(invalid(n, format!("namespace {} twice", ns.namespace)));
                 }
+                if cur_q.is_some() {
+                    return Err(invalid(n, "a namespace after the queues"));
+                }
                 sections.push(ns.namespace.clone());
                 cur = Some((ns.namespace, None));
+            }
+            Line::Queue(q) => {
+                if queues.contains(&q.queue) {
+                    return Err(invalid(n, format!("queue {} twice", q.queue)));
+                }
+                queues.push(q.queue.clone());
+                cur = None;
+                cur_q = Some((q.queue, 0));
+            }
+            Line::Task(t) => {
+                let Some((q, last)) = cur_q.as_mut() else {
+                    return Err(invalid(n, "a task before any queue"));
+                };
+                if *q != t.queue {
+                    return Err(invalid(n, format!("a task of {} in the section of {q}", t.queue)));
+                }
+                if *last >= t.id {
+                    return Err(invalid(n, "tasks are not in id order"));
+                }
+                *last = t.id;
             }
             Line::Entry(ns, e) => {
                 let Some((sec, last)) = cur.as_mut() else {
@@ -228,6 +271,7 @@ pub fn check_file(path: &Path, keys: &[BackupKey]) -> ApiResult<Checked> {
     }
     Ok(Checked {
         sections,
+        queues,
         lines: r.lines_read(),
         sha256: r.sha256().unwrap_or_default().to_string(),
         header: r.header.clone(),
@@ -258,17 +302,17 @@ impl Ops {
         path: &Path,
         keys: &[BackupKey],
         mode: RestoreMode,
-        only: &[String],
+        only: &Selection,
         dry: bool,
     ) -> ApiResult<RestoreSummary> {
-        let sections = {
+        let checked = {
             let (path, keys) = (path.to_path_buf(), keys.to_vec());
             tokio::task::spawn_blocking(move || check_file(&path, &keys))
                 .await
                 .map_err(ApiError::internal)??
-                .sections
         };
-        for ns in only {
+        let (sections, queues) = (checked.sections, checked.queues);
+        for ns in only.namespaces.iter().flatten() {
             if !sections.contains(ns) {
                 return Err(ApiError::new(
                     ErrorCode::InvalidArgument,
@@ -276,16 +320,28 @@ impl Ops {
                 ));
             }
         }
-        let chosen: Vec<&String> = sections
-            .iter()
-            .filter(|n| only.is_empty() || only.contains(n))
-            .collect();
+        for q in only.queues.iter().flatten() {
+            if !queues.contains(q) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("the backup holds no queue {q}"),
+                ));
+            }
+        }
+        let chosen: Vec<&String> = sections.iter().filter(|n| only.wants_namespace(n)).collect();
         for ns in &chosen {
             who.check(
                 crate::domain::auth::Permission::Admin,
                 crate::domain::auth::Scope::Namespace(ns),
             )?;
         }
+        for q in queues.iter().filter(|q| only.wants_queue(q)) {
+            who.check(
+                crate::domain::auth::Permission::Admin,
+                crate::domain::auth::Scope::Queue(q),
+            )?;
+        }
+        let mut qsec: Option<QueueSection> = None;
         // The second pass, read on a blocking thread and sent line by line.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ApiResult<Vec<u8>>>(64);
         let (p, k) = (path.to_path_buf(), keys.to_vec());
@@ -313,6 +369,22 @@ impl Ops {
             n += 1;
             match classify(n, &text?)? {
                 Line::Manifest => {}
+                Line::Queue(q) => {
+                    if let Some(s) = sec.take() {
+                        summary.add(self.finish_section(s).await?);
+                    }
+                    if let Some(s) = qsec.take() {
+                        summary.add_queue(self.queue_finish(s).await?);
+                    }
+                    if only.wants_queue(&q.queue) {
+                        qsec = Some(self.queue_begin(q, mode == RestoreMode::Replace, dry).await?);
+                    }
+                }
+                Line::Task(t) => {
+                    if let Some(s) = qsec.as_mut() {
+                        self.queue_push(s, t.into_task()).await?;
+                    }
+                }
                 Line::Namespace(ns) => {
                     if let Some(s) = sec.take() {
                         summary.add(self.finish_section(s).await?);
@@ -336,6 +408,9 @@ impl Ops {
         let _ = reader.await;
         if let Some(s) = sec.take() {
             summary.add(self.finish_section(s).await?);
+        }
+        if let Some(s) = qsec.take() {
+            summary.add_queue(self.queue_finish(s).await?);
         }
         Ok(summary)
     }
@@ -478,6 +553,13 @@ impl NamespaceRestore {
 }
 
 impl RestoreSummary {
+    fn add_queue(&mut self, q: QueueRestore) {
+        self.restored += q.restored;
+        self.deleted += q.deleted;
+        self.skipped += q.skipped;
+        self.queues.push(q);
+    }
+
     fn add(&mut self, n: NamespaceRestore) {
         self.restored += n.restored;
         self.deleted += n.deleted;

@@ -12,6 +12,7 @@ pub fn all() -> Vec<&'static Function> {
     v.extend_from_slice(super::agents::FUNCTIONS);
     v.extend_from_slice(super::partitions::FUNCTIONS);
     v.extend_from_slice(super::backup::FUNCTIONS);
+    v.extend_from_slice(super::queue_backup::FUNCTIONS);
     v
 }
 

@@ -26,6 +26,7 @@ pub mod log;
 pub mod migrate;
 pub mod partitions;
 pub mod queue;
+pub mod queue_backup;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fred::prelude::*;
 use serde_json::{json, Value};
 use swarmstate::domain::backup::{verify, BackupError, BackupKey, Reader};
+use swarmstate::ops::backup::Selection;
 use swarmstate::store::backup::RestoreMode;
 
 use crate::common::{shared_redis_url, test_config, TestApp};
@@ -79,7 +80,7 @@ async fn a_capture_under_writers_is_the_namespace_exactly_at_its_revision() {
     let progress = Default::default();
     let file = ops
         .backup_capture(
-            &["bk".to_string(), "bk-other".to_string()],
+            &Selection::namespaces(&["bk".to_string(), "bk-other".to_string()]),
             &path,
             Some(&key),
             &progress,
@@ -232,7 +233,7 @@ async fn restore(
         path,
         std::slice::from_ref(key),
         mode,
-        &[],
+        &Selection::all(),
         dry,
     )
     .await
@@ -284,7 +285,7 @@ async fn a_restore_into_a_fresh_deployment_gives_back_every_entry_history_ttl_lo
     let ops = src.server.as_ref().unwrap().state.ops.clone();
     let manifest = ops
         .backup_capture(
-            &["rs".into(), "rs-part".into()],
+            &Selection::namespaces(&["rs".into(), "rs-part".into()]),
             &path,
             Some(&key),
             &Default::default(),
@@ -416,9 +417,14 @@ async fn a_watcher_resumed_across_a_restore_is_told_reset() {
     let path = dir.path().join("rw.swsbak");
     let key = BackupKey::parse(&"11".repeat(32)).unwrap();
     let ops = app.server.as_ref().unwrap().state.ops.clone();
-    ops.backup_capture(&["rw".into()], &path, Some(&key), &Default::default())
-        .await
-        .unwrap();
+    ops.backup_capture(
+        &Selection::namespaces(&["rw".into()]),
+        &path,
+        Some(&key),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let mut ws = crate::common::ws::connect(&app).await;
     crate::common::ws::send(
         &mut ws,
