@@ -474,3 +474,253 @@ async fn a_watcher_resumed_across_a_restore_is_told_reset() {
     assert_eq!(app.get("/v1/ns/rw/kv/a").await.json()["value"], 1);
     app.stop().await;
 }
+
+/// Read a backup file's lines (all of them, as JSON).
+fn lines_of(path: &std::path::Path, key: &BackupKey) -> Vec<Value> {
+    let f = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut r = Reader::open(f, std::slice::from_ref(key)).unwrap();
+    let mut out = Vec::new();
+    while let Some(l) = r.next_line().unwrap() {
+        out.push(serde_json::from_slice(&l).unwrap());
+    }
+    out
+}
+
+/// A queue captured while producers enqueue and workers lease, ack and nack is the queue at
+/// one moment: every id up to its sequence once, each task in exactly the sets its state puts
+/// it in, and as many completed, dead and enqueued as the queue's own counters (read in the
+/// same atomic call) say — a change the fix-up missed would break the count. Restored into a
+/// fresh deployment the queue is the backup: tasks, states, attempts, idempotency keys (an
+/// enqueue with one answers the restored task), and new ids after the sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_captured_under_producers_and_workers_is_one_moment_and_restores_exactly() {
+    let app = Arc::new(TestApp::start().await);
+    for i in 0..600 {
+        let mut body = json!({"payload": {"n": i}, "priority": i % 3, "max_attempts": 1 + i % 2});
+        if i % 4 == 0 {
+            body["idempotency_key"] = json!(format!("idem-{i}"));
+        }
+        if i % 10 == 0 {
+            body["delay_ms"] = json!(3_600_000);
+        }
+        let r = app.post("/v1/queues/bq/tasks", body).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for p in 0..2u64 {
+        let (app, stop) = (app.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                app.post(
+                    "/v1/queues/bq/tasks",
+                    json!({"payload": {"p": p, "n": n}, "max_attempts": 1}),
+                )
+                .await;
+                n += 1;
+            }
+        }));
+    }
+    for w in 0..2u64 {
+        let (app, stop) = (app.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = app
+                    .post("/v1/queues/bq/lease", json!({"worker": format!("w{w}"), "lease_ms": 60000, "max_tasks": 5}))
+                    .await;
+                for t in r.json()["tasks"].as_array().cloned().unwrap_or_default() {
+                    k += 1;
+                    let id = t["id"].as_str().unwrap();
+                    // Some stay leased, some complete, some fail (dead: one attempt, or retry).
+                    match k % 4 {
+                        0 => {}
+                        1 | 2 => {
+                            app.post(&format!("/v1/queues/bq/tasks/{id}/ack"), json!({"lease_token": t["lease_token"]}))
+                                .await;
+                        }
+                        _ => {
+                            app.post(
+                                &format!("/v1/queues/bq/tasks/{id}/nack"),
+                                json!({"lease_token": t["lease_token"], "error": "boom", "retry_delay_ms": 3600000}),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.swsbak");
+    let key = BackupKey::parse(&"7e".repeat(32)).unwrap();
+    let ops = app.server.as_ref().unwrap().state.ops.clone();
+    let sel = Selection {
+        namespaces: Some(vec![]),
+        queues: Some(vec!["bq".into()]),
+    };
+    let file = ops
+        .backup_capture(&sel, &path, Some(&key), &Default::default())
+        .await
+        .expect("the capture succeeds under load");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(file.manifest.namespaces.is_empty());
+    let qm = &file.manifest.queues[0];
+    let lines = lines_of(&path, &key);
+    let tasks: Vec<&Value> = lines.iter().filter(|l| l["type"] == "task").collect();
+    assert_eq!(tasks.len() as u64, qm.tasks);
+    let meta = |f: &str| qm.meta.get(f).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0);
+    let seq = meta("seq");
+    assert!(seq > 600, "producers enqueued during the capture ({seq})");
+    let ids: Vec<u64> = tasks.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=seq).collect::<Vec<_>>(),
+        "every id up to the sequence, once, in order"
+    );
+    let mut count: HashMap<String, u64> = HashMap::new();
+    for t in &tasks {
+        let state = t["fields"]["state"].as_str().unwrap().to_string();
+        let sets: Vec<&str> = t["sets"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let want: &[&str] = match state.as_str() {
+            "ready" => &["age", "ready"],
+            "delayed" => &["delayed"],
+            "failed" => &["retry"],
+            "leased" => &["leased"],
+            "completed" => &["completed"],
+            "dead" => &["dead"],
+            other => panic!("state {other}"),
+        };
+        assert_eq!(sets, want, "task {}: {t}", t["id"]);
+        *count.entry(state).or_default() += 1;
+    }
+    let c = |s: &str| count.get(s).copied().unwrap_or(0);
+    assert_eq!(c("completed"), meta("completed"), "{count:?} vs {:?}", qm.meta);
+    assert_eq!(c("dead"), meta("dead"), "{count:?} vs {:?}", qm.meta);
+    assert_eq!(meta("enqueued"), seq);
+    assert!(
+        c("completed") > 10 && c("leased") > 0 && c("ready") > 0 && c("failed") > 0,
+        "{count:?}"
+    );
+
+    // Into a fresh deployment: a dry run, then replace.
+    let fresh = TestApp::start().await;
+    let fops = fresh.server.as_ref().unwrap().state.ops.clone();
+    let caller = swarmstate::domain::auth::Caller::Open;
+    let dry = fops
+        .backup_restore(
+            &caller,
+            &path,
+            std::slice::from_ref(&key),
+            RestoreMode::Replace,
+            &Selection::all(),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!((dry.restored, dry.deleted), (qm.tasks, 0));
+    assert_eq!(
+        fresh.get("/v1/queues/bq").await.json()["ready"],
+        0,
+        "a dry run writes nothing"
+    );
+    let s = fops
+        .backup_restore(
+            &caller,
+            &path,
+            std::slice::from_ref(&key),
+            RestoreMode::Replace,
+            &Selection::all(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.queues[0].restored, qm.tasks);
+    assert_eq!(s.queues[0].sequence, seq);
+    let st = fresh.get("/v1/queues/bq").await.json();
+    for (state, field) in [
+        ("ready", "ready"),
+        ("delayed", "delayed"),
+        ("failed", "failed"),
+        ("leased", "leased"),
+        ("completed", "completed"),
+        ("dead", "dead"),
+    ] {
+        assert_eq!(st[field].as_u64(), Some(c(state)), "{field}: {st}");
+    }
+    assert_eq!(st["completed_total"].as_u64(), Some(meta("completed")), "{st}");
+    let t = fresh.get("/v1/queues/bq/tasks/8").await.json();
+    let orig = tasks[7];
+    assert_eq!(t["state"], orig["fields"]["state"], "{t}");
+    assert_eq!(t["payload"], json!({"n": 7}));
+    assert_eq!(
+        t["attempts"].as_u64().unwrap().to_string(),
+        orig["fields"]["attempts"].as_str().unwrap()
+    );
+    let r = fresh
+        .post(
+            "/v1/queues/bq/tasks",
+            json!({"payload": "again", "idempotency_key": "idem-4"}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "the restored idempotency key answers the restored task: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["id"], "5");
+    let r = fresh.post("/v1/queues/bq/tasks", json!({"payload": "new"})).await;
+    assert_eq!(
+        r.json()["id"],
+        (seq + 1).to_string(),
+        "new ids come after the sequence"
+    );
+    assert_eq!(fresh.get("/v1/queues").await.json()["items"][0]["queue"], "bq");
+    // Merge into a queue that holds tasks restores none; a second replace is exact again.
+    let m = fops
+        .backup_restore(
+            &caller,
+            &path,
+            std::slice::from_ref(&key),
+            RestoreMode::Merge,
+            &Selection::all(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!((m.queues[0].restored, m.queues[0].skipped), (0, qm.tasks));
+    let again = fops
+        .backup_restore(
+            &caller,
+            &path,
+            std::slice::from_ref(&key),
+            RestoreMode::Replace,
+            &Selection::all(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.queues[0].deleted, again.queues[0].restored),
+        (qm.tasks + 1, qm.tasks)
+    );
+    assert_eq!(
+        fresh
+            .get(&format!("/v1/queues/bq/tasks/{}", seq + 1))
+            .await
+            .status,
+        404
+    );
+}
