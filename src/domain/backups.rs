@@ -123,12 +123,21 @@ pub struct BackupNamespace {
     pub partition: bool,
 }
 
+/// What a backup holds of one queue (from its manifest).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct BackupQueue {
+    pub queue: String,
+    /// Tasks in every state, as of the capture.
+    pub tasks: u64,
+}
+
 /// Progress of a running capture (final figures once it ended).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct BackupProgress {
+    /// Namespaces and queues to capture, and captured so far.
     pub namespaces_total: u64,
     pub namespaces_done: u64,
-    /// Entries read so far (a namespace read again after a trimmed change log counts twice).
+    /// Entries and tasks read so far (one read again after a retried capture counts twice).
     pub entries_read: u64,
 }
 
@@ -160,6 +169,9 @@ pub struct BackupInfo {
     /// The namespaces it holds (empty until the capture ends; for an upload, as its
     /// manifest says when it can be read).
     pub namespaces: Vec<BackupNamespace>,
+    /// The queues it holds (as `namespaces`).
+    #[serde(default)]
+    pub queues: Vec<BackupQueue>,
     pub progress: BackupProgress,
     pub error: Option<BackupFailure>,
 }
@@ -181,6 +193,7 @@ pub struct VerifyReport {
     pub encrypted: bool,
     pub key_id: Option<String>,
     pub namespaces: Vec<BackupNamespace>,
+    pub queues: Vec<BackupQueue>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, Retention};
 use crate::domain::backup::BackupKey;
 use crate::domain::backups::{
-    new_id, validate_id, BackupFailure, BackupInfo, BackupNamespace, BackupProgress, BackupStatus,
+    new_id, validate_id, BackupFailure, BackupInfo, BackupNamespace, BackupProgress, BackupQueue,
+    BackupStatus,
 };
 use crate::domain::time::{now_ms, parse_instant_ms, rfc3339};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -206,6 +207,21 @@ pub(super) fn progress_of(p: &Progress) -> BackupProgress {
 
 pub(super) fn fresh_id() -> String {
     new_id(now_ms(), getrandom::u32().unwrap_or(0))
+}
+
+/// What the manifest line says of each queue.
+pub(super) fn queues_of(manifest: &serde_json::Value) -> Vec<BackupQueue> {
+    manifest["queues"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|q| BackupQueue {
+                    queue: q["queue"].as_str().unwrap_or("").to_string(),
+                    tasks: q["tasks"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What the manifest line says of each namespace.

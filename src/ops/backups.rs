@@ -16,14 +16,14 @@ use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::backup::{CaptureFile, Progress, Selection};
-use super::backup_dir::{fresh_id, namespaces_of, progress_of, Backups, MOST_RUNNING};
+use super::backup_dir::{fresh_id, namespaces_of, progress_of, queues_of, Backups, MOST_RUNNING};
 use super::restore::{check_file, RestoreSummary};
 use super::Ops;
 use crate::domain::auth::{Caller, Permission, Scope};
 use crate::domain::backup::read_header;
 use crate::domain::backups::{
-    BackupFailure, BackupInfo, BackupNamespace, BackupOrigin, BackupProgress, BackupStatus, CreateBackup,
-    RestoreBody, RestoreModeIn, VerifyReport,
+    BackupFailure, BackupInfo, BackupNamespace, BackupOrigin, BackupProgress, BackupQueue, BackupStatus,
+    CreateBackup, RestoreBody, RestoreModeIn, VerifyReport,
 };
 use crate::domain::names::validate_name;
 use crate::domain::time::{now_ms, parse_instant_ms, rfc3339};
@@ -136,6 +136,7 @@ impl Ops {
             size_bytes: None,
             sha256: None,
             namespaces: Vec::new(),
+            queues: Vec::new(),
             progress: BackupProgress::default(),
             error: None,
         };
@@ -181,6 +182,15 @@ impl Ops {
                         epoch: n.epoch.clone(),
                         entries: n.entries,
                         partition: n.partition.is_some(),
+                    })
+                    .collect();
+                info.queues = f
+                    .manifest
+                    .queues
+                    .iter()
+                    .map(|q| BackupQueue {
+                        queue: q.queue.clone(),
+                        tasks: q.tasks,
                     })
                     .collect();
                 metrics::counter!("backups_total", "result" => "succeeded", "origin" => origin).increment(1);
@@ -279,6 +289,7 @@ impl Ops {
             encrypted: c.header.encrypted,
             key_id: c.header.key_id,
             namespaces: namespaces_of(&c.manifest),
+            queues: queues_of(&c.manifest),
         })
     }
 
@@ -447,6 +458,7 @@ impl Ops {
             size_bytes: Some(size),
             sha256: None,
             namespaces: manifest.as_ref().map(namespaces_of).unwrap_or_default(),
+            queues: manifest.as_ref().map(queues_of).unwrap_or_default(),
             progress: BackupProgress::default(),
             error: None,
         };

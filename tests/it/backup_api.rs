@@ -360,6 +360,7 @@ async fn without_a_key_backups_are_plain_and_encrypt_true_is_refused_and_a_stopp
         "{p}"
     );
     app.put("/v1/ns/plain/kv/a", json!({"value": [1, 2]})).await;
+    app.post("/v1/queues/plainq/tasks", json!({"payload": 1})).await;
     let r = app.post("/v1/backups", json!({})).await;
     assert_eq!(r.status, 202, "{}", r.text());
     let b = settled(&app, r.json()["id"].as_str().unwrap()).await;
@@ -375,6 +376,11 @@ async fn without_a_key_backups_are_plain_and_encrypt_true_is_refused_and_a_stopp
             .iter()
             .any(|n| n["namespace"] == "plain"),
         "every namespace: {b}"
+    );
+    assert_eq!(
+        b["queues"],
+        json!([{"queue": "plainq", "tasks": 1}]),
+        "and every queue: {b}"
     );
     let file = app
         .get(&format!("/v1/backups/{}/download", b["id"].as_str().unwrap()))
