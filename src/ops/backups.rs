@@ -401,6 +401,8 @@ impl Ops {
         b.ensure_dir()?;
         let id = fresh_id();
         let tmp = b.dir.join(format!("{id}.upload.tmp"));
+        // A client that goes away mid-upload drops this future: nothing of it may stay.
+        let mut leftover = RemoveOnDrop(vec![tmp.clone()]);
         let io = |e: std::io::Error| ApiError::internal(format!("backup upload {id}: {e}"));
         let written = async {
             let mut f = tokio::io::BufWriter::new(tokio::fs::File::create(&tmp).await.map_err(io)?);
@@ -432,6 +434,7 @@ impl Ops {
             }
         };
         std::fs::rename(&tmp, b.file(&id)).map_err(io)?;
+        leftover.0 = vec![b.file(&id)];
         // What can be told without reading it all: encrypted, key id, the manifest.
         let (path, keys) = (b.file(&id), b.keys.clone());
         let (header, manifest) = tokio::task::spawn_blocking(move || {
@@ -463,10 +466,21 @@ impl Ops {
             error: None,
         };
         if let Err(e) = b.write_record(&info) {
-            let _ = std::fs::remove_file(b.file(&id));
             return Err(ApiError::internal(format!("backup record {id}: {e}")));
         }
+        leftover.0.clear();
         metrics::counter!("backup_uploads_total").increment(1);
         Ok(info)
+    }
+}
+
+/// Files removed when dropped (unless emptied first).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }

@@ -277,6 +277,18 @@ async fn the_backups_api_takes_polls_downloads_verifies_uploads_restores_and_del
         head.starts_with("HTTP/1.1 413") && head.contains("payload_too_large"),
         "{head}"
     );
+    // A client that goes away mid-upload leaves nothing behind.
+    {
+        use tokio::io::AsyncWriteExt;
+        let addr = app.base.trim_start_matches("http://").to_string();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /v1/backups/upload HTTP/1.1\r\nHost: x\r\ncontent-length: 1000000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&vec![1u8; 100_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
         .unwrap()
         .flatten()
