@@ -476,3 +476,55 @@ fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// Key rotation: a backup taken under key A verifies and restores on a service whose key is B
+/// with A in `backup_keys_old`; without A it is 422 `backup_key_mismatch`.
+#[tokio::test]
+async fn backup_keys_old_open_files_of_an_earlier_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = "a1".repeat(32);
+    let b = "b2".repeat(32);
+    let start = |key: String, old: Vec<String>| {
+        let mut cfg = test_config(&shared_redis_url());
+        cfg.backup_dir = Some(dir.path().to_path_buf());
+        cfg.backup_key = Some(key);
+        cfg.backup_keys_old = old;
+        TestApp::with_config(cfg)
+    };
+    let first = start(a.clone(), vec![]).await;
+    first.put("/v1/ns/rot/kv/k", json!({"value": "v"})).await;
+    let id = first
+        .post("/v1/backups", json!({"namespaces": ["rot"]}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(settled(&first, &id).await["status"], "succeeded");
+    first.stop().await;
+
+    let without = start(b.clone(), vec![]).await;
+    without
+        .post(&format!("/v1/backups/{id}/verify"), json!({}))
+        .await
+        .problem(422, "backup_key_mismatch");
+    without.stop().await;
+
+    let rotated = start(b, vec![a]).await;
+    let r = rotated.post(&format!("/v1/backups/{id}/verify"), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = rotated
+        .post(
+            &format!("/v1/backups/{id}/restore"),
+            json!({"mode": "replace", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    // New backups use the new key.
+    let id2 = rotated.post("/v1/backups", json!({})).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b2 = settled(&rotated, &id2).await;
+    assert_eq!(b2["key_id"], BackupKey::parse(&"b2".repeat(32)).unwrap().id_hex());
+}
