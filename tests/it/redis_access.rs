@@ -282,8 +282,10 @@ async fn the_readme_acl_user_is_enough() {
         .expect("the README's ACL SETUSER line is accepted");
     admin.acl_log_reset().await.unwrap();
     let url = format!("redis://swarmstate:{password}@127.0.0.1:{}", redis.port);
+    let backups = tempfile::tempdir().unwrap();
     let cfg = Config {
         key_prefix: "ss".into(),
+        backup_dir: Some(backups.path().to_path_buf()),
         ..test_config(&url)
     };
     let app = TestApp::with_config(cfg.clone()).await;
@@ -455,6 +457,32 @@ async fn the_readme_acl_user_is_enough() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
+
+    // A backup of everything (namespaces, the partition, the queue), restored over itself.
+    let r = app.post("/v1/backups", json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let b = loop {
+        let b = app.get(&format!("/v1/backups/{id}")).await.json();
+        if b["status"] != "running" || Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(b["status"], "succeeded", "{b}");
+    assert!(
+        b["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["queue"] == "jobs"),
+        "{b}"
+    );
+    let r = app
+        .post(&format!("/v1/backups/{id}/restore"), json!({"mode": "replace"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // Background tasks ran meanwhile (relay checks, reconcilers): nothing but CONFIG denied.
     tokio::time::sleep(Duration::from_secs(2)).await;
