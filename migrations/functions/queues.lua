@@ -27,6 +27,13 @@ local function q_ctx(keys, args)
           tprefix = args[1], channel = args[2], now = now_ms()}
 end
 
+-- A task changed or went: noted for a backup capturing the queue (a no-op when none runs).
+-- pcall: a Redis ACL from before backups lacks RPUSHX, and queue operations must go on
+-- working under it (a capture then fails at q_dump_begin, which needs RPUSH).
+local function q_changed(c, id)
+  redis.pcall('RPUSHX', c.cap, id)
+end
+
 local function q_emit(c, id)
   local f = redis.call('HMGET', c.tprefix .. id, 'state', 'attempts', 'max_attempts', 'priority',
                        'run_at', 'lease_owner', 'last_error')
@@ -35,7 +42,7 @@ local function q_emit(c, id)
   if f[6] and f[6] ~= '' then ev.lease_owner = f[6] end
   if f[7] and f[7] ~= '' then ev.last_error = f[7] end
   redis.call('PUBLISH', c.channel, cjson.encode(ev))
-  redis.call('RPUSHX', c.cap, id)
+  q_changed(c, id)
 end
 
 local function q_make_ready(c, id, prio, seq)
@@ -64,7 +71,7 @@ local function q_remove(c, id)
     redis.call('HDEL', c.idem, idem)
   end
   redis.call('DEL', tk)
-  redis.call('RPUSHX', c.cap, id)
+  q_changed(c, id)
 end
 
 -- A lease that ended without an ack or nack (it ran out, or its holder is gone): the attempt

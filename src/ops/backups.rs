@@ -48,11 +48,6 @@ impl Ops {
     ) -> ApiResult<BackupInfo> {
         admin(who)?;
         let b = self.backups();
-        if req.queues.as_ref().is_some_and(|q| !q.is_empty()) {
-            return Err(ApiError::bad_request(
-                "queue backups are not built yet: leave `queues` out (namespaces and partitions are captured)",
-            ));
-        }
         let encrypt = match req.encrypt {
             Some(true) if !b.has_key => {
                 let mut e = ApiError::new(

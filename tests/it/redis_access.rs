@@ -698,3 +698,59 @@ fn the_embedded_redis_server_requires_the_password_from_its_file() {
     assert_eq!(authed, ["+OK", "+PONG"]);
     service.stop();
 }
+
+/// A deployment that kept the ACL of a release before backups (no list commands): queue
+/// operations go on working (the change list a capture reads is skipped), and a backup that
+/// needs the list fails with its reason in the record instead of breaking anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_work_under_the_acl_of_a_release_before_backups() {
+    let redis = RedisServer::start(&[]);
+    let admin = redis_client(&redis.url()).await;
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let before: Vec<String> = readme_acl_rules()
+        .into_iter()
+        .filter(|r| !["+rpush", "+rpushx", "+llen", "+lrange", "+pexpire"].contains(&r.as_str()))
+        .collect();
+    admin
+        .acl_setuser("swarmstate", with_password(&before, &password))
+        .await
+        .unwrap();
+    let url = format!("redis://swarmstate:{password}@127.0.0.1:{}", redis.port);
+    let backups = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        key_prefix: "ss".into(),
+        backup_dir: Some(backups.path().to_path_buf()),
+        ..test_config(&url)
+    };
+    let app = TestApp::with_config(cfg).await;
+    let r = app.post("/v1/queues/old/tasks", json!({"payload": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = app
+        .post("/v1/queues/old/lease", json!({"worker": "w", "lease_ms": 30_000}))
+        .await;
+    let t = r.json()["tasks"][0].clone();
+    let r = app
+        .post(
+            &format!("/v1/queues/old/tasks/{}/ack", t["id"].as_str().unwrap()),
+            json!({"lease_token": t["lease_token"]}),
+        )
+        .await;
+    assert_eq!(r.json()["state"], "completed", "{}", r.text());
+    let r = app.post("/v1/backups", json!({"queues": ["old"]})).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let b = loop {
+        let b = app.get(&format!("/v1/backups/{id}")).await.json();
+        if b["status"] != "running" || Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(b["status"], "failed", "{b}");
+    // The reason (NOPERM on RPUSH) is in the service's log; the record says it failed.
+    assert!(b["error"]["code"].is_string(), "{b}");
+    // And the queue still works after the failed capture.
+    let r = app.post("/v1/queues/old/tasks", json!({"payload": 2})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
