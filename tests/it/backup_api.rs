@@ -394,6 +394,15 @@ async fn without_a_key_backups_are_plain_and_encrypt_true_is_refused_and_a_stopp
         json!([{"queue": "plainq", "tasks": 1}]),
         "and every queue: {b}"
     );
+    let r = app.post("/v1/backups", json!({"queues": ["plainq"]})).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let only_q = settled(&app, r.json()["id"].as_str().unwrap()).await;
+    assert_eq!(only_q["namespaces"], json!([]), "only what is named: {only_q}");
+    assert_eq!(
+        only_q["queues"],
+        json!([{"queue": "plainq", "tasks": 1}]),
+        "{only_q}"
+    );
     let file = app
         .get(&format!("/v1/backups/{}/download", b["id"].as_str().unwrap()))
         .await
