@@ -105,6 +105,14 @@ impl Ops {
                 namespaces: Some(names),
                 queues: Some(queues),
             };
+        } else if !matches!(who, Caller::Open) {
+            // Everything: the token must be admin over every namespace and queue there is.
+            for n in self.store.namespace_names().await? {
+                who.check(Permission::Admin, Scope::Namespace(&n))?;
+            }
+            for q in self.store.queue_names().await? {
+                who.check(Permission::Admin, Scope::Queue(&q))?;
+            }
         }
         b.ensure_dir()?;
         let progress = Arc::new(Progress::default());

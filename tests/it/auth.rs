@@ -1130,4 +1130,43 @@ async fn backups_need_an_admin_token() {
         .call(ADMIN, "POST", "/v1/backups", Some(json!({"namespaces": ["app"]})))
         .await;
     assert_eq!(r.status, 202, "{}", r.text());
+
+    // An admin over `app*` only: its namespaces, but not "everything" while `other` exists.
+    let scoped = "tok-admin-app";
+    let toml = standard_tokens()
+        + &tokens_toml(&[(
+            scoped,
+            "name = \"app-admin\"\nnamespaces = [\"app*\"]\npermission = \"admin\"",
+        )]);
+    std::fs::write(&s.file, toml).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.call(scoped, "GET", "/v1/backups", None).await.status == 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.call(ADMIN, "PUT", "/v1/ns/other/kv/k", Some(json!({"value": 1})))
+        .await;
+    s.call(scoped, "POST", "/v1/backups", Some(json!({})))
+        .await
+        .problem(403, "forbidden");
+    s.call(
+        scoped,
+        "POST",
+        "/v1/backups",
+        Some(json!({"namespaces": ["other"]})),
+    )
+    .await
+    .problem(403, "forbidden");
+    let r = s
+        .call(
+            scoped,
+            "POST",
+            "/v1/backups",
+            Some(json!({"namespaces": ["app"]})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
 }
