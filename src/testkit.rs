@@ -23,6 +23,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a cluster node: at most 55535 (its cluster bus listens on the port +
+/// 10000, and redis-server refuses a higher one) with that bus port free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn spawn_redis(dir: &Path, port: u16, extra: &[&str]) -> Child {
     let child = spawn_redis_no_wait(dir, port, extra);
     wait_ping(port);
@@ -103,18 +115,32 @@ pub fn wait_ping(port: u16) {
 }
 
 /// `redis-cli` with arguments; its stdout, or a panic with its stderr.
+/// Killed after 60 s (a command to a server that stopped answering must not hang a test).
 pub fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+    redis_cli_within(args, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `redis-cli` with arguments, killed after `within` (coreutils `timeout`); its stdout, or
+/// why not.
+pub fn redis_cli_within(args: &[&str], within: Duration) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", &format!("{}", within.as_secs().max(1)), "redis-cli"])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("redis-cli must be installed (apt-get install -y redis-tools)");
-    assert!(
-        out.status.success(),
-        "redis-cli {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("coreutils timeout and redis-cli must be installed (apt-get install -y redis-tools)");
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Some(127) => panic!("redis-cli must be installed (apt-get install -y redis-tools)"),
+        None | Some(124) | Some(137) => Err(format!(
+            "redis-cli {args:?} did not finish within {within:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )),
+        Some(_) => Err(format!(
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }
 
 /// One command to the server on `port`; its reply as text (errors included).
@@ -149,7 +175,15 @@ pub struct Node {
 
 impl Node {
     pub fn start(extra: &[String]) -> Node {
-        let port = free_port();
+        Self::start_on(free_port(), extra)
+    }
+
+    /// A cluster node: on a port whose cluster bus port is usable.
+    pub fn start_cluster_node(extra: &[String]) -> Node {
+        Self::start_on(free_cluster_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &[String]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let args: Vec<&str> = extra.iter().map(String::as_str).collect();
         let child = spawn_redis(dir.path(), port, &args);
@@ -224,15 +258,25 @@ impl Cluster {
                 "no".into(),
             ]
         };
-        let nodes: Vec<Node> = (0..6).map(|i| Node::start(&conf(i))).collect();
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(nodes.iter().map(Node::addr));
-        args.extend(["--cluster-replicas".into(), "1".into(), "--cluster-yes".into()]);
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        redis_cli(&a);
-        let c = Cluster { nodes };
-        c.wait_healthy(Duration::from_secs(30));
-        c
+        // `redis-cli --cluster create` waits for ever for a node that never joins: bounded,
+        // and tried again on fresh nodes.
+        for attempt in 1.. {
+            let nodes: Vec<Node> = (0..6).map(|i| Node::start_cluster_node(&conf(i))).collect();
+            let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+            args.extend(nodes.iter().map(Node::addr));
+            args.extend(["--cluster-replicas".into(), "1".into(), "--cluster-yes".into()]);
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            match redis_cli_within(&a, Duration::from_secs(60)) {
+                Ok(_) => {
+                    let c = Cluster { nodes };
+                    c.wait_healthy(Duration::from_secs(30));
+                    return c;
+                }
+                Err(e) if attempt < 3 => eprintln!("cluster create failed (attempt {attempt}); again: {e}"),
+                Err(e) => panic!("cluster create failed {attempt} times: {e}"),
+            }
+        }
+        unreachable!()
     }
 
     /// Every running node says `cluster_state:ok`, three primaries hold every slot and every

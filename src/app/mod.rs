@@ -110,8 +110,14 @@ impl Server {
             .ops
             .sockets_closed(std::time::Duration::from_millis(self.state.cfg.shutdown_grace_ms))
             .await;
-        for t in self.background {
-            let _ = t.await;
+        // Each background task ends at the stop signal; one stuck on a Redis node that died
+        // is aborted after the grace period instead of holding the exit for ever.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.state.cfg.shutdown_grace_ms);
+        for mut t in self.background {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!("a background task did not stop within the grace period; aborted");
+                t.abort();
+            }
         }
         self.state.ops.store().close().await;
     }

@@ -42,8 +42,9 @@ impl Subscriber {
             .await
     }
 
+    /// QUIT, bounded ([`super::quit_within`]).
     pub async fn quit(&self) {
-        let _ = self.client.quit().await;
+        self.store.quit_client(&self.client).await;
     }
 }
 

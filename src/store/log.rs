@@ -104,14 +104,13 @@ impl LogReader {
             .await?;
         tracing::info!(ns = %self.ns, "change-log reader: reconnected");
         let old = std::mem::replace(&mut self.client, fresh);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), old.quit()).await;
-        });
+        tokio::spawn(async move { super::quit_within(&old, Duration::from_secs(5)).await });
         Ok(())
     }
 
+    /// QUIT, bounded ([`super::quit_within`]).
     pub async fn close(self) {
-        let _ = self.client.quit().await;
+        super::quit_within(&self.client, Duration::from_secs(5)).await;
     }
 }
 

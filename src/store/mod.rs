@@ -196,9 +196,7 @@ impl Store {
             .await;
         if let Err(e) = res {
             // QUIT on a client still connecting can wait for ever: bounded, in the background.
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(timeout, client.quit()).await;
-            });
+            tokio::spawn(async move { quit_within(&client, timeout).await });
             return Err(e);
         }
         Ok(client)
@@ -216,13 +214,31 @@ impl Store {
         cfg: fred::prelude::Config,
         capacity: usize,
     ) -> ApiResult<SubscriberClient> {
+        let timeout = self.inner.command_timeout;
         let sub = Builder::from_config(cfg)
             .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
             .build_subscriber_client()
             .map_err(|e| map_redis_error("connect", e))?;
-        self.timed("connect", async { sub.init().await.map(|_| ()) })
-            .await?;
+        // Bounded like [`Store::dedicated_client`]: a node that died (a cluster primary not
+        // yet replaced in the cached routing table) would keep `init` waiting for ever.
+        let res = self
+            .timed("connect", async {
+                match tokio::time::timeout(timeout, sub.init()).await {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(RedisError::new(ErrorKind::Timeout, "connecting timed out")),
+                }
+            })
+            .await;
+        if let Err(e) = res {
+            let c = sub.clone();
+            tokio::spawn(async move { quit_within(&c, timeout).await });
+            return Err(e);
+        }
         // The re-subscribe task runs for the client's life; its handle is not needed.
         drop(sub.manage_subscriptions());
         Ok(sub)
@@ -266,8 +282,14 @@ impl Store {
         &self.inner.mode
     }
 
+    /// QUIT every connection, waiting at most `command_timeout_ms` (see [`quit_within`]).
     pub async fn close(&self) {
-        let _ = self.inner.pool.quit().await;
+        quit_within(&self.inner.pool, self.inner.command_timeout).await;
+    }
+
+    /// [`quit_within`] with this store's command timeout.
+    pub async fn quit_client<C: ClientLike>(&self, client: &C) {
+        quit_within(client, self.inner.command_timeout).await;
     }
 
     /// Record a namespace in the registry set (once per process per namespace). Done before
@@ -461,4 +483,13 @@ pub fn map_redis_error(command: &str, e: RedisError) -> ApiError {
 
 fn first_word(s: &str) -> &str {
     s.split_whitespace().next().unwrap_or(s)
+}
+
+/// QUIT, waited for at most `within`. fred's QUIT waits for a client that is reconnecting
+/// (its node died, reconnects unlimited) to connect again, which may be never: a shutdown, a
+/// relay re-subscribing after a failover or a closed watch must not hang on it.
+pub async fn quit_within<C: ClientLike>(client: &C, within: Duration) {
+    if tokio::time::timeout(within, client.quit()).await.is_err() {
+        tracing::debug!(client = client.id(), "QUIT did not finish in time; left behind");
+    }
 }

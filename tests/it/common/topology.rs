@@ -8,8 +8,6 @@
 //! - [`SentinelSet`]: 1 primary, 2 replicas and 3 sentinels (`redis-server --sentinel`,
 //!   quorum 2, down-after 1 s) watching it under the name `mymaster`.
 
-use std::process::Command;
-
 pub use swarmstate::testkit::{cli, info_field, redis_cli, wait_until, Cluster, SentinelSet, MASTER_NAME};
 
 /// The topology of the run's shared Redis, from `SWARMSTATE_TEST_REDIS`.
@@ -49,11 +47,12 @@ pub fn primary_port(url: &str) -> u16 {
     if scheme.contains("sentinel") {
         let name = url.rsplit('/').next().unwrap();
         for p in ports {
-            let out = Command::new("redis-cli")
-                .args(["-p", &p.to_string(), "sentinel", "get-master-addr-by-name", name])
-                .output()
-                .unwrap();
-            if let Some(port) = String::from_utf8_lossy(&out.stdout).lines().nth(1) {
+            let out = swarmstate::testkit::redis_cli_within(
+                &["-p", &p.to_string(), "sentinel", "get-master-addr-by-name", name],
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap_or_default();
+            if let Some(port) = out.lines().nth(1) {
                 return port.trim().parse().unwrap();
             }
         }
